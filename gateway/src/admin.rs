@@ -1,0 +1,186 @@
+//! Owns the admin listener: health, readiness, Prometheus metrics, and read-only views
+//! of the running config and compiled routes. Bound to 127.0.0.1 by default.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{Value, json};
+
+use crate::actions::PathRewrite;
+use crate::metrics::Metrics;
+use crate::reload::RuntimeStore;
+use crate::router::{Route, RouteAction};
+
+#[derive(Debug)]
+pub struct AdminApp {
+    store: Arc<RuntimeStore>,
+    metrics: Arc<Metrics>,
+    /// Set when shutdown starts, so `/readyz` fails and load balancers stop sending.
+    draining: Arc<AtomicBool>,
+}
+
+impl AdminApp {
+    pub fn new(store: Arc<RuntimeStore>, metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Self {
+        Self {
+            store,
+            metrics,
+            draining,
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = resp.body().len().to_string().parse() {
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+    }
+    resp
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    respond(status, "application/json", body)
+}
+
+/// A JSON description of one compiled route, for `/admin/routes` and `explain`.
+pub fn describe_route(route: &Route) -> Value {
+    let m = &route.matcher;
+    let action = match &route.action {
+        RouteAction::Proxy(b) => json!({
+            "type": "proxy",
+            "upstreams": b.targets.iter().map(|(p, w)| json!({
+                "name": &*p.name,
+                "weight": w,
+                "load_balancing": p.load_balancing.as_str(),
+                "endpoints": p.endpoints.iter().map(|e| json!({"address": &*e.address, "resolved": e.socket.to_string(), "weight": e.weight})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        RouteAction::Redirect(r) => json!({
+            "type": "redirect",
+            "status": r.status.as_u16(),
+            "scheme": r.scheme.map(|s| s.as_str()),
+            "host": r.host.as_deref(),
+            "port": r.port,
+            "path": r.path.as_deref(),
+            "strip_query": r.strip_query,
+        }),
+        RouteAction::Direct(d) => json!({
+            "type": "direct_response",
+            "status": d.status.as_u16(),
+            "body_bytes": d.body.len(),
+        }),
+    };
+    let rewrite = route.rewrite.as_ref().map(|r| match r {
+        PathRewrite::StripPrefix(p) => json!({"strip_prefix": &**p}),
+        PathRewrite::Regex { regex, replacement } => {
+            json!({"regex": regex.as_str(), "replacement": &**replacement})
+        }
+        PathRewrite::Template(_) => json!({"template": true}),
+    });
+    let ops = |o: &crate::actions::HeaderOps| {
+        json!({
+            "set": o.set.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("")))).collect::<serde_json::Map<_, _>>(),
+            "add": o.add.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("")))).collect::<serde_json::Map<_, _>>(),
+            "remove": o.remove.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+        })
+    };
+    json!({
+        "id": &*route.id,
+        "index": route.index,
+        "match": {
+            "hosts": m.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "path": {"kind": m.path.kind(), "value": m.path.source()},
+            "methods": m.methods.as_ref().map(|s| s.names()),
+            "headers": m.headers.iter().map(|h| h.describe()).collect::<Vec<_>>(),
+            "query": m.query.iter().map(|q| q.describe()).collect::<Vec<_>>(),
+        },
+        "rewrite": rewrite,
+        "request_headers": ops(&route.request_headers),
+        "response_headers": ops(&route.response_headers),
+        "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
+        "action": action,
+    })
+}
+
+impl AdminApp {
+    fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": {"code": "method_not_allowed", "message": "the admin API is read-only: use GET"}}),
+            );
+        }
+        match path {
+            "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/readyz" => {
+                if self.draining.load(Ordering::Relaxed) {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "draining"}),
+                    )
+                } else {
+                    let version = self.store.load().version;
+                    json_response(StatusCode::OK, &json!({"status": "ready", "config_version": version}))
+                }
+            }
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
+            "/admin/config" => {
+                let rt = self.store.load();
+                let status = self.store.status();
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "version": rt.version,
+                        "source": status.source,
+                        "compiled_at": humantime::format_rfc3339_millis(rt.compiled_at).to_string(),
+                        "routes": rt.routes.routes().len(),
+                        "upstreams": rt.upstreams.keys().collect::<Vec<_>>(),
+                        "last_reload": {
+                            "attempted_at": status.last_attempt,
+                            "succeeded_at": status.last_success,
+                            "ok": status.last_errors.is_empty(),
+                            "errors": status.last_errors,
+                            "error_text": status.last_errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        },
+                        "restart_required": status.restart_required,
+                    }),
+                )
+            }
+            "/admin/routes" => {
+                let rt = self.store.load();
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "version": rt.version,
+                        "routes": rt.routes.routes().iter().map(describe_route).collect::<Vec<_>>(),
+                    }),
+                )
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config or /admin/routes"}}),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_owned());
+        self.handle(&method, &path)
+    }
+}

@@ -1,0 +1,745 @@
+//! Owns the validated configuration: `Spec::try_from(wire::File)` parses every field into
+//! a typed value (durations, socket addresses, regexes, header names, templates) and
+//! reports *every* problem at once, each with its YAML path.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use indexmap::IndexMap;
+
+use super::wire;
+use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect, RewritePart, Scheme};
+use crate::router::RouteMatch;
+use crate::router::matchers::{
+    HeaderMatcher, HostPattern, MethodSet, PathPattern, PathTemplate, QueryMatcher, ValueTest,
+    compile_regex,
+};
+use crate::upstream::LoadBalancing;
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SpecError {
+    /// YAML path such as `routes[3].match.path`; empty for the whole document.
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct ServerSpec {
+    pub threads: usize,
+    pub shutdown_grace_period: Duration,
+    pub max_request_header_bytes: usize,
+    pub reload_debounce: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSpec {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug)]
+pub enum ActionSpec {
+    /// Upstream names with weights (one entry for a plain `upstream:`).
+    Proxy(Vec<(String, u32)>),
+    Redirect(Redirect),
+    Direct(DirectResponse),
+}
+
+#[derive(Debug)]
+pub struct RouteSpec {
+    pub id: Arc<str>,
+    pub matcher: RouteMatch,
+    pub rewrite: Option<PathRewrite>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub action: ActionSpec,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct UpstreamSpec {
+    /// `host:port` as written, and weight.
+    pub endpoints: Vec<(String, u32)>,
+    pub load_balancing: LoadBalancing,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A fully validated gateway configuration.
+#[derive(Debug)]
+pub struct Spec {
+    pub server: ServerSpec,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin: AdminSpec,
+    pub routes: Vec<RouteSpec>,
+    pub upstreams: IndexMap<String, UpstreamSpec>,
+}
+
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_WEIGHT: u32 = 10_000;
+const MAX_ROUTE_ID: usize = 128;
+
+/// Headers a route may not rewrite: they carry message framing or connection state
+/// that the proxy itself manages.
+const RESERVED_HEADERS: [&str; 7] = [
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
+#[derive(Default)]
+struct Errors(Vec<SpecError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(SpecError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Keep the value, or record the error at `path` and return `None`.
+    fn take<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(path, e);
+                None
+            }
+        }
+    }
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("invalid duration {raw:?}: {e} (write e.g. 250ms, 5s, 1m)"))?;
+    if d.is_zero() {
+        return Err(format!("duration {raw:?} must be greater than zero"));
+    }
+    if d > MAX_TIMEOUT {
+        return Err(format!("duration {raw:?} is longer than the 1h maximum"));
+    }
+    Ok(d)
+}
+
+fn opt_duration(e: &mut Errors, path: &str, raw: Option<&str>, default: Duration) -> Duration {
+    raw.and_then(|r| e.take(path, duration(r))).unwrap_or(default)
+}
+
+fn socket_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse::<SocketAddr>().map_err(|_| {
+        format!("invalid address {raw:?}: expected IP:PORT such as 0.0.0.0:8080 or [::]:8080")
+    })
+}
+
+/// `host:port` with a non-zero port; hosts may be DNS names (resolved at compile).
+fn endpoint_address(raw: &str) -> Result<(), String> {
+    let bad = || format!("invalid endpoint address {raw:?}: expected HOST:PORT");
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 || host.is_empty() || host.contains(['/', ' ', '@']) {
+        return Err(bad());
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!("{}: IPv6 hosts go in brackets, e.g. [::1]:8080", bad()));
+    }
+    Ok(())
+}
+
+fn header_name(raw: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(raw.as_bytes()).map_err(|_| format!("invalid header name {raw:?}"))
+}
+
+fn writable_header_name(raw: &str) -> Result<HeaderName, String> {
+    let name = header_name(raw)?;
+    if RESERVED_HEADERS.contains(&name.as_str()) {
+        return Err(format!(
+            "header {raw:?} is managed by the proxy and cannot be changed by a route"
+        ));
+    }
+    Ok(name)
+}
+
+fn header_value(raw: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(raw).map_err(|_| format!("invalid header value {raw:?}"))
+}
+
+fn route_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ROUTE_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+impl TryFrom<wire::File> for Spec {
+    type Error = Vec<SpecError>;
+
+    fn try_from(file: wire::File) -> Result<Self, Self::Error> {
+        let mut e = Errors::default();
+        let server = server_spec(&mut e, &file.server);
+        let listeners = listener_specs(&mut e, &file.listeners);
+        let admin = AdminSpec {
+            address: e
+                .take(
+                    "admin.address",
+                    socket_addr(file.admin.address.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS)),
+                )
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        };
+        if listeners.iter().any(|l| l.address == admin.address) {
+            e.push("admin.address", "admin address is also used by a listener");
+        }
+
+        let mut upstreams = IndexMap::new();
+        for (name, u) in &file.upstreams {
+            if let Some(spec) = upstream_spec(&mut e, &format!("upstreams.{name}"), name, u) {
+                upstreams.insert(name.clone(), spec);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut signatures: HashMap<String, usize> = HashMap::new();
+        for (i, r) in file.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if let Some(first) = ids.insert(r.id.as_str(), i) {
+                e.push(
+                    format!("{path}.id"),
+                    format!("duplicate route id {:?} (first used by routes[{first}])", r.id),
+                );
+            }
+            if let Some(spec) = route_spec(&mut e, &path, r, &file.upstreams) {
+                // Two routes with identical match criteria: the second can never win.
+                let sig = match_signature(&spec.matcher);
+                if let Some(first) = signatures.insert(sig, i) {
+                    e.push(
+                        format!("{path}.match"),
+                        format!(
+                            "route {:?} has the same match as routes[{first}] and could never be selected",
+                            r.id
+                        ),
+                    );
+                }
+                routes.push(spec);
+            }
+        }
+
+        if e.0.is_empty() {
+            Ok(Spec {
+                server,
+                listeners,
+                admin,
+                routes,
+                upstreams,
+            })
+        } else {
+            Err(e.0)
+        }
+    }
+}
+
+fn match_signature(m: &RouteMatch) -> String {
+    let mut hosts: Vec<String> = m.hosts.iter().map(ToString::to_string).collect();
+    hosts.sort();
+    let mut methods = m.methods.as_ref().map(MethodSet::names).unwrap_or_default();
+    methods.sort();
+    let mut headers: Vec<String> = m.headers.iter().map(HeaderMatcher::describe).collect();
+    headers.sort();
+    let mut query: Vec<String> = m.query.iter().map(QueryMatcher::describe).collect();
+    query.sort();
+    format!(
+        "{hosts:?}|{}:{}|{methods:?}|{headers:?}|{query:?}",
+        m.path.kind(),
+        m.path.source()
+    )
+}
+
+fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
+    let threads = match s.threads {
+        Some(0) => {
+            e.push("server.threads", "threads must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let max_header = match s.max_request_header_bytes {
+        Some(n) if !(1024..=1_048_576).contains(&n) => {
+            e.push(
+                "server.max_request_header_bytes",
+                "max_request_header_bytes must be between 1024 and 1048576",
+            );
+            32 * 1024
+        }
+        Some(n) => n as usize,
+        None => 32 * 1024,
+    };
+    ServerSpec {
+        threads,
+        shutdown_grace_period: opt_duration(
+            e,
+            "server.shutdown_grace_period",
+            s.shutdown_grace_period.as_deref(),
+            Duration::from_secs(30),
+        ),
+        max_request_header_bytes: max_header,
+        reload_debounce: opt_duration(
+            e,
+            "server.reload_debounce",
+            s.reload_debounce.as_deref(),
+            Duration::from_millis(200),
+        ),
+    }
+}
+
+fn listener_specs(e: &mut Errors, listeners: &[wire::Listener]) -> Vec<ListenerSpec> {
+    if listeners.is_empty() {
+        e.push("listeners", "at least one listener is required");
+    }
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if !names.insert(l.name.as_str()) {
+            e.push(format!("{path}.name"), format!("duplicate listener name {:?}", l.name));
+        }
+        if let Some(address) = e.take(format!("{path}.address"), socket_addr(&l.address)) {
+            if !addrs.insert(address) {
+                e.push(format!("{path}.address"), format!("address {address} is used twice"));
+            }
+            out.push(ListenerSpec {
+                name: l.name.clone(),
+                address,
+            });
+        }
+    }
+    out
+}
+
+fn upstream_spec(
+    e: &mut Errors,
+    path: &str,
+    name: &str,
+    u: &wire::Upstream,
+) -> Option<UpstreamSpec> {
+    let before = e.0.len();
+    if name.is_empty() || !route_id_ok(name) {
+        e.push(path, format!("upstream name {name:?} must be 1-128 of A-Z a-z 0-9 - _ . :"));
+    }
+    if u.endpoints.is_empty() {
+        e.push(format!("{path}.endpoints"), "an upstream needs at least one endpoint");
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in u.endpoints.iter().enumerate() {
+        let p = format!("{path}.endpoints[{i}]");
+        e.take(format!("{p}.address"), endpoint_address(&ep.address));
+        let weight = ep.weight.unwrap_or(1);
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            e.push(format!("{p}.weight"), format!("weight must be between 1 and {MAX_WEIGHT}"));
+        }
+        endpoints.push((ep.address.clone(), weight));
+    }
+    let load_balancing = match &u.load_balancing {
+        Some(raw) => e
+            .take(format!("{path}.load_balancing"), LoadBalancing::parse(raw))
+            .unwrap_or(LoadBalancing::WeightedRoundRobin),
+        None => LoadBalancing::WeightedRoundRobin,
+    };
+    let spec = UpstreamSpec {
+        endpoints,
+        load_balancing,
+        connect_timeout: opt_duration(
+            e,
+            &format!("{path}.connect_timeout"),
+            u.connect_timeout.as_deref(),
+            Duration::from_secs(2),
+        ),
+        idle_timeout: opt_duration(
+            e,
+            &format!("{path}.idle_timeout"),
+            u.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+    };
+    (e.0.len() == before).then_some(spec)
+}
+
+fn path_pattern(e: &mut Errors, path: &str, p: Option<&wire::PathMatch>) -> Option<PathPattern> {
+    let Some(p) = p else {
+        return PathPattern::prefix("/").ok();
+    };
+    let set: Vec<(&str, &String)> = [
+        ("exact", &p.exact),
+        ("prefix", &p.prefix),
+        ("regex", &p.regex),
+        ("template", &p.template),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    match set.as_slice() {
+        [(kind, raw)] => {
+            let r = match *kind {
+                "exact" => PathPattern::exact(raw),
+                "prefix" => PathPattern::prefix(raw),
+                "regex" => PathPattern::regex(raw),
+                _ => PathTemplate::parse(raw).map(PathPattern::Template),
+            };
+            e.take(format!("{path}.{kind}"), r)
+        }
+        [] => {
+            e.push(path, "set one of exact, prefix, regex or template");
+            None
+        }
+        _ => {
+            e.push(path, "set only one of exact, prefix, regex or template");
+            None
+        }
+    }
+}
+
+fn route_match(e: &mut Errors, path: &str, m: &wire::Match) -> Option<RouteMatch> {
+    let before = e.0.len();
+    let hosts: Vec<HostPattern> = m
+        .hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| e.take(format!("{path}.hosts[{i}]"), HostPattern::parse(h)))
+        .collect();
+    let path_pattern = path_pattern(e, &format!("{path}.path"), m.path.as_ref());
+    let methods = if m.methods.is_empty() {
+        None
+    } else {
+        e.take(
+            format!("{path}.methods"),
+            MethodSet::parse(m.methods.iter().map(String::as_str)),
+        )
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let p = format!("{path}.headers[{i}]");
+            let name = e.take(format!("{p}.name"), header_name(&h.name));
+            let test = e.take(
+                p,
+                ValueTest::from_fields(h.exact.as_deref(), h.regex.as_deref(), h.present),
+            );
+            Some(HeaderMatcher {
+                name: name?,
+                test: test?,
+            })
+        })
+        .collect();
+    let query = m
+        .query
+        .iter()
+        .enumerate()
+        .filter_map(|(i, q)| {
+            let p = format!("{path}.query[{i}]");
+            if q.name.is_empty() {
+                e.push(format!("{p}.name"), "query parameter name must not be empty");
+            }
+            let test = e.take(
+                p,
+                ValueTest::from_fields(q.exact.as_deref(), q.regex.as_deref(), q.present),
+            )?;
+            Some(QueryMatcher {
+                name: q.name.as_str().into(),
+                test,
+            })
+        })
+        .collect();
+    if e.0.len() != before {
+        return None;
+    }
+    Some(RouteMatch {
+        hosts,
+        path: path_pattern?,
+        methods,
+        headers,
+        query,
+    })
+}
+
+fn header_ops(e: &mut Errors, path: &str, ops: Option<&wire::HeaderOps>) -> HeaderOps {
+    let Some(ops) = ops else {
+        return HeaderOps::default();
+    };
+    let pairs = |e: &mut Errors, kind: &str, map: &IndexMap<String, String>| {
+        map.iter()
+            .filter_map(|(k, v)| {
+                let p = format!("{path}.{kind}.{k}");
+                let name = e.take(p.clone(), writable_header_name(k));
+                let value = e.take(p, header_value(v));
+                Some((name?, value?))
+            })
+            .collect()
+    };
+    HeaderOps {
+        set: pairs(e, "set", &ops.set),
+        add: pairs(e, "add", &ops.add),
+        remove: ops
+            .remove
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| e.take(format!("{path}.remove[{i}]"), writable_header_name(n)))
+            .collect(),
+    }
+}
+
+fn rewrite(
+    e: &mut Errors,
+    path: &str,
+    r: &wire::Rewrite,
+    pattern: Option<&PathPattern>,
+) -> Option<PathRewrite> {
+    let set = [r.strip_prefix.is_some(), r.regex.is_some(), r.path.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if set != 1 {
+        e.push(path, "set exactly one of strip_prefix, regex or path");
+        return None;
+    }
+    if let Some(prefix) = &r.strip_prefix {
+        let p = e.take(format!("{path}.strip_prefix"), PathPattern::prefix(prefix))?;
+        return Some(PathRewrite::StripPrefix(p.source().into()));
+    }
+    if let Some(rx) = &r.regex {
+        let regex = e.take(format!("{path}.regex.pattern"), compile_regex(&rx.pattern))?;
+        return Some(PathRewrite::Regex {
+            regex,
+            replacement: rx.replacement.as_str().into(),
+        });
+    }
+    let target = r.path.as_deref().unwrap_or("");
+    let p = format!("{path}.path");
+    let Some(PathPattern::Template(t)) = pattern else {
+        e.push(p, "a `path` rewrite needs a `template` path match to take captures from");
+        return None;
+    };
+    if !target.starts_with('/') {
+        e.push(p, format!("rewrite path {target:?} must start with '/'"));
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut rest = target;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(RewritePart::Literal(rest[..open].into()));
+        }
+        let Some(close) = rest[open..].find('}') else {
+            e.push(p, format!("unclosed '{{' in {target:?}"));
+            return None;
+        };
+        let name = rest[open + 1..open + close].trim_start_matches('*');
+        match t.params.iter().position(|n| **n == *name) {
+            Some(i) => parts.push(RewritePart::Capture(i)),
+            None => {
+                e.push(
+                    p,
+                    format!("{{{name}}} is not a capture of template {:?}", t.source),
+                );
+                return None;
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(RewritePart::Literal(rest.into()));
+    }
+    Some(PathRewrite::Template(parts))
+}
+
+fn redirect(e: &mut Errors, path: &str, r: &wire::Redirect) -> Option<Redirect> {
+    let before = e.0.len();
+    let status = match r.status.unwrap_or(302) {
+        s @ (301 | 302 | 303 | 307 | 308) => StatusCode::from_u16(s).ok(),
+        s => {
+            e.push(
+                format!("{path}.status"),
+                format!("redirect status {s} must be one of 301, 302, 303, 307, 308"),
+            );
+            None
+        }
+    };
+    let scheme = match r.scheme.as_deref() {
+        None => None,
+        Some("http") => Some(Scheme::Http),
+        Some("https") => Some(Scheme::Https),
+        Some(other) => {
+            e.push(
+                format!("{path}.scheme"),
+                format!("scheme {other:?} must be http or https"),
+            );
+            None
+        }
+    };
+    let host = r.host.as_deref().and_then(|h| {
+        e.take(format!("{path}.host"), HostPattern::parse(h))
+            .and_then(|p| match p {
+                HostPattern::Exact(h) => Some(h),
+                HostPattern::Wildcard(_) => {
+                    e.push(format!("{path}.host"), "a redirect host cannot be a wildcard");
+                    None
+                }
+            })
+    });
+    if let Some(p) = r.path.as_deref() {
+        e.take(format!("{path}.path"), PathPattern::exact(p));
+    }
+    if r.port == Some(0) {
+        e.push(format!("{path}.port"), "port must be between 1 and 65535");
+    }
+    if e.0.len() != before {
+        return None;
+    }
+    Some(Redirect {
+        status: status?,
+        scheme,
+        host,
+        port: r.port,
+        path: r.path.as_deref().map(Into::into),
+        strip_query: r.strip_query,
+    })
+}
+
+fn direct(e: &mut Errors, path: &str, d: &wire::DirectResponse) -> Option<DirectResponse> {
+    let status = match StatusCode::from_u16(d.status) {
+        Ok(s) if (200..=599).contains(&d.status) => Some(s),
+        _ => {
+            e.push(format!("{path}.status"), format!("status {} must be 200-599", d.status));
+            None
+        }
+    };
+    let content_type = e.take(
+        format!("{path}.content_type"),
+        header_value(d.content_type.as_deref().unwrap_or("text/plain; charset=utf-8")),
+    );
+    Some(DirectResponse {
+        status: status?,
+        body: Bytes::from(d.body.clone().unwrap_or_default()),
+        content_type: content_type?,
+    })
+}
+
+fn route_spec(
+    e: &mut Errors,
+    path: &str,
+    r: &wire::Route,
+    upstreams: &IndexMap<String, wire::Upstream>,
+) -> Option<RouteSpec> {
+    let before = e.0.len();
+    if !route_id_ok(&r.id) {
+        e.push(
+            format!("{path}.id"),
+            format!("route id {:?} must be 1-128 of A-Z a-z 0-9 - _ . :", r.id),
+        );
+    }
+    let matcher = route_match(e, &format!("{path}.match"), &r.matcher);
+    let rewrite = r
+        .rewrite
+        .as_ref()
+        .and_then(|rw| rewrite(e, &format!("{path}.rewrite"), rw, matcher.as_ref().map(|m| &m.path)));
+    let request_headers = header_ops(e, &format!("{path}.request_headers"), r.request_headers.as_ref());
+    let response_headers =
+        header_ops(e, &format!("{path}.response_headers"), r.response_headers.as_ref());
+    let timeout = r
+        .timeout
+        .as_deref()
+        .and_then(|t| e.take(format!("{path}.timeout"), duration(t)));
+
+    let known = |e: &mut Errors, p: String, name: &str| {
+        if !upstreams.contains_key(name) {
+            let mut names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            e.push(
+                p,
+                format!("unknown upstream {name:?} (defined: {})", names.join(", ")),
+            );
+        }
+    };
+    let chosen = [
+        r.upstream.is_some(),
+        r.split.is_some(),
+        r.redirect.is_some(),
+        r.direct_response.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    let action = if chosen != 1 {
+        e.push(
+            path,
+            "a route needs exactly one of upstream, split, redirect or direct_response",
+        );
+        None
+    } else if let Some(name) = &r.upstream {
+        known(e, format!("{path}.upstream"), name);
+        Some(ActionSpec::Proxy(vec![(name.clone(), 1)]))
+    } else if let Some(split) = &r.split {
+        if split.is_empty() {
+            e.push(format!("{path}.split"), "split needs at least one upstream");
+        }
+        if split.iter().all(|t| t.weight == 0) {
+            e.push(format!("{path}.split"), "at least one split weight must be above zero");
+        }
+        for (i, t) in split.iter().enumerate() {
+            known(e, format!("{path}.split[{i}].upstream"), &t.upstream);
+            if t.weight > MAX_WEIGHT {
+                e.push(
+                    format!("{path}.split[{i}].weight"),
+                    format!("weight must be at most {MAX_WEIGHT}"),
+                );
+            }
+        }
+        Some(ActionSpec::Proxy(
+            split.iter().map(|t| (t.upstream.clone(), t.weight)).collect(),
+        ))
+    } else if let Some(rd) = &r.redirect {
+        redirect(e, &format!("{path}.redirect"), rd).map(ActionSpec::Redirect)
+    } else {
+        r.direct_response
+            .as_ref()
+            .and_then(|d| direct(e, &format!("{path}.direct_response"), d))
+            .map(ActionSpec::Direct)
+    };
+    let proxies = matches!(action, Some(ActionSpec::Proxy(_)));
+    if !proxies && (r.rewrite.is_some() || r.request_headers.is_some() || r.timeout.is_some()) {
+        e.push(
+            path,
+            "rewrite, request_headers and timeout only apply to routes with upstream or split",
+        );
+    }
+    if e.0.len() != before {
+        return None;
+    }
+    Some(RouteSpec {
+        id: r.id.as_str().into(),
+        matcher: matcher?,
+        rewrite,
+        request_headers,
+        response_headers,
+        action: action?,
+        timeout,
+    })
+}

@@ -1,0 +1,368 @@
+//! Owns the Pingora `ProxyHttp` implementation. Each phase delegates to a small function
+//! elsewhere and acts on its result. Feature -> phase map:
+//!
+//! | feature                                   | phase                      |
+//! |-------------------------------------------|----------------------------|
+//! | pin one runtime version for the request   | `new_ctx`                  |
+//! | request id, 431, 400, route match, 404,   | `request_filter` (`decide`)|
+//! | redirect, direct response, split choice   |                            |
+//! | endpoint selection (LB), per-route timeout| `upstream_peer`            |
+//! | path rewrite, request headers, X-Forwarded| `upstream_request_filter`  |
+//! | upstream latency                          | `upstream_response_filter` |
+//! | response headers, X-Request-Id            | `response_filter`          |
+//! | 502 / 504 JSON errors                     | `fail_to_proxy`            |
+//! | metrics and access log                    | `logging`                  |
+
+pub mod decide;
+pub mod reply;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::metrics::{Metrics, method_label, status_class};
+use crate::reload::RuntimeStore;
+use crate::router::{Route, RouteAction};
+use crate::runtime::Runtime;
+use crate::upstream::UpstreamPool;
+use decide::Decision;
+use reply::Reply;
+
+/// The gateway's proxy logic; one instance serves every listener.
+#[derive(Debug)]
+pub struct Gateway {
+    store: Arc<RuntimeStore>,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Gateway {
+    /// `in_flight` counts live requests, so shutdown can end as soon as they are done.
+    pub fn new(store: Arc<RuntimeStore>, metrics: Arc<Metrics>, in_flight: Arc<AtomicUsize>) -> Self {
+        Self {
+            store,
+            metrics,
+            in_flight,
+        }
+    }
+}
+
+/// Counts one live request from `new_ctx` until its context is dropped after logging.
+#[derive(Debug)]
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-request state; `runtime` is pinned for the whole request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    runtime: Arc<Runtime>,
+    started: Instant,
+    request_id: String,
+    route: Option<usize>,
+    pool: Option<Arc<UpstreamPool>>,
+    upstream_target: Option<String>,
+    endpoint: Option<Box<str>>,
+    upstream_started: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
+    /// Stable code of a reply the gateway made itself, for the access log.
+    reply_code: Option<&'static str>,
+    _in_flight: InFlight,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&Route> {
+        self.route.and_then(|r| self.runtime.routes.get(r))
+    }
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+async fn send(
+    session: &mut Session,
+    status: u16,
+    headers: &[(&'static str, &str)],
+    body: Bytes,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
+    for (k, v) in headers {
+        resp.insert_header(*k, *v)?;
+    }
+    resp.insert_header("content-length", body.len().to_string())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+async fn send_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<()> {
+    ctx.reply_code = Some(reply.code);
+    let body = reply.body(&ctx.request_id);
+    send(
+        session,
+        reply.status,
+        &[
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+            (X_REQUEST_ID, &ctx.request_id),
+        ],
+        body,
+    )
+    .await
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            runtime: self.store.load(),
+            started: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            pool: None,
+            upstream_target: None,
+            endpoint: None,
+            upstream_started: None,
+            upstream_elapsed: None,
+            reply_code: None,
+            _in_flight: InFlight::enter(&self.in_flight),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
+        let runtime = Arc::clone(&ctx.runtime);
+        match decide::decide(&runtime, req) {
+            Decision::Reject(reply) => {
+                send_reply(session, ctx, reply).await?;
+                Ok(true)
+            }
+            Decision::Redirect {
+                route,
+                status,
+                location,
+            } => {
+                ctx.route = Some(route);
+                ctx.reply_code = Some("redirect");
+                let mut resp = ResponseHeader::build(status, Some(4))?;
+                resp.insert_header("location", location.as_str())?;
+                resp.insert_header("content-length", "0")?;
+                resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+                if let Some(r) = runtime.routes.get(route) {
+                    r.response_headers.apply(&mut resp);
+                }
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
+            Decision::Direct { route } => {
+                ctx.route = Some(route);
+                ctx.reply_code = Some("direct_response");
+                let Some(r) = runtime.routes.get(route) else {
+                    return Ok(false);
+                };
+                let RouteAction::Direct(d) = &r.action else {
+                    return Ok(false);
+                };
+                let mut resp = ResponseHeader::build(d.status, Some(4))?;
+                resp.insert_header("content-type", d.content_type.clone())?;
+                resp.insert_header("content-length", d.body.len().to_string())?;
+                resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+                r.response_headers.apply(&mut resp);
+                let head_only = session.req_header().method == http::Method::HEAD;
+                let empty = d.body.is_empty() || head_only;
+                session.write_response_header(Box::new(resp), empty).await?;
+                if !empty {
+                    session.write_response_body(Some(d.body.clone()), true).await?;
+                }
+                Ok(true)
+            }
+            Decision::Proxy {
+                route,
+                pool,
+                upstream_target,
+            } => {
+                ctx.route = Some(route);
+                ctx.pool = Some(pool);
+                ctx.upstream_target = upstream_target;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool
+            .as_ref()
+            .ok_or_else(|| Error::explain(InternalError, "proxying without a chosen upstream"))?;
+        let endpoint = pool
+            .select()
+            .ok_or_else(|| Error::explain(ConnectNoRoute, "upstream has no endpoints"))?;
+        // Clone the prebuilt peer: Pingora keys its connection pool on the peer, so
+        // reusing one per endpoint keeps keepalive connections warm.
+        let mut peer = endpoint.peer.clone();
+        if let Some(t) = ctx.route().and_then(|r| r.timeout) {
+            peer.options.read_timeout = Some(t);
+            peer.options.write_timeout = Some(t);
+        }
+        ctx.endpoint = Some(endpoint.address.clone());
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(target) = ctx.upstream_target.as_deref() {
+            let uri = target
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(InternalError, "rewritten path is not a URI", e))?;
+            upstream.set_uri(uri);
+        }
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+        {
+            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        let host = decide::raw_host(session.req_header()).to_owned();
+        if !host.is_empty() {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        if let Some(route) = ctx.route() {
+            route.request_headers.apply(upstream);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_elapsed = ctx.upstream_started.map(|s| s.elapsed());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route() {
+            route.response_headers.apply(response);
+        }
+        response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let reply = reply::for_error(e.etype(), e.esource());
+        let mut code = 0;
+        if let Some(reply) = reply {
+            code = reply.status;
+            // Once a response head went out, the status cannot change: just close.
+            if session.response_written().is_none() {
+                if ctx.request_id.is_empty() {
+                    ctx.request_id = reply::request_id(None);
+                }
+                if let Err(err) = send_reply(session, ctx, reply).await {
+                    tracing::debug!(error = %err, "could not send error response");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx.route().map(|r| &*r.id).unwrap_or("-");
+        let req = session.req_header();
+        let method = method_label(&req.method);
+        let elapsed = ctx.started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[route, method, status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        if let (Some(pool), Some(up)) = (&ctx.pool, ctx.upstream_elapsed) {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[&pool.name])
+                .observe(up.as_secs_f64());
+        }
+        // Never log header values: Authorization, Cookie and Set-Cookie stay out.
+        tracing::info!(
+            target: "access_log",
+            request_id = %ctx.request_id,
+            route,
+            config_version = ctx.runtime.version,
+            method = %req.method,
+            path = req.uri.path(),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream = ctx.pool.as_ref().map(|p| &*p.name),
+            upstream_addr = ctx.endpoint.as_deref(),
+            upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            bytes_received = session.body_bytes_read(),
+            bytes_sent = session.body_bytes_sent(),
+            client = session.client_addr().map(|a| a.to_string()),
+            reply = ctx.reply_code,
+            error = error.map(|e| e.etype().as_str()),
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Owns the gateway's own answers: the JSON error bodies with stable codes, the request
+//! id rules, and the mapping from Pingora errors to 4xx/5xx statuses.
+
+use bytes::Bytes;
+use pingora::{ErrorSource, ErrorType};
+
+/// A response the gateway makes itself, with a stable machine-readable code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+pub const NOT_FOUND: Reply = Reply {
+    status: 404,
+    code: "route_not_found",
+    message: "no route matches this request",
+};
+pub const HEADERS_TOO_LARGE: Reply = Reply {
+    status: 431,
+    code: "request_header_too_large",
+    message: "request headers are larger than this gateway accepts",
+};
+pub const BAD_PATH: Reply = Reply {
+    status: 400,
+    code: "bad_request_target",
+    message: "request target must be an absolute path",
+};
+pub const BAD_REQUEST: Reply = Reply {
+    status: 400,
+    code: "bad_request",
+    message: "malformed request",
+};
+pub const BAD_GATEWAY: Reply = Reply {
+    status: 502,
+    code: "upstream_unavailable",
+    message: "the upstream refused or dropped the connection",
+};
+pub const GATEWAY_TIMEOUT: Reply = Reply {
+    status: 504,
+    code: "upstream_timeout",
+    message: "the upstream did not answer in time",
+};
+pub const NO_ENDPOINT: Reply = Reply {
+    status: 503,
+    code: "no_upstream_endpoint",
+    message: "the route's upstream has no endpoint to send to",
+};
+pub const INTERNAL: Reply = Reply {
+    status: 500,
+    code: "internal_error",
+    message: "the gateway failed to handle this request",
+};
+
+impl Reply {
+    /// `{"error":{"code":..,"message":..,"request_id":..}}`; the request id is checked
+    /// (or generated) by [`request_id`] so it needs no JSON escaping.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"error":{{"status":{},"code":"{}","message":"{}","request_id":"{}"}}}}"#,
+            self.status, self.code, self.message, request_id
+        ))
+    }
+}
+
+/// Longest client-supplied request id we keep.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Keep a client's `X-Request-Id` when it is well formed (1-128 of `A-Za-z0-9._:-`),
+/// otherwise make a new random one. Well-formed ids are safe in JSON and in logs.
+pub fn request_id(client: Option<&[u8]>) -> String {
+    match client {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID
+                && v
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')) =>
+        {
+            // All bytes are ASCII, so this cannot fail.
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// The answer for a Pingora error, or `None` when the client is gone (nothing to send).
+pub fn for_error(etype: &ErrorType, source: &ErrorSource) -> Option<Reply> {
+    use ErrorType::*;
+    match (source, etype) {
+        (_, HTTPStatus(400)) => Some(BAD_REQUEST),
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => None,
+        (ErrorSource::Downstream, _) => Some(BAD_REQUEST),
+        (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+            Some(GATEWAY_TIMEOUT)
+        }
+        (ErrorSource::Upstream, _) => Some(BAD_GATEWAY),
+        (_, ConnectTimedout | ReadTimedout | WriteTimedout) => Some(GATEWAY_TIMEOUT),
+        (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed) => {
+            Some(BAD_GATEWAY)
+        }
+        _ => Some(INTERNAL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(request_id(Some(b"abc-123_x.y:z")), "abc-123_x.y:z");
+        for bad in [&b""[..], b"has space", b"quote\"", &[b'a'; 129][..], b"\xff"] {
+            let id = request_id(Some(bad));
+            assert_eq!(id.len(), 32, "generated for {bad:?}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_ne!(request_id(None), request_id(None));
+    }
+
+    #[test]
+    fn body_is_json() {
+        let v: serde_json::Value = serde_json::from_slice(&NOT_FOUND.body("r1")).unwrap();
+        assert_eq!(v["error"]["code"], "route_not_found");
+        assert_eq!(v["error"]["status"], 404);
+        assert_eq!(v["error"]["request_id"], "r1");
+    }
+
+    #[test]
+    fn error_mapping() {
+        use ErrorSource::*;
+        use ErrorType::*;
+        let cases = [
+            (ConnectRefused, Upstream, Some(502)),
+            (ConnectTimedout, Upstream, Some(504)),
+            (ReadTimedout, Upstream, Some(504)),
+            (ConnectionClosed, Upstream, Some(502)),
+            (ReadError, Downstream, None),
+            (InvalidHTTPHeader, Downstream, Some(400)),
+            (H1Error, Downstream, Some(400)),
+            (InternalError, Internal, Some(500)),
+        ];
+        for (etype, source, want) in cases {
+            assert_eq!(for_error(&etype, &source).map(|r| r.status), want, "{etype:?}");
+        }
+    }
+}

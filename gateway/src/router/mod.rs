@@ -1,0 +1,479 @@
+//! Owns route lookup: the compiled `RouteTable` that maps a request to one `Route`.
+//!
+//! Precedence (documented in gateway/README.md, and checked against `reference_find`):
+//! 1. host: exact host, then wildcard hosts from the longest suffix, then routes
+//!    without hosts. A tier with no matching route falls through to the next.
+//! 2. path: exact, then template (literal segments before captures before catch-alls,
+//!    left to right), then longest prefix, then regex.
+//! 3. routes with the same path: more matchers (methods, headers, query) first.
+//! 4. declaration order.
+//!
+//! Lookup never allocates and never scans the routes of a host: exact paths are a hash
+//! lookup, templates and prefixes walk a segment trie, regexes are one `RegexSet` pass.
+
+pub mod matchers;
+mod trie;
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use regex::RegexSet;
+
+use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect};
+use crate::upstream::Backends;
+use matchers::{
+    HeaderMatcher, HostPattern, MAX_HOST_LEN, MAX_TEMPLATE_PARAMS, MethodSet, PathPattern,
+    QueryMatcher, TemplateSegment,
+};
+use trie::{PrefixTrie, TemplateTrie};
+
+/// Everything a route matches on besides the host tier.
+#[derive(Clone, Debug)]
+pub struct RouteMatch {
+    pub hosts: Vec<HostPattern>,
+    pub path: PathPattern,
+    pub methods: Option<MethodSet>,
+    pub headers: Vec<HeaderMatcher>,
+    pub query: Vec<QueryMatcher>,
+}
+
+impl RouteMatch {
+    /// How many matchers beyond host and path this route has (precedence rule 3).
+    pub fn extra_matchers(&self) -> usize {
+        usize::from(self.methods.is_some()) + self.headers.len() + self.query.len()
+    }
+
+    /// Methods, headers and query: the checks made after host and path matched.
+    pub fn matches_rest(&self, req: &RequestView<'_>) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(req.method))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
+    }
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Proxy(Backends),
+    Redirect(Redirect),
+    Direct(DirectResponse),
+}
+
+/// One compiled route. Immutable; lives inside a `Runtime`.
+#[derive(Debug)]
+pub struct Route {
+    pub id: Arc<str>,
+    /// Position in the config file; the last tie-breaker.
+    pub index: usize,
+    pub matcher: RouteMatch,
+    pub rewrite: Option<PathRewrite>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub action: RouteAction,
+    pub timeout: Option<Duration>,
+}
+
+/// The parts of a request that routing looks at. `host` is lower case without a port
+/// (see [`normalize_host`]); `path` is normalized (see [`normalize_path`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// Byte spans of template captures within the matched path, without allocation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Captures {
+    spans: [(u32, u32); MAX_TEMPLATE_PARAMS],
+    len: u8,
+}
+
+impl Captures {
+    pub(crate) fn push(&mut self, start: usize, end: usize) {
+        if let Some(slot) = self.spans.get_mut(usize::from(self.len)) {
+            *slot = (start as u32, end as u32);
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The `i`th capture as a slice of the `path` that was matched.
+    pub fn get<'p>(&self, path: &'p str, i: usize) -> Option<&'p str> {
+        if i >= self.len() {
+            return None;
+        }
+        let (s, e) = self.spans[i];
+        path.get(s as usize..e as usize)
+    }
+}
+
+/// The result of a lookup: the route (index into `RouteTable::routes`) and captures.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteHit {
+    pub route: usize,
+    pub captures: Captures,
+}
+
+/// Regex routes of one host, in priority order, checked with one `RegexSet` per chunk.
+#[derive(Debug, Default)]
+struct RegexIndex {
+    routes: Vec<u32>,
+    sets: Vec<RegexSet>,
+}
+
+/// Patterns per `RegexSet`; the match flags for one chunk live in a stack array.
+const REGEX_CHUNK: usize = 64;
+
+impl RegexIndex {
+    fn build(mut routes: Vec<u32>, all: &[Route]) -> Result<Self, regex::Error> {
+        sort_candidates(&mut routes, all);
+        let mut sets = Vec::new();
+        for chunk in routes.chunks(REGEX_CHUNK) {
+            let patterns = chunk.iter().map(|r| match &all[*r as usize].matcher.path {
+                PathPattern::Regex { regex, .. } => regex.as_str(),
+                _ => "$^",
+            });
+            sets.push(RegexSet::new(patterns)?);
+        }
+        Ok(Self { routes, sets })
+    }
+
+    fn find(&self, path: &str, check: &mut impl FnMut(u32) -> bool) -> Option<u32> {
+        for (chunk, set) in self.sets.iter().enumerate() {
+            let mut hits = [false; REGEX_CHUNK];
+            let n = set.len();
+            if !set.matches_read_at(&mut hits[..n], path, 0) {
+                continue;
+            }
+            for (j, hit) in hits[..n].iter().enumerate() {
+                if *hit {
+                    let route = self.routes[chunk * REGEX_CHUNK + j];
+                    if check(route) {
+                        return Some(route);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// All routes that share one host tier entry.
+#[derive(Debug, Default)]
+struct HostTable {
+    exact: HashMap<Box<str>, Vec<u32>>,
+    templates: TemplateTrie,
+    prefixes: PrefixTrie,
+    regex: RegexIndex,
+}
+
+impl HostTable {
+    fn build(members: &[u32], all: &[Route]) -> Result<Self, regex::Error> {
+        let mut table = HostTable::default();
+        let mut regex = Vec::new();
+        for &r in members {
+            match &all[r as usize].matcher.path {
+                PathPattern::Exact(p) => table.exact.entry(p.clone()).or_default().push(r),
+                PathPattern::Prefix(p) => table.prefixes.insert(p, r),
+                PathPattern::Template(t) => table.templates.insert(t, r),
+                PathPattern::Regex { .. } => regex.push(r),
+            }
+        }
+        for list in table.exact.values_mut() {
+            sort_candidates(list, all);
+        }
+        table.templates.sort(|l| sort_candidates(l, all));
+        table.prefixes.sort(|l| sort_candidates(l, all));
+        table.regex = RegexIndex::build(regex, all)?;
+        Ok(table)
+    }
+
+    fn find(&self, req: &RequestView<'_>, all: &[Route]) -> Option<RouteHit> {
+        let mut check = |r: u32| all[r as usize].matcher.matches_rest(req);
+        if let Some(list) = self.exact.get(req.path)
+            && let Some(&r) = list.iter().find(|r| check(**r))
+        {
+            return Some(hit(r, Captures::default()));
+        }
+        let mut captures = Captures::default();
+        if let Some(r) = self.templates.find(req.path, &mut captures, &mut check) {
+            return Some(hit(r, captures));
+        }
+        if let Some(r) = self.prefixes.find(req.path, &mut check) {
+            return Some(hit(r, Captures::default()));
+        }
+        self.regex
+            .find(req.path, &mut check)
+            .map(|r| hit(r, Captures::default()))
+    }
+}
+
+fn hit(route: u32, captures: Captures) -> RouteHit {
+    RouteHit {
+        route: route as usize,
+        captures,
+    }
+}
+
+/// Rule 3 and 4 within one path bucket: more matchers first, then declaration order.
+fn sort_candidates(list: &mut [u32], all: &[Route]) {
+    list.sort_by_key(|r| {
+        let route = &all[*r as usize];
+        (Reverse(route.matcher.extra_matchers()), route.index)
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("regex set for routes could not be built: {0}")]
+pub struct TableError(#[from] regex::Error);
+
+/// The compiled, immutable route table.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact_hosts: HashMap<Box<str>, HostTable>,
+    wildcard_hosts: HashMap<Box<str>, HostTable>,
+    any_host: HostTable,
+}
+
+impl RouteTable {
+    /// Build the lookup structures. `routes` must be in declaration order.
+    pub fn compile(routes: Vec<Route>) -> Result<Self, TableError> {
+        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut wildcard: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut any = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let i = i as u32;
+            if route.matcher.hosts.is_empty() {
+                any.push(i);
+            }
+            for host in &route.matcher.hosts {
+                let (map, key) = match host {
+                    HostPattern::Exact(h) => (&mut exact, h),
+                    HostPattern::Wildcard(s) => (&mut wildcard, s),
+                };
+                let list = map.entry(key.clone()).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        let build = |m: HashMap<Box<str>, Vec<u32>>| -> Result<HashMap<_, _>, TableError> {
+            m.into_iter()
+                .map(|(k, v)| Ok((k, HostTable::build(&v, &routes)?)))
+                .collect()
+        };
+        let exact_hosts = build(exact)?;
+        let wildcard_hosts = build(wildcard)?;
+        let any_host = HostTable::build(&any, &routes)?;
+        Ok(Self {
+            exact_hosts,
+            wildcard_hosts,
+            any_host,
+            routes,
+        })
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
+    /// Find the route for a request (see the module doc for precedence).
+    pub fn find(&self, req: &RequestView<'_>) -> Option<RouteHit> {
+        let host = req.host;
+        if !host.is_empty() {
+            if let Some(hit) = self.exact_hosts.get(host).and_then(|t| t.find(req, &self.routes)) {
+                return Some(hit);
+            }
+            if !self.wildcard_hosts.is_empty() {
+                // Each '.' after the first label starts a candidate suffix, longest first.
+                for (i, _) in host.match_indices('.').filter(|(i, _)| *i > 0) {
+                    if let Some(hit) = self
+                        .wildcard_hosts
+                        .get(&host[i..])
+                        .and_then(|t| t.find(req, &self.routes))
+                    {
+                        return Some(hit);
+                    }
+                }
+            }
+        }
+        self.any_host.find(req, &self.routes)
+    }
+}
+
+/// Sort key for the precedence rules, for one route that matches a request; smaller wins.
+/// `reference_find` and `explain` use it; the fast table must agree with it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence {
+    host_tier: (u8, Reverse<usize>),
+    path_kind: u8,
+    path_rank: Vec<u8>,
+    prefix_depth: Reverse<usize>,
+    extra: Reverse<usize>,
+    index: usize,
+}
+
+/// The host tier a route reaches for `host`, or `None` if its hosts exclude it.
+pub fn host_tier(m: &RouteMatch, host: &str) -> Option<(u8, Reverse<usize>)> {
+    if m.hosts.is_empty() {
+        return Some((2, Reverse(0)));
+    }
+    m.hosts
+        .iter()
+        .filter(|h| h.matches(host))
+        .map(|h| match h {
+            HostPattern::Exact(_) => (0, Reverse(0)),
+            HostPattern::Wildcard(s) => (1, Reverse(s.len())),
+        })
+        .min()
+}
+
+/// The precedence of `route` for `req`, or `None` when it does not match at all.
+pub fn precedence(route: &Route, req: &RequestView<'_>) -> Option<Precedence> {
+    let m = &route.matcher;
+    let host_tier = host_tier(m, req.host)?;
+    if !m.path.matches(req.path) || !m.matches_rest(req) {
+        return None;
+    }
+    let (path_kind, path_rank, depth) = match &m.path {
+        PathPattern::Exact(_) => (0, Vec::new(), 0),
+        PathPattern::Template(t) => (
+            1,
+            t.segments
+                .iter()
+                .map(|s| match s {
+                    TemplateSegment::Literal(_) => 0,
+                    TemplateSegment::Param => 1,
+                    TemplateSegment::CatchAll => 2,
+                })
+                .collect(),
+            0,
+        ),
+        PathPattern::Prefix(p) => (2, Vec::new(), p.split('/').filter(|s| !s.is_empty()).count()),
+        PathPattern::Regex { .. } => (3, Vec::new(), 0),
+    };
+    Some(Precedence {
+        host_tier,
+        path_kind,
+        path_rank,
+        prefix_depth: Reverse(depth),
+        extra: Reverse(m.extra_matchers()),
+        index: route.index,
+    })
+}
+
+/// The obviously-correct linear version of [`RouteTable::find`]: every route is checked
+/// and the best precedence wins. Used by `explain` and to test the fast table.
+pub fn reference_find(routes: &[Route], req: &RequestView<'_>) -> Option<usize> {
+    routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| precedence(r, req).map(|p| (p, i)))
+        .min()
+        .map(|(_, i)| i)
+}
+
+/// Lower-case `raw` (a Host header or authority) without its port into `buf`.
+/// Returns "" for a missing, oversized or non-ASCII host: it then matches host-less
+/// routes only.
+pub fn normalize_host<'b>(raw: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> &'b str {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content.
+        rest.split(']').next().unwrap_or("")
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.len() > MAX_HOST_LEN || !host.is_ascii() {
+        return "";
+    }
+    let out = &mut buf[..host.len()];
+    out.copy_from_slice(host.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).unwrap_or("")
+}
+
+/// Why a request path was refused before routing.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("request path must start with '/'")]
+    NotOriginForm,
+}
+
+fn is_dot(seg: &str) -> bool {
+    seg == "." || seg.eq_ignore_ascii_case("%2e")
+}
+
+fn is_dot_dot(seg: &str) -> bool {
+    matches!(seg.len(), 2 | 4 | 6)
+        && (seg == ".."
+            || seg.eq_ignore_ascii_case(".%2e")
+            || seg.eq_ignore_ascii_case("%2e.")
+            || seg.eq_ignore_ascii_case("%2e%2e"))
+}
+
+/// Resolve `.` and `..` segments (also percent-encoded) and merge repeated slashes, so
+/// that `/public/../admin` is routed, and forwarded, as `/admin`. Borrows when the path
+/// is already normal, which is the common case.
+pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    let needs_work = path.contains("//")
+        || path
+            .split('/')
+            .any(|s| is_dot(s) || is_dot_dot(s));
+    if !needs_work {
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        if is_dot(seg) {
+            trailing_slash = i == last;
+        } else if is_dot_dot(seg) {
+            out.pop();
+            trailing_slash = i == last;
+        } else if seg.is_empty() {
+            trailing_slash = i == last;
+        } else {
+            out.push(seg);
+            trailing_slash = false;
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() || trailing_slash {
+        s.push('/');
+    }
+    Ok(std::borrow::Cow::Owned(s))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! Owns process start-up: load and compile the config, build the Pingora server (proxy
+//! listeners, admin listener, reload service), and map SIGTERM and SIGINT to a graceful
+//! shutdown that lets in-flight requests finish within the grace period.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config;
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::reload::{ReloadService, Reloader, RuntimeStore};
+use crate::runtime;
+
+/// SIGTERM and SIGINT both drain gracefully (Pingora's default treats SIGINT as a fast
+/// exit); either flips `draining` so `/readyz` fails first.
+struct Signals {
+    draining: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                    _ = int.recv() => tracing::info!("SIGINT: draining"),
+                }
+            }
+            _ => {
+                tracing::error!("cannot install signal handlers; shutting down");
+            }
+        }
+        self.draining.store(true, Ordering::Relaxed);
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Run the gateway until SIGTERM/SIGINT. Returns after in-flight requests finished
+/// (or the grace period ran out).
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let (spec, text) = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = runtime::compile(&spec, 1).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}: {}", config_path.display(), e.path, e.message))
+            .collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let store = Arc::new(RuntimeStore::new(runtime, config_path, Arc::clone(&metrics)));
+    let draining = Arc::new(AtomicBool::new(false));
+
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let grace = spec.server.shutdown_grace_period;
+    let conf = ServerConf {
+        threads: spec.server.threads,
+        // On a signal, listeners stop accepting at once and Pingora waits the whole
+        // grace period before stopping its runtimes (which drops unfinished requests).
+        // `drain_monitor` ends the process as soon as nothing is in flight instead.
+        grace_period_seconds: Some(grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&in_flight)),
+        "gateway",
+    );
+    for l in &spec.listeners {
+        proxy.add_tcp(&l.address.to_string());
+        tracing::info!(listener = %l.name, address = %l.address, "listening");
+    }
+
+    let mut admin = Service::new(
+        "admin".to_owned(),
+        AdminApp::new(Arc::clone(&store), metrics, Arc::clone(&draining)),
+    );
+    admin.add_tcp(&spec.admin.address.to_string());
+    tracing::info!(address = %spec.admin.address, "admin listening");
+
+    let reloader = Arc::new(Reloader::new(
+        store,
+        config_path.to_path_buf(),
+        spec.server.reload_debounce,
+        text,
+    ));
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(background_service("config-reload", ReloadService(reloader)));
+
+    drain_monitor(Arc::clone(&draining), in_flight);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { draining }),
+    });
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// After a shutdown signal, exit as soon as no request is in flight: the listeners are
+/// already closed, so nothing new can arrive, and waiting out the rest of the grace
+/// period would only slow rollouts down. Pingora's own grace period stays the upper
+/// bound.
+fn drain_monitor(draining: Arc<AtomicBool>, in_flight: Arc<AtomicUsize>) {
+    let spawned = std::thread::Builder::new()
+        .name("drain-monitor".into())
+        .spawn(move || {
+            const TICK: Duration = Duration::from_millis(50);
+            while !draining.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+            }
+            // Let Pingora close its listeners and idle keepalive connections first.
+            std::thread::sleep(Duration::from_millis(200));
+            while in_flight.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(TICK);
+            }
+            tracing::info!("drained: no requests in flight, exiting");
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no drain monitor; shutdown waits the whole grace period");
+    }
+}
