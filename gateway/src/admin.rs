@@ -128,7 +128,10 @@ impl AdminApp {
                     )
                 } else {
                     let version = self.store.load().version;
-                    json_response(StatusCode::OK, &json!({"status": "ready", "config_version": version}))
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"status": "ready", "config_version": version}),
+                    )
                 }
             }
             "/metrics" => respond(

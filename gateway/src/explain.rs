@@ -14,7 +14,9 @@ use crate::runtime::Runtime;
 
 /// Build the request head `explain` routes: `url` is `http://host/path?q` or `/path?q`.
 pub fn build_request(method: &str, url: &str, headers: &[String]) -> Result<RequestHeader, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = RequestHeader::build(method, target.as_bytes(), None)
         .map_err(|e| format!("invalid request: {e}"))?;
@@ -40,7 +42,11 @@ fn mismatches(route: &Route, req: &RequestView<'_>) -> Vec<String> {
     let mut out = Vec::new();
     if router::host_tier(m, req.host).is_none() {
         let hosts: Vec<String> = m.hosts.iter().map(HostPattern::to_string).collect();
-        out.push(format!("host {:?} is not one of [{}]", req.host, hosts.join(", ")));
+        out.push(format!(
+            "host {:?} is not one of [{}]",
+            req.host,
+            hosts.join(", ")
+        ));
     }
     if !m.path.matches(req.path) {
         out.push(format!(
@@ -53,7 +59,11 @@ fn mismatches(route: &Route, req: &RequestView<'_>) -> Vec<String> {
     if let Some(methods) = &m.methods
         && !methods.contains(req.method)
     {
-        out.push(format!("method {} is not one of {:?}", req.method, methods.names()));
+        out.push(format!(
+            "method {} is not one of {:?}",
+            req.method,
+            methods.names()
+        ));
     }
     for h in &m.headers {
         if !h.matches(req.headers) {
@@ -104,16 +114,27 @@ fn describe_action(route: &Route, out: &mut String) {
     if let Some(t) = route.timeout {
         let _ = writeln!(out, "  timeout: {}", humantime::format_duration(t));
     }
-    let ops = [("request", &route.request_headers), ("response", &route.response_headers)];
+    let ops = [
+        ("request", &route.request_headers),
+        ("response", &route.response_headers),
+    ];
     for (kind, o) in ops {
         for name in &o.remove {
             let _ = writeln!(out, "  {kind} header: remove {name}");
         }
         for (k, v) in &o.set {
-            let _ = writeln!(out, "  {kind} header: set {k}: {}", v.to_str().unwrap_or("<binary>"));
+            let _ = writeln!(
+                out,
+                "  {kind} header: set {k}: {}",
+                v.to_str().unwrap_or("<binary>")
+            );
         }
         for (k, v) in &o.add {
-            let _ = writeln!(out, "  {kind} header: add {k}: {}", v.to_str().unwrap_or("<binary>"));
+            let _ = writeln!(
+                out,
+                "  {kind} header: add {k}: {}",
+                v.to_str().unwrap_or("<binary>")
+            );
         }
     }
 }
@@ -151,15 +172,32 @@ pub fn explain(runtime: &Runtime, req: &RequestHeader) -> String {
             );
             None
         }
-        Decision::Redirect { route, status, location } => {
-            let _ = writeln!(out, "result: route {}, redirect {} to {location}", route_name(runtime, *route), status.as_u16());
+        Decision::Redirect {
+            route,
+            status,
+            location,
+        } => {
+            let _ = writeln!(
+                out,
+                "result: route {}, redirect {} to {location}",
+                route_name(runtime, *route),
+                status.as_u16()
+            );
             Some(*route)
         }
         Decision::Direct { route } => {
-            let _ = writeln!(out, "result: route {}, direct response", route_name(runtime, *route));
+            let _ = writeln!(
+                out,
+                "result: route {}, direct response",
+                route_name(runtime, *route)
+            );
             Some(*route)
         }
-        Decision::Proxy { route, pool, upstream_target } => {
+        Decision::Proxy {
+            route,
+            pool,
+            upstream_target,
+        } => {
             let _ = writeln!(
                 out,
                 "result: route {}, proxy to upstream {}{}",
@@ -212,7 +250,11 @@ pub fn explain(runtime: &Runtime, req: &RequestHeader) -> String {
             if why.is_empty() {
                 why.push("matches too, but has lower precedence".to_owned());
             }
-            let failed = if why.len() == 1 && why[0].starts_with("matches too") { 0 } else { why.len() };
+            let failed = if why.len() == 1 && why[0].starts_with("matches too") {
+                0
+            } else {
+                why.len()
+            };
             (failed, r.index, why)
         })
         .collect();

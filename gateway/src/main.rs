@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "API gateway on Pingora: YAML routes, hot reload, admin API")]
+#[command(
+    name = "gateway",
+    version,
+    about = "API gateway on Pingora: YAML routes, hot reload, admin API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +87,11 @@ fn check(files: &[PathBuf]) -> ExitCode {
             },
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn explain(config: &std::path::Path, method: &str, url: &str, headers: &[String]) -> ExitCode {

@@ -27,7 +27,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("gateway_requests_total", "Requests handled, by route, method and status class"),
+            Opts::new(
+                "gateway_requests_total",
+                "Requests handled, by route, method and status class",
+            ),
             &["route", "method", "status_class"],
         )?;
         let request_duration = HistogramVec::new(
@@ -46,8 +49,10 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
         )?;
-        let config_version =
-            IntGauge::new("gateway_config_version", "Version of the runtime serving requests")?;
+        let config_version = IntGauge::new(
+            "gateway_config_version",
+            "Version of the runtime serving requests",
+        )?;
         let config_reloads = IntCounter::new(
             "gateway_config_reloads_total",
             "Config reloads that were compiled and swapped in",

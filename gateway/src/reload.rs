@@ -201,8 +201,22 @@ impl Reloader {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
+        let file_name = self.path.file_name().map(|n| n.to_os_string());
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok_and(|e| !e.kind.is_access()) {
+            // Only events about the config file itself, or Kubernetes' `..data` symlink
+            // swap; other files in the directory (logs, say) must not keep the debounce
+            // from ever going quiet.
+            let relevant = |e: &notify::Event| {
+                !e.kind.is_access()
+                    && (e.paths.is_empty()
+                        || e.paths.iter().any(|p| {
+                            p.file_name().is_some_and(|n| {
+                                Some(n) == file_name.as_deref()
+                                    || n.to_string_lossy().starts_with("..")
+                            })
+                        }))
+            };
+            if res.is_ok_and(|e| relevant(&e)) {
                 let _ = tx.send(());
             }
         })
@@ -215,14 +229,14 @@ impl Reloader {
                 None
             }
         };
-        let mut hangup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGHUP");
-                    None
-                }
-            };
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
         loop {
             let force = tokio::select! {
                 _ = shutdown.changed() => return,

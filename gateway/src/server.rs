@@ -31,7 +31,10 @@ struct Signals {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM: draining"),
@@ -59,7 +62,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         anyhow::anyhow!("{}", lines.join("\n"))
     })?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-    let store = Arc::new(RuntimeStore::new(runtime, config_path, Arc::clone(&metrics)));
+    let store = Arc::new(RuntimeStore::new(
+        runtime,
+        config_path,
+        Arc::clone(&metrics),
+    ));
     let draining = Arc::new(AtomicBool::new(false));
 
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -78,7 +85,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&in_flight)),
+        Gateway::new(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            Arc::clone(&in_flight),
+        ),
         "gateway",
     );
     for l in &spec.listeners {

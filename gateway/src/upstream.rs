@@ -239,7 +239,9 @@ mod tests {
             },
         )
         .unwrap();
-        let ports: Vec<u16> = (0..4).map(|_| pool.select().unwrap().socket.port()).collect();
+        let ports: Vec<u16> = (0..4)
+            .map(|_| pool.select().unwrap().socket.port())
+            .collect();
         assert_eq!(ports, vec![1, 2, 1, 2]);
     }
 }

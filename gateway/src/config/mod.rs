@@ -76,7 +76,8 @@ fn serde_error(file: &str, err: &serde_yaml_ng::Error) -> ConfigError {
     let (path, message) = match message.split_once(": ") {
         Some((p, m))
             if !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._[]-".contains(&b)) =>
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._[]-".contains(&b)) =>
         {
             (p.to_owned(), m.to_owned())
         }

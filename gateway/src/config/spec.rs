@@ -138,7 +138,8 @@ fn duration(raw: &str) -> Result<Duration, String> {
 }
 
 fn opt_duration(e: &mut Errors, path: &str, raw: Option<&str>, default: Duration) -> Duration {
-    raw.and_then(|r| e.take(path, duration(r))).unwrap_or(default)
+    raw.and_then(|r| e.take(path, duration(r)))
+        .unwrap_or(default)
 }
 
 fn socket_addr(raw: &str) -> Result<SocketAddr, String> {
@@ -156,7 +157,10 @@ fn endpoint_address(raw: &str) -> Result<(), String> {
         return Err(bad());
     }
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!("{}: IPv6 hosts go in brackets, e.g. [::1]:8080", bad()));
+        return Err(format!(
+            "{}: IPv6 hosts go in brackets, e.g. [::1]:8080",
+            bad()
+        ));
     }
     Ok(())
 }
@@ -198,7 +202,12 @@ impl TryFrom<wire::File> for Spec {
             address: e
                 .take(
                     "admin.address",
-                    socket_addr(file.admin.address.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS)),
+                    socket_addr(
+                        file.admin
+                            .address
+                            .as_deref()
+                            .unwrap_or(DEFAULT_ADMIN_ADDRESS),
+                    ),
                 )
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
         };
@@ -221,7 +230,10 @@ impl TryFrom<wire::File> for Spec {
             if let Some(first) = ids.insert(r.id.as_str(), i) {
                 e.push(
                     format!("{path}.id"),
-                    format!("duplicate route id {:?} (first used by routes[{first}])", r.id),
+                    format!(
+                        "duplicate route id {:?} (first used by routes[{first}])",
+                        r.id
+                    ),
                 );
             }
             if let Some(spec) = route_spec(&mut e, &path, r, &file.upstreams) {
@@ -318,11 +330,17 @@ fn listener_specs(e: &mut Errors, listeners: &[wire::Listener]) -> Vec<ListenerS
     for (i, l) in listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         if !names.insert(l.name.as_str()) {
-            e.push(format!("{path}.name"), format!("duplicate listener name {:?}", l.name));
+            e.push(
+                format!("{path}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
         }
         if let Some(address) = e.take(format!("{path}.address"), socket_addr(&l.address)) {
             if !addrs.insert(address) {
-                e.push(format!("{path}.address"), format!("address {address} is used twice"));
+                e.push(
+                    format!("{path}.address"),
+                    format!("address {address} is used twice"),
+                );
             }
             out.push(ListenerSpec {
                 name: l.name.clone(),
@@ -341,10 +359,16 @@ fn upstream_spec(
 ) -> Option<UpstreamSpec> {
     let before = e.0.len();
     if name.is_empty() || !route_id_ok(name) {
-        e.push(path, format!("upstream name {name:?} must be 1-128 of A-Z a-z 0-9 - _ . :"));
+        e.push(
+            path,
+            format!("upstream name {name:?} must be 1-128 of A-Z a-z 0-9 - _ . :"),
+        );
     }
     if u.endpoints.is_empty() {
-        e.push(format!("{path}.endpoints"), "an upstream needs at least one endpoint");
+        e.push(
+            format!("{path}.endpoints"),
+            "an upstream needs at least one endpoint",
+        );
     }
     let mut endpoints = Vec::new();
     for (i, ep) in u.endpoints.iter().enumerate() {
@@ -352,7 +376,10 @@ fn upstream_spec(
         e.take(format!("{p}.address"), endpoint_address(&ep.address));
         let weight = ep.weight.unwrap_or(1);
         if !(1..=MAX_WEIGHT).contains(&weight) {
-            e.push(format!("{p}.weight"), format!("weight must be between 1 and {MAX_WEIGHT}"));
+            e.push(
+                format!("{p}.weight"),
+                format!("weight must be between 1 and {MAX_WEIGHT}"),
+            );
         }
         endpoints.push((ep.address.clone(), weight));
     }
@@ -456,7 +483,10 @@ fn route_match(e: &mut Errors, path: &str, m: &wire::Match) -> Option<RouteMatch
         .filter_map(|(i, q)| {
             let p = format!("{path}.query[{i}]");
             if q.name.is_empty() {
-                e.push(format!("{p}.name"), "query parameter name must not be empty");
+                e.push(
+                    format!("{p}.name"),
+                    "query parameter name must not be empty",
+                );
             }
             let test = e.take(
                 p,
@@ -512,10 +542,14 @@ fn rewrite(
     r: &wire::Rewrite,
     pattern: Option<&PathPattern>,
 ) -> Option<PathRewrite> {
-    let set = [r.strip_prefix.is_some(), r.regex.is_some(), r.path.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let set = [
+        r.strip_prefix.is_some(),
+        r.regex.is_some(),
+        r.path.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if set != 1 {
         e.push(path, "set exactly one of strip_prefix, regex or path");
         return None;
@@ -534,7 +568,10 @@ fn rewrite(
     let target = r.path.as_deref().unwrap_or("");
     let p = format!("{path}.path");
     let Some(PathPattern::Template(t)) = pattern else {
-        e.push(p, "a `path` rewrite needs a `template` path match to take captures from");
+        e.push(
+            p,
+            "a `path` rewrite needs a `template` path match to take captures from",
+        );
         return None;
     };
     if !target.starts_with('/') {
@@ -599,7 +636,10 @@ fn redirect(e: &mut Errors, path: &str, r: &wire::Redirect) -> Option<Redirect> 
             .and_then(|p| match p {
                 HostPattern::Exact(h) => Some(h),
                 HostPattern::Wildcard(_) => {
-                    e.push(format!("{path}.host"), "a redirect host cannot be a wildcard");
+                    e.push(
+                        format!("{path}.host"),
+                        "a redirect host cannot be a wildcard",
+                    );
                     None
                 }
             })
@@ -627,13 +667,20 @@ fn direct(e: &mut Errors, path: &str, d: &wire::DirectResponse) -> Option<Direct
     let status = match StatusCode::from_u16(d.status) {
         Ok(s) if (200..=599).contains(&d.status) => Some(s),
         _ => {
-            e.push(format!("{path}.status"), format!("status {} must be 200-599", d.status));
+            e.push(
+                format!("{path}.status"),
+                format!("status {} must be 200-599", d.status),
+            );
             None
         }
     };
     let content_type = e.take(
         format!("{path}.content_type"),
-        header_value(d.content_type.as_deref().unwrap_or("text/plain; charset=utf-8")),
+        header_value(
+            d.content_type
+                .as_deref()
+                .unwrap_or("text/plain; charset=utf-8"),
+        ),
     );
     Some(DirectResponse {
         status: status?,
@@ -656,13 +703,24 @@ fn route_spec(
         );
     }
     let matcher = route_match(e, &format!("{path}.match"), &r.matcher);
-    let rewrite = r
-        .rewrite
-        .as_ref()
-        .and_then(|rw| rewrite(e, &format!("{path}.rewrite"), rw, matcher.as_ref().map(|m| &m.path)));
-    let request_headers = header_ops(e, &format!("{path}.request_headers"), r.request_headers.as_ref());
-    let response_headers =
-        header_ops(e, &format!("{path}.response_headers"), r.response_headers.as_ref());
+    let rewrite = r.rewrite.as_ref().and_then(|rw| {
+        rewrite(
+            e,
+            &format!("{path}.rewrite"),
+            rw,
+            matcher.as_ref().map(|m| &m.path),
+        )
+    });
+    let request_headers = header_ops(
+        e,
+        &format!("{path}.request_headers"),
+        r.request_headers.as_ref(),
+    );
+    let response_headers = header_ops(
+        e,
+        &format!("{path}.response_headers"),
+        r.response_headers.as_ref(),
+    );
     let timeout = r
         .timeout
         .as_deref()
@@ -701,7 +759,10 @@ fn route_spec(
             e.push(format!("{path}.split"), "split needs at least one upstream");
         }
         if split.iter().all(|t| t.weight == 0) {
-            e.push(format!("{path}.split"), "at least one split weight must be above zero");
+            e.push(
+                format!("{path}.split"),
+                "at least one split weight must be above zero",
+            );
         }
         for (i, t) in split.iter().enumerate() {
             known(e, format!("{path}.split[{i}].upstream"), &t.upstream);
@@ -713,7 +774,10 @@ fn route_spec(
             }
         }
         Some(ActionSpec::Proxy(
-            split.iter().map(|t| (t.upstream.clone(), t.weight)).collect(),
+            split
+                .iter()
+                .map(|t| (t.upstream.clone(), t.weight))
+                .collect(),
         ))
     } else if let Some(rd) = &r.redirect {
         redirect(e, &format!("{path}.redirect"), rd).map(ActionSpec::Redirect)

@@ -42,7 +42,10 @@ routes:
     assert_eq!(spec.routes.len(), 3);
     assert_eq!(spec.admin.address.to_string(), "127.0.0.1:9901");
     assert_eq!(spec.upstreams["users"].endpoints.len(), 2);
-    assert_eq!(spec.routes[0].timeout, Some(std::time::Duration::from_secs(5)));
+    assert_eq!(
+        spec.routes[0].timeout,
+        Some(std::time::Duration::from_secs(5))
+    );
 }
 
 #[test]
@@ -82,7 +85,10 @@ routes:
     ];
     assert_eq!(got.len(), want.len(), "{got:#?}");
     for w in want {
-        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:#?}"
+        );
     }
 }
 
@@ -105,25 +111,70 @@ fn shape_errors_come_from_serde_with_location() {
 fn semantic_rules() {
     let head = "listeners: [{name: m, address: '127.0.0.1:1'}]\nupstreams: {u: {endpoints: [{address: '127.0.0.1:2'}]}}\nroutes:\n";
     let cases = [
-        ("  - {id: a, match: {path: {prefix: /}}}\n", "exactly one of upstream, split, redirect or direct_response"),
-        ("  - {id: a, upstream: u, redirect: {status: 301}}\n", "exactly one of upstream"),
-        ("  - {id: a, redirect: {status: 200}}\n", "redirect status 200"),
-        ("  - {id: a, split: [{upstream: u, weight: 0}]}\n", "at least one split weight"),
+        (
+            "  - {id: a, match: {path: {prefix: /}}}\n",
+            "exactly one of upstream, split, redirect or direct_response",
+        ),
+        (
+            "  - {id: a, upstream: u, redirect: {status: 301}}\n",
+            "exactly one of upstream",
+        ),
+        (
+            "  - {id: a, redirect: {status: 200}}\n",
+            "redirect status 200",
+        ),
+        (
+            "  - {id: a, split: [{upstream: u, weight: 0}]}\n",
+            "at least one split weight",
+        ),
         ("  - {id: 'bad id', upstream: u}\n", "route id \"bad id\""),
-        ("  - {id: a, upstream: u, request_headers: {set: {content-length: '1'}}}\n", "managed by the proxy"),
-        ("  - {id: a, upstream: u, match: {path: {exact: /a, prefix: /b}}}\n", "only one of exact"),
-        ("  - {id: a, upstream: u, match: {headers: [{name: x}]}}\n", "set one of `exact`, `regex` or `present`"),
-        ("  - {id: a, upstream: u, match: {hosts: ['http://x']}}\n", "invalid host"),
-        ("  - {id: a, upstream: u, rewrite: {path: '/x/{id}'}}\n", "needs a `template` path match"),
-        ("  - {id: a, upstream: u, match: {path: {template: '/u/{id}'}}, rewrite: {path: '/x/{name}'}}\n", "{name} is not a capture"),
-        ("  - {id: a, direct_response: {status: 200}, timeout: 1s}\n", "only apply to routes with upstream"),
-        ("  - {id: a, upstream: u}\n  - {id: b, upstream: u}\n", "could never be selected"),
-        ("  - {id: a, upstream: u, timeout: 0s}\n", "greater than zero"),
+        (
+            "  - {id: a, upstream: u, request_headers: {set: {content-length: '1'}}}\n",
+            "managed by the proxy",
+        ),
+        (
+            "  - {id: a, upstream: u, match: {path: {exact: /a, prefix: /b}}}\n",
+            "only one of exact",
+        ),
+        (
+            "  - {id: a, upstream: u, match: {headers: [{name: x}]}}\n",
+            "set one of `exact`, `regex` or `present`",
+        ),
+        (
+            "  - {id: a, upstream: u, match: {hosts: ['http://x']}}\n",
+            "invalid host",
+        ),
+        (
+            "  - {id: a, upstream: u, rewrite: {path: '/x/{id}'}}\n",
+            "needs a `template` path match",
+        ),
+        (
+            "  - {id: a, upstream: u, match: {path: {template: '/u/{id}'}}, rewrite: {path: '/x/{name}'}}\n",
+            "{name} is not a capture",
+        ),
+        (
+            "  - {id: a, direct_response: {status: 200}, timeout: 1s}\n",
+            "only apply to routes with upstream",
+        ),
+        (
+            "  - {id: a, upstream: u}\n  - {id: b, upstream: u}\n",
+            "could never be selected",
+        ),
+        (
+            "  - {id: a, upstream: u, timeout: 0s}\n",
+            "greater than zero",
+        ),
     ];
     for (routes, want) in cases {
         let got = errors(&format!("{head}{routes}"));
-        assert!(got.iter().any(|g| g.contains(want)), "{routes}: want {want:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.contains(want)),
+            "{routes}: want {want:?} in {got:#?}"
+        );
     }
     let no_listener = errors("routes: []\n");
-    assert!(no_listener[0].contains("at least one listener"), "{no_listener:?}");
+    assert!(
+        no_listener[0].contains("at least one listener"),
+        "{no_listener:?}"
+    );
 }

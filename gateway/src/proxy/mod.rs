@@ -45,7 +45,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// `in_flight` counts live requests, so shutdown can end as soon as they are done.
-    pub fn new(store: Arc<RuntimeStore>, metrics: Arc<Metrics>, in_flight: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        store: Arc<RuntimeStore>,
+        metrics: Arc<Metrics>,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             store,
             metrics,
@@ -197,7 +201,9 @@ impl ProxyHttp for Gateway {
                 let empty = d.body.is_empty() || head_only;
                 session.write_response_header(Box::new(resp), empty).await?;
                 if !empty {
-                    session.write_response_body(Some(d.body.clone()), true).await?;
+                    session
+                        .write_response_body(Some(d.body.clone()), true)
+                        .await?;
                 }
                 Ok(true)
             }
@@ -256,7 +262,11 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string())
         {
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip,
             };
@@ -311,6 +321,9 @@ impl ProxyHttp for Gateway {
                 if ctx.request_id.is_empty() {
                     ctx.request_id = reply::request_id(None);
                 }
+                // Pingora will not reuse this connection; say so, or a keepalive client
+                // sends its next request into a closed socket.
+                session.set_keepalive(None);
                 if let Err(err) = send_reply(session, ctx, reply).await {
                     tracing::debug!(error = %err, "could not send error response");
                 }

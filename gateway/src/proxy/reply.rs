@@ -74,9 +74,9 @@ pub fn request_id(client: Option<&[u8]>) -> String {
         Some(v)
             if !v.is_empty()
                 && v.len() <= MAX_REQUEST_ID
-                && v
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')) =>
+                && v.iter().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                }) =>
         {
             // All bytes are ASCII, so this cannot fail.
             String::from_utf8_lossy(v).into_owned()
@@ -98,9 +98,7 @@ pub fn for_error(etype: &ErrorType, source: &ErrorSource) -> Option<Reply> {
         }
         (ErrorSource::Upstream, _) => Some(BAD_GATEWAY),
         (_, ConnectTimedout | ReadTimedout | WriteTimedout) => Some(GATEWAY_TIMEOUT),
-        (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed) => {
-            Some(BAD_GATEWAY)
-        }
+        (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed) => Some(BAD_GATEWAY),
         _ => Some(INTERNAL),
     }
 }
@@ -112,7 +110,13 @@ mod tests {
     #[test]
     fn request_ids() {
         assert_eq!(request_id(Some(b"abc-123_x.y:z")), "abc-123_x.y:z");
-        for bad in [&b""[..], b"has space", b"quote\"", &[b'a'; 129][..], b"\xff"] {
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"quote\"",
+            &[b'a'; 129][..],
+            b"\xff",
+        ] {
             let id = request_id(Some(bad));
             assert_eq!(id.len(), 32, "generated for {bad:?}");
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -143,7 +147,11 @@ mod tests {
             (InternalError, Internal, Some(500)),
         ];
         for (etype, source, want) in cases {
-            assert_eq!(for_error(&etype, &source).map(|r| r.status), want, "{etype:?}");
+            assert_eq!(
+                for_error(&etype, &source).map(|r| r.status),
+                want,
+                "{etype:?}"
+            );
         }
     }
 }

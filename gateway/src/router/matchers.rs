@@ -62,7 +62,8 @@ impl HostPattern {
         let valid_label = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if name.is_empty() || name.len() > MAX_HOST_LEN || !name.split('.').all(valid_label) {
             return Err(format!(
@@ -130,17 +131,16 @@ impl PathTemplate {
                     Some(n) => (true, n),
                     None => (false, inner),
                 };
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
                     return Err(format!(
                         "template {raw:?}: capture name {name:?} must be letters, digits or '_'"
                     ));
                 }
                 if params.iter().any(|p| **p == *name) {
-                    return Err(format!("template {raw:?}: capture {{{name}}} appears twice"));
+                    return Err(format!(
+                        "template {raw:?}: capture {{{name}}} appears twice"
+                    ));
                 }
                 if catch_all && i + 1 != parts.len() {
                     return Err(format!(
@@ -189,14 +189,21 @@ pub enum PathPattern {
     Prefix(Box<str>),
     Template(PathTemplate),
     /// Must match the whole path.
-    Regex { source: Box<str>, regex: Regex },
+    Regex {
+        source: Box<str>,
+        regex: Regex,
+    },
 }
 
 fn check_path_literal(kind: &str, raw: &str) -> Result<(), String> {
     if !raw.starts_with('/') {
         return Err(format!("{kind} path {raw:?} must start with '/'"));
     }
-    if raw.contains(['?', '#']) || raw.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if raw.contains(['?', '#'])
+        || raw
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err(format!(
             "{kind} path {raw:?} must not contain '?', '#', spaces or control characters"
         ));
@@ -213,7 +220,9 @@ impl PathPattern {
     pub fn prefix(raw: &str) -> Result<Self, String> {
         check_path_literal("prefix", raw)?;
         let trimmed = raw.trim_end_matches('/');
-        Ok(PathPattern::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into()))
+        Ok(PathPattern::Prefix(
+            if trimmed.is_empty() { "/" } else { trimmed }.into(),
+        ))
     }
 
     pub fn regex(raw: &str) -> Result<Self, String> {
@@ -429,15 +438,13 @@ fn form_eq(raw: &str, decoded: &str) -> bool {
     while i < bytes.len() {
         let b = match bytes[i] {
             b'+' => b' ',
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        i += 2;
-                        h << 4 | l
-                    }
-                    _ => b'%',
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    i += 2;
+                    h << 4 | l
                 }
-            }
+                _ => b'%',
+            },
             other => other,
         };
         if want.next() != Some(b) {
@@ -512,7 +519,10 @@ mod tests {
             assert_eq!(p.matches(host), want, "{pattern} vs {host}");
         }
         for bad in ["", "http://x", "a b", "x:80", "*.", "a..b"] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                HostPattern::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
@@ -558,8 +568,18 @@ mod tests {
             let t = PathTemplate::parse(template).unwrap();
             assert_eq!(template_matches(&t, path), want, "{template} vs {path}");
         }
-        for bad in ["users/{id}", "/a/{*rest}/b", "/a/x{id}", "/a/{id}/{id}", "/plain", "/{a-b}"] {
-            assert!(PathTemplate::parse(bad).is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "users/{id}",
+            "/a/{*rest}/b",
+            "/a/x{id}",
+            "/a/{id}/{id}",
+            "/plain",
+            "/{a-b}",
+        ] {
+            assert!(
+                PathTemplate::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
@@ -602,7 +622,13 @@ mod tests {
         assert!(!q("q", ValueTest::Exact("hello".into())).matches(query));
         assert!(q("missing", ValueTest::Absent).matches(query));
         assert!(q("missing", ValueTest::Absent).matches(None));
-        assert!(q("q", ValueTest::from_fields(None, Some("hello w.*"), None).unwrap()).matches(query));
+        assert!(
+            q(
+                "q",
+                ValueTest::from_fields(None, Some("hello w.*"), None).unwrap()
+            )
+            .matches(query)
+        );
         assert!(ValueTest::from_fields(Some("a"), Some("b"), None).is_err());
         assert!(ValueTest::from_fields(None, None, None).is_err());
     }

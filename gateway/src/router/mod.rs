@@ -302,7 +302,11 @@ impl RouteTable {
     pub fn find(&self, req: &RequestView<'_>) -> Option<RouteHit> {
         let host = req.host;
         if !host.is_empty() {
-            if let Some(hit) = self.exact_hosts.get(host).and_then(|t| t.find(req, &self.routes)) {
+            if let Some(hit) = self
+                .exact_hosts
+                .get(host)
+                .and_then(|t| t.find(req, &self.routes))
+            {
                 return Some(hit);
             }
             if !self.wildcard_hosts.is_empty() {
@@ -370,7 +374,11 @@ pub fn precedence(route: &Route, req: &RequestView<'_>) -> Option<Precedence> {
                 .collect(),
             0,
         ),
-        PathPattern::Prefix(p) => (2, Vec::new(), p.split('/').filter(|s| !s.is_empty()).count()),
+        PathPattern::Prefix(p) => (
+            2,
+            Vec::new(),
+            p.split('/').filter(|s| !s.is_empty()).count(),
+        ),
         PathPattern::Regex { .. } => (3, Vec::new(), 0),
     };
     Some(Precedence {
@@ -440,10 +448,7 @@ pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError
     if !path.starts_with('/') {
         return Err(PathError::NotOriginForm);
     }
-    let needs_work = path.contains("//")
-        || path
-            .split('/')
-            .any(|s| is_dot(s) || is_dot_dot(s));
+    let needs_work = path.contains("//") || path.split('/').any(|s| is_dot(s) || is_dot_dot(s));
     if !needs_work {
         return Ok(std::borrow::Cow::Borrowed(path));
     }

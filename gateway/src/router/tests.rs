@@ -19,7 +19,13 @@ fn runtime(routes: &str) -> Runtime {
     compile(&spec, 1).unwrap()
 }
 
-fn find(rt: &Runtime, method: &str, host: &str, target: &str, headers: &[(&str, &str)]) -> Option<String> {
+fn find(
+    rt: &Runtime,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Option<String> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -43,7 +49,10 @@ fn find(rt: &Runtime, method: &str, host: &str, target: &str, headers: &[(&str, 
     };
     let fast = rt.routes.find(&view).map(|h| h.route);
     let slow = reference_find(rt.routes.routes(), &view);
-    assert_eq!(fast, slow, "fast and reference disagree for {method} {host}{target}");
+    assert_eq!(
+        fast, slow,
+        "fast and reference disagree for {method} {host}{target}"
+    );
     fast.map(|i| rt.routes.routes()[i].id.to_string())
 }
 
@@ -90,7 +99,11 @@ fn path_kinds_in_order() {
         ("/files", Some("root")),
     ];
     for (path, want) in cases {
-        assert_eq!(find(&rt, "GET", "", path, &[]).as_deref(), want, "GET {path}");
+        assert_eq!(
+            find(&rt, "GET", "", path, &[]).as_deref(),
+            want,
+            "GET {path}"
+        );
     }
 }
 
@@ -107,12 +120,16 @@ fn regex_routes_come_after_prefixes() {
     let cases = [
         ("/n/12", Some("numeric")),
         ("/n/x", Some("any-n")),
-        ("/n/12/x", Some("any-n")),  // regexes match the whole path
+        ("/n/12/x", Some("any-n")), // regexes match the whole path
         ("/api/x", Some("api")),
         ("/nothing", None),
     ];
     for (path, want) in cases {
-        assert_eq!(find(&rt, "GET", "", path, &[]).as_deref(), want, "GET {path}");
+        assert_eq!(
+            find(&rt, "GET", "", path, &[]).as_deref(),
+            want,
+            "GET {path}"
+        );
     }
 }
 
@@ -143,7 +160,11 @@ fn host_tiers_fall_through() {
         ("[::1]:8080", "/", Some("any")),
     ];
     for (host, path, want) in cases {
-        assert_eq!(find(&rt, "GET", host, path, &[]).as_deref(), want, "{host}{path}");
+        assert_eq!(
+            find(&rt, "GET", host, path, &[]).as_deref(),
+            want,
+            "{host}{path}"
+        );
     }
 }
 
@@ -256,7 +277,10 @@ fn normalizes_paths() {
     for (raw, want) in cases {
         assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
     }
-    assert!(matches!(normalize_path("/plain/path").unwrap(), std::borrow::Cow::Borrowed(_)));
+    assert!(matches!(
+        normalize_path("/plain/path").unwrap(),
+        std::borrow::Cow::Borrowed(_)
+    ));
     assert_eq!(normalize_path("*"), Err(PathError::NotOriginForm));
     assert_eq!(normalize_path("a/b"), Err(PathError::NotOriginForm));
 }
@@ -319,7 +343,11 @@ fn fast_table_agrees_with_reference() {
                 0 => String::new(),
                 _ => format!("hosts: ['{}'], ", rng.pick(&hosts)),
             };
-            let methods = if rng.next() % 4 == 0 { "methods: [POST], " } else { "" };
+            let methods = if rng.next() % 4 == 0 {
+                "methods: [POST], "
+            } else {
+                ""
+            };
             let header = if rng.next() % 5 == 0 {
                 "headers: [{name: x-h, present: true}], "
             } else {
@@ -348,7 +376,11 @@ fn fast_table_agrees_with_reference() {
             }
             let host = rng.pick(&["x.test", "y.test", "z.y.test", "q.test", "", "other"]);
             let method = rng.pick(&["GET", "POST"]);
-            let headers: &[(&str, &str)] = if rng.next() % 2 == 0 { &[("x-h", "1")] } else { &[] };
+            let headers: &[(&str, &str)] = if rng.next() % 2 == 0 {
+                &[("x-h", "1")]
+            } else {
+                &[]
+            };
             // `find` asserts agreement with the reference.
             let _ = find(&rt, method, host, &path, headers);
         }

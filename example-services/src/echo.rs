@@ -1,0 +1,125 @@
+//! Owns the `echo` service: every request is answered with a JSON description of itself
+//! (method, path, query, selected headers) and the service's name, plus a few helper
+//! endpoints for exercising a proxy: `/healthz`, `/delay/{ms}`, `/status/{code}`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+/// Longest `/delay/{ms}` honoured, so a stray request cannot park a task for long.
+const MAX_DELAY_MS: u64 = 30_000;
+
+#[derive(Clone, Debug)]
+struct EchoState {
+    name: String,
+}
+
+/// The echo router. `name` is returned in the body and the `x-served-by` header.
+pub fn app(name: &str) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/delay/{ms}", get(delay))
+        .route("/status/{code}", get(status))
+        .fallback(echo)
+        .with_state(EchoState {
+            name: name.to_owned(),
+        })
+}
+
+fn served_by(state: &EchoState, mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&state.name) {
+        resp.headers_mut().insert("x-served-by", v);
+    }
+    resp
+}
+
+fn describe(state: &EchoState, req: &Request) -> Value {
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        // Credentials are never echoed back.
+        .filter(|(k, _)| !matches!(k.as_str(), "authorization" | "cookie"))
+        .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>"))))
+        .collect();
+    json!({
+        "service": state.name,
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "headers": headers,
+    })
+}
+
+async fn echo(State(state): State<EchoState>, req: Request) -> Response {
+    let body = describe(&state, &req);
+    served_by(&state, Json(body).into_response())
+}
+
+async fn delay(State(state): State<EchoState>, Path(ms): Path<u64>, req: Request) -> Response {
+    tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
+    let body = describe(&state, &req);
+    served_by(&state, Json(body).into_response())
+}
+
+async fn status(State(state): State<EchoState>, Path(code): Path<u16>) -> Response {
+    let resp = match StatusCode::from_u16(code) {
+        Ok(s) => (s, Json(json!({"status": code}))).into_response(),
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"code": "bad_status", "message": "status must be 100-999"}})),
+        )
+            .into_response(),
+    };
+    served_by(&state, resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn echoes_the_request() {
+        let resp = app("users")
+            .oneshot(
+                Request::builder()
+                    .uri("/a/b?x=1")
+                    .header("x-test", "yes")
+                    .header("authorization", "Bearer secret")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-served-by"], "users");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["path"], "/a/b");
+        assert_eq!(v["query"], "x=1");
+        assert_eq!(v["headers"]["x-test"], "yes");
+        assert!(v["headers"].get("authorization").is_none());
+    }
+
+    #[tokio::test]
+    async fn status_endpoint() {
+        let resp = app("s")
+            .oneshot(
+                Request::builder()
+                    .uri("/status/503")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
