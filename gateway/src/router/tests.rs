@@ -208,7 +208,8 @@ fn methods_headers_query_and_declaration_order() {
     upstream: u
 ",
     );
-    let cases: [(&str, &str, &[(&str, &str)], Option<&str>); 14] = [
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: [Case<'_>; 14] = [
         ("GET", "/items", &[], Some("plain")),
         ("DELETE", "/items/1", &[], Some("delete")),
         ("PUT", "/items", &[], Some("post")),
@@ -343,12 +344,12 @@ fn fast_table_agrees_with_reference() {
                 0 => String::new(),
                 _ => format!("hosts: ['{}'], ", rng.pick(&hosts)),
             };
-            let methods = if rng.next() % 4 == 0 {
+            let methods = if rng.next().is_multiple_of(4) {
                 "methods: [POST], "
             } else {
                 ""
             };
-            let header = if rng.next() % 5 == 0 {
+            let header = if rng.next().is_multiple_of(5) {
                 "headers: [{name: x-h, present: true}], "
             } else {
                 ""
@@ -376,7 +377,7 @@ fn fast_table_agrees_with_reference() {
             }
             let host = rng.pick(&["x.test", "y.test", "z.y.test", "q.test", "", "other"]);
             let method = rng.pick(&["GET", "POST"]);
-            let headers: &[(&str, &str)] = if rng.next() % 2 == 0 {
+            let headers: &[(&str, &str)] = if rng.next().is_multiple_of(2) {
                 &[("x-h", "1")]
             } else {
                 &[]
