@@ -368,3 +368,27 @@ async fn admin_api_and_metrics() {
     assert!(line["request_id"].as_str().is_some_and(|s| s.len() == 32));
     assert!(line["duration_ms"].as_f64().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled() {
+    let (addr, accepted) = common::counting_echo_upstream("pooled").await;
+    let text = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+upstreams: {{pooled: {{endpoints: [{{address: "{addr}"}}]}}}}
+routes: [{{id: all, upstream: pooled}}]
+"#
+    );
+    let gw = Gateway::start(&text).await;
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    // Without upstream keepalive this would be 50.
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&n),
+        "{n} upstream connections for 50 sequential requests"
+    );
+}

@@ -56,6 +56,17 @@ fn find(
     fast.map(|i| rt.routes.routes()[i].id.to_string())
 }
 
+/// GET each path on `host` and compare the winning route id.
+fn check_gets(rt: &Runtime, host: &str, cases: &[(&str, Option<&str>)]) {
+    for (path, want) in cases {
+        assert_eq!(
+            find(rt, "GET", host, path, &[]).as_deref(),
+            *want,
+            "GET {host}{path}"
+        );
+    }
+}
+
 #[test]
 fn template_without_capture_is_rejected() {
     let err = crate::config::parse(
@@ -98,13 +109,7 @@ fn path_kinds_in_order() {
         ("/files/a/b/meta", Some("files")),
         ("/files", Some("root")),
     ];
-    for (path, want) in cases {
-        assert_eq!(
-            find(&rt, "GET", "", path, &[]).as_deref(),
-            want,
-            "GET {path}"
-        );
-    }
+    check_gets(&rt, "", &cases);
 }
 
 #[test]
@@ -124,13 +129,7 @@ fn regex_routes_come_after_prefixes() {
         ("/api/x", Some("api")),
         ("/nothing", None),
     ];
-    for (path, want) in cases {
-        assert_eq!(
-            find(&rt, "GET", "", path, &[]).as_deref(),
-            want,
-            "GET {path}"
-        );
-    }
+    check_gets(&rt, "", &cases);
 }
 
 #[test]

@@ -117,15 +117,14 @@ impl Gateway {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// The config version the admin API reports.
-    pub async fn version(&self) -> u64 {
-        let v: serde_json::Value = reqwest::get(self.admin_url("/admin/config"))
+    /// `/admin/config` as JSON.
+    pub async fn admin_config(&self) -> serde_json::Value {
+        reqwest::get(self.admin_url("/admin/config"))
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        v["version"].as_u64().unwrap()
+            .unwrap()
     }
 
     /// Poll `/admin/config` until `pred` holds or 10 s pass.
@@ -136,12 +135,7 @@ impl Gateway {
     ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v: serde_json::Value = reqwest::get(self.admin_url("/admin/config"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = self.admin_config().await;
             if pred(&v) {
                 return v;
             }
@@ -185,4 +179,47 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A TCP listener that counts the connections it accepts.
+pub struct CountingListener {
+    inner: tokio::net::TcpListener,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if let Ok(conn) = self.inner.accept().await {
+                self.accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return conn;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Like [`echo_upstream`], also returning the count of TCP connections it accepted.
+pub async fn counting_echo_upstream(
+    name: &str,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = inner.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = CountingListener {
+        inner,
+        accepted: std::sync::Arc::clone(&accepted),
+    };
+    let app = example_services::echo::app(name);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, accepted)
 }
