@@ -1,5 +1,6 @@
 //! Owns the `echo` service: every request is answered with a JSON description of itself
-//! (method, path, query, selected headers) and the service's name, plus a few helper
+//! (method, path, query, headers except credentials, body size and a body preview) and the
+//! service's name, plus a few helper
 //! endpoints for exercising a proxy: `/healthz`, `/delay/{ms}`, `/status/{code}`.
 
 use std::time::Duration;
@@ -13,6 +14,10 @@ use serde_json::{Value, json};
 
 /// Longest `/delay/{ms}` honoured, so a stray request cannot park a task for long.
 const MAX_DELAY_MS: u64 = 30_000;
+/// Largest request body read; larger bodies get 413.
+const MAX_BODY: usize = 8 << 20;
+/// Bytes of a UTF-8 body echoed back as text.
+const BODY_PREVIEW: usize = 4096;
 
 #[derive(Clone, Debug)]
 struct EchoState {
@@ -38,7 +43,7 @@ fn served_by(state: &EchoState, mut resp: Response) -> Response {
     resp
 }
 
-fn describe(state: &EchoState, req: &Request) -> Value {
+fn describe(state: &EchoState, req: &Request, body: &[u8]) -> Value {
     let headers: serde_json::Map<String, Value> = req
         .headers()
         .iter()
@@ -46,23 +51,38 @@ fn describe(state: &EchoState, req: &Request) -> Value {
         .filter(|(k, _)| !matches!(k.as_str(), "authorization" | "cookie"))
         .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>"))))
         .collect();
+    let preview = std::str::from_utf8(&body[..body.len().min(BODY_PREVIEW)]).ok();
     json!({
         "service": state.name,
         "method": req.method().as_str(),
         "path": req.uri().path(),
         "query": req.uri().query(),
         "headers": headers,
+        "body_bytes": body.len(),
+        "body": preview,
     })
 }
 
 async fn echo(State(state): State<EchoState>, req: Request) -> Response {
-    let body = describe(&state, &req);
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            let body = json!({"error": {"code": "body_too_large", "message": "request body is larger than 8 MiB"}});
+            return served_by(
+                &state,
+                (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response(),
+            );
+        }
+    };
+    let req = Request::from_parts(parts, axum::body::Body::empty());
+    let body = describe(&state, &req, &bytes);
     served_by(&state, Json(body).into_response())
 }
 
 async fn delay(State(state): State<EchoState>, Path(ms): Path<u64>, req: Request) -> Response {
     tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
-    let body = describe(&state, &req);
+    let body = describe(&state, &req, &[]);
     served_by(&state, Json(body).into_response())
 }
 
@@ -92,7 +112,7 @@ mod tests {
                     .uri("/a/b?x=1")
                     .header("x-test", "yes")
                     .header("authorization", "Bearer secret")
-                    .body(Body::empty())
+                    .body(Body::from("hello"))
                     .unwrap(),
             )
             .await
@@ -107,6 +127,8 @@ mod tests {
         assert_eq!(v["query"], "x=1");
         assert_eq!(v["headers"]["x-test"], "yes");
         assert!(v["headers"].get("authorization").is_none());
+        assert_eq!(v["body_bytes"], 5);
+        assert_eq!(v["body"], "hello");
     }
 
     #[tokio::test]

@@ -16,7 +16,10 @@ pub enum PathRewrite {
     /// Replace the first match of `regex`; `$1` / `${name}` refer to its captures.
     Regex { regex: Regex, replacement: Box<str> },
     /// Rebuild the path from the route's template captures: "/v2/users/{id}".
-    Template(Vec<RewritePart>),
+    Template {
+        source: Box<str>,
+        parts: Vec<RewritePart>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -40,7 +43,7 @@ impl PathRewrite {
             PathRewrite::Regex { regex, replacement } => {
                 regex.replacen(path, 1, &**replacement).into_owned()
             }
-            PathRewrite::Template(parts) => {
+            PathRewrite::Template { parts, .. } => {
                 let mut s = String::with_capacity(path.len());
                 for part in parts {
                     match part {
@@ -55,6 +58,17 @@ impl PathRewrite {
             out.insert(0, '/');
         }
         out
+    }
+
+    /// One line for `explain` and `/admin/routes`.
+    pub fn describe(&self) -> String {
+        match self {
+            PathRewrite::StripPrefix(p) => format!("strip prefix {p}"),
+            PathRewrite::Regex { regex, replacement } => {
+                format!("regex {} -> {replacement}", regex.as_str())
+            }
+            PathRewrite::Template { source, .. } => format!("path {source}"),
+        }
     }
 }
 
@@ -220,10 +234,13 @@ mod tests {
 
     #[test]
     fn template_rewrite() {
-        let r = PathRewrite::Template(vec![
-            RewritePart::Literal("/v2/people/".into()),
-            RewritePart::Capture(0),
-        ]);
+        let r = PathRewrite::Template {
+            source: "/v2/people/{id}".into(),
+            parts: vec![
+                RewritePart::Literal("/v2/people/".into()),
+                RewritePart::Capture(0),
+            ],
+        };
         let mut caps = Captures::default();
         caps.push(7, 9);
         assert_eq!(r.apply("/users/42", &caps), "/v2/people/42");

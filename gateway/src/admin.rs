@@ -78,13 +78,7 @@ pub fn describe_route(route: &Route) -> Value {
             "body_bytes": d.body.len(),
         }),
     };
-    let rewrite = route.rewrite.as_ref().map(|r| match r {
-        PathRewrite::StripPrefix(p) => json!({"strip_prefix": &**p}),
-        PathRewrite::Regex { regex, replacement } => {
-            json!({"regex": regex.as_str(), "replacement": &**replacement})
-        }
-        PathRewrite::Template(_) => json!({"template": true}),
-    });
+    let rewrite = route.rewrite.as_ref().map(PathRewrite::describe);
     let ops = |o: &crate::actions::HeaderOps| {
         json!({
             "set": o.set.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("")))).collect::<serde_json::Map<_, _>>(),

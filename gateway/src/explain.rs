@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 
 use pingora::http::RequestHeader;
 
-use crate::actions::PathRewrite;
 use crate::proxy::decide::{self, Decision};
 use crate::router::matchers::{HostPattern, MAX_HOST_LEN};
 use crate::router::{self, RequestView, Route, RouteAction, normalize_host, normalize_path};
@@ -228,14 +227,7 @@ pub fn explain(runtime: &Runtime, req: &RequestHeader) -> String {
             m.extra_matchers()
         );
         if let Some(rw) = &route.rewrite {
-            let what = match rw {
-                PathRewrite::StripPrefix(p) => format!("strip prefix {p}"),
-                PathRewrite::Regex { regex, replacement } => {
-                    format!("regex {} -> {replacement}", regex.as_str())
-                }
-                PathRewrite::Template(_) => "template path".to_owned(),
-            };
-            let _ = writeln!(out, "  rewrite: {what}");
+            let _ = writeln!(out, "  rewrite: {}", rw.describe());
         }
         describe_action(route, &mut out);
     }

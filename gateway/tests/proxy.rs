@@ -392,3 +392,44 @@ routes: [{{id: all, upstream: pooled}}]
         "{n} upstream connections for 50 sequential requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_forwarded() {
+    let gw = start().await;
+    let c = client();
+    let body = "0123456789".repeat(30_000);
+    let v = json(
+        c.post(gw.url("/api/upload"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["body_bytes"], body.len());
+    // Chunked upload (no content-length).
+    let stream =
+        futures_util::stream::iter((0..10).map(|i| Ok::<_, std::io::Error>(format!("chunk-{i};"))));
+    let v = json(
+        c.put(gw.url("/api/upload"))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        v["body"],
+        (0..10).map(|i| format!("chunk-{i};")).collect::<String>()
+    );
+    // A body sent to a route that answers itself does not poison the connection.
+    let r = c
+        .post(gw.url("/ping"))
+        .body("ignored")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "pong");
+    assert_eq!(c.get(gw.url("/ping")).send().await.unwrap().status(), 200);
+}

@@ -604,7 +604,10 @@ fn rewrite(
     if !rest.is_empty() {
         parts.push(RewritePart::Literal(rest.into()));
     }
-    Some(PathRewrite::Template(parts))
+    Some(PathRewrite::Template {
+        source: target.into(),
+        parts,
+    })
 }
 
 fn redirect(e: &mut Errors, path: &str, r: &wire::Redirect) -> Option<Redirect> {
