@@ -29,8 +29,13 @@ pub fn build_request(method: &str, url: &str, headers: &[String]) -> Result<Requ
             .ok_or_else(|| format!("header {h:?} must look like 'name: value'"))?;
         let name = http::HeaderName::from_bytes(name.trim().as_bytes())
             .map_err(|_| format!("invalid header name in {h:?}"))?;
-        req.append_header(name, value.trim())
-            .map_err(|_| format!("invalid header value in {h:?}"))?;
+        // A Host given with -H replaces the one taken from the URL.
+        let added = if name == http::header::HOST {
+            req.insert_header(name, value.trim())
+        } else {
+            req.append_header(name, value.trim()).map(|_| ())
+        };
+        added.map_err(|_| format!("invalid header value in {h:?}"))?;
     }
     Ok(req)
 }

@@ -111,6 +111,9 @@ pub struct UpstreamPool {
     schedule: WeightedSchedule,
 }
 
+/// Upstream read/write timeout for routes that set no `timeout` (nginx's default too).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Options that shape the prebuilt peers of a pool.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerOptions {
@@ -146,6 +149,9 @@ impl UpstreamPool {
             let mut peer = HttpPeer::new(socket, false, String::new());
             peer.options.connection_timeout = Some(options.connect_timeout);
             peer.options.idle_timeout = Some(options.idle_timeout);
+            // A hung upstream must not hold a request forever; routes may override.
+            peer.options.read_timeout = Some(DEFAULT_ROUTE_TIMEOUT);
+            peer.options.write_timeout = Some(DEFAULT_ROUTE_TIMEOUT);
             out.push(Endpoint {
                 address: address.as_str().into(),
                 socket,

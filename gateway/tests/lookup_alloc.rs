@@ -178,7 +178,10 @@ fn cases() -> Vec<Case> {
             "/static/assets/app.js",
         )
         .hits("static"),
-        get("no host header", "", "/items/9").hits("item"),
+        Case {
+            captures: &["9"],
+            ..get("no host header", "", "/items/9").hits("item")
+        },
         get("regex", "api.example.com", "/reports/2024-05/daily").hits("api-report"),
         get(
             "regex, host-less",

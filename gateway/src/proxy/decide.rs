@@ -41,12 +41,17 @@ fn head_size(req: &RequestHeader) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// The Host header, or the authority of an absolute-form / HTTP/2 request.
+/// The request's authority (absolute-form or HTTP/2), else its Host header: RFC 9112
+/// section 3.2.2 has the target's authority win over Host.
 pub fn raw_host(req: &RequestHeader) -> &str {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .unwrap_or("")
 }
 

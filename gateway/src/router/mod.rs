@@ -19,8 +19,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::cell::RefCell;
+
 use http::{HeaderMap, Method};
-use regex::RegexSet;
+use regex_automata::{Input, MatchKind, PatternSet, meta};
 
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect};
 use crate::upstream::Backends;
@@ -130,43 +132,64 @@ pub struct RouteHit {
     pub captures: Captures,
 }
 
-/// Regex routes of one host, in priority order, checked with one `RegexSet` per chunk.
+/// Regex routes of one host, in priority order, searched with one multi-pattern regex per
+/// chunk of 64: one pass over the path says which patterns match.
 #[derive(Debug, Default)]
 struct RegexIndex {
     routes: Vec<u32>,
-    sets: Vec<RegexSet>,
+    sets: Vec<meta::Regex>,
 }
 
-/// Patterns per `RegexSet`; the match flags for one chunk live in a stack array.
+/// Patterns per multi-pattern regex; the matches of one chunk fit a `u64` bit mask and one
+/// per-thread `PatternSet`.
 const REGEX_CHUNK: usize = 64;
 
+thread_local! {
+    // `RegexSet::matches_read_at` allocates a `PatternSet` on every call; keeping one per
+    // thread makes the regex step of a lookup allocation-free once warm.
+    static PATTERN_SET: RefCell<PatternSet> = RefCell::new(PatternSet::new(REGEX_CHUNK));
+}
+
 impl RegexIndex {
-    fn build(mut routes: Vec<u32>, all: &[Route]) -> Result<Self, regex::Error> {
+    fn build(mut routes: Vec<u32>, all: &[Route]) -> Result<Self, TableError> {
         sort_candidates(&mut routes, all);
         let mut sets = Vec::new();
         for chunk in routes.chunks(REGEX_CHUNK) {
-            let patterns = chunk.iter().map(|r| match &all[*r as usize].matcher.path {
-                PathPattern::Regex { regex, .. } => regex.as_str(),
-                _ => "$^",
-            });
-            sets.push(RegexSet::new(patterns)?);
+            let patterns: Vec<&str> = chunk
+                .iter()
+                .map(|r| match &all[*r as usize].matcher.path {
+                    PathPattern::Regex { regex, .. } => regex.as_str(),
+                    _ => "$^",
+                })
+                .collect();
+            let set = meta::Regex::builder()
+                // All: report every pattern that matches, not just the leftmost-first.
+                .configure(meta::Config::new().match_kind(MatchKind::All))
+                .build_many(&patterns)
+                .map_err(|e| TableError(e.to_string()))?;
+            sets.push(set);
         }
         Ok(Self { routes, sets })
     }
 
     fn find(&self, path: &str, check: &mut impl FnMut(u32) -> bool) -> Option<u32> {
+        let input = Input::new(path);
         for (chunk, set) in self.sets.iter().enumerate() {
-            let mut hits = [false; REGEX_CHUNK];
-            let n = set.len();
-            if !set.matches_read_at(&mut hits[..n], path, 0) {
-                continue;
-            }
-            for (j, hit) in hits[..n].iter().enumerate() {
-                if *hit {
-                    let route = self.routes[chunk * REGEX_CHUNK + j];
-                    if check(route) {
-                        return Some(route);
-                    }
+            let hits = PATTERN_SET.with(|cell| {
+                let Ok(mut patset) = cell.try_borrow_mut() else {
+                    return 0u64;
+                };
+                patset.clear();
+                set.which_overlapping_matches(&input, &mut patset);
+                patset.iter().fold(0u64, |m, pid| m | 1 << pid.as_usize())
+            });
+            let mut rest = hits;
+            while rest != 0 {
+                let j = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                let route = self.routes[chunk * REGEX_CHUNK + j];
+                if check(route) {
+                    return Some(route);
                 }
             }
         }
@@ -184,7 +207,7 @@ struct HostTable {
 }
 
 impl HostTable {
-    fn build(members: &[u32], all: &[Route]) -> Result<Self, regex::Error> {
+    fn build(members: &[u32], all: &[Route]) -> Result<Self, TableError> {
         let mut table = HostTable::default();
         let mut regex = Vec::new();
         for &r in members {
@@ -240,8 +263,8 @@ fn sort_candidates(list: &mut [u32], all: &[Route]) {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("regex set for routes could not be built: {0}")]
-pub struct TableError(#[from] regex::Error);
+#[error("regex routes could not be combined into one matcher: {0}")]
+pub struct TableError(String);
 
 /// The compiled, immutable route table.
 #[derive(Debug)]
