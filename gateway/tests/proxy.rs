@@ -301,15 +301,7 @@ async fn admin_api_and_metrics() {
     let r = c.get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(json(r).await["config_version"], 1);
 
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for needle in [
+    gw.wait_metrics(&[
         r#"gateway_requests_total{method="GET",route="api",status_class="2xx"} 1"#,
         r#"gateway_requests_total{method="GET",route="-",status_class="4xx"} 1"#,
         r#"gateway_request_duration_seconds_count{route="api"} 1"#,
@@ -317,9 +309,8 @@ async fn admin_api_and_metrics() {
         "gateway_config_version 1",
         "gateway_config_reloads_total 0",
         "gateway_config_reload_failures_total 0",
-    ] {
-        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
-    }
+    ])
+    .await;
 
     let cfg = json(c.get(gw.admin_url("/admin/config")).send().await.unwrap()).await;
     assert_eq!(cfg["version"], 1);
@@ -351,17 +342,27 @@ async fn admin_api_and_metrics() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = gw.log();
+    // The access log is written after the response went out: poll for the line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (log, line) = loop {
+        let log = gw.log();
+        let line = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["path"] == "/api/secret");
+        if let Some(line) = line {
+            break (log, line);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert!(
         !log.contains("top-secret"),
         "credentials leaked into the log"
     );
-    let line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["path"] == "/api/secret")
-        .expect("access log line");
     assert_eq!(line["route"], "api");
     assert_eq!(line["status"], 200);
     assert_eq!(line["upstream"], "one");

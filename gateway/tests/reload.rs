@@ -244,7 +244,7 @@ async fn reload_under_load_drops_nothing() {
 /// request, send `signal`, and check that the request completes, new requests are not
 /// accepted, and the process exits 0 without waiting out the 10 s grace period.
 async fn graceful_shutdown_on(signal: &str) {
-    let u1 = echo_upstream("one").await;
+    let (u1, accepted) = common::counting_echo_upstream("one").await;
     let text = format!(
         "{}  - {{id: slow, match: {{path: {{prefix: /delay}}}}, upstream: one}}\n",
         HEAD.replace("{U1}", &u1.to_string())
@@ -259,23 +259,34 @@ async fn graceful_shutdown_on(signal: &str) {
             Ok::<_, reqwest::Error>((status, body))
         }
     });
-    // Let the request reach the upstream before signalling.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Signal only once the request has reached the upstream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let signalled = Instant::now();
     gw.signal(signal);
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // New requests are refused once the listener is closed (which happens at once).
     let fresh = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(1))
+        .pool_max_idle_per_host(0)
         .build()
-        .unwrap()
-        .get(gw.url("/delay/0"))
-        .send()
-        .await;
-    assert!(
-        fresh.is_err(),
-        "a new request was accepted while draining: {fresh:?}"
-    );
+        .unwrap();
+    loop {
+        if fresh.get(gw.url("/delay/0")).send().await.is_err() {
+            break;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "new requests still accepted while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (status, body) = in_flight
         .await

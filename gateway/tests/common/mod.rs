@@ -147,6 +147,26 @@ impl Gateway {
         }
     }
 
+    /// `/metrics` once it contains every line in `needles`. Metrics are recorded in the
+    /// logging phase, after the client already has its response, so poll (up to 10 s).
+    pub async fn wait_metrics(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = reqwest::get(self.admin_url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+            if missing.is_empty() {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "missing {missing:?} in\n{text}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Value of an unlabelled metric from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(self.admin_url("/metrics"))
