@@ -20,7 +20,7 @@ const SIZES: [usize; 3] = [10, 1_000, 10_000];
 fn build(n: usize) -> Runtime {
     let spec = config::parse(&routes_yaml(n), "bench.yaml")
         .unwrap_or_else(|e| panic!("routes_yaml({n}) does not parse:\n{e}"));
-    runtime::compile(&spec, 1).expect("generated config compiles")
+    runtime::compile(&spec, 1, None).expect("generated config compiles")
 }
 
 fn find(c: &mut Criterion) {
@@ -52,7 +52,7 @@ fn compile_10k(c: &mut Criterion) {
         b.iter_with_large_drop(|| config::parse(black_box(&yaml), "bench.yaml").expect("parses"));
     });
     group.bench_function("compile", |b| {
-        b.iter_with_large_drop(|| runtime::compile(black_box(&spec), 1).expect("compiles"));
+        b.iter_with_large_drop(|| runtime::compile(black_box(&spec), 1, None).expect("compiles"));
     });
     group.finish();
 }

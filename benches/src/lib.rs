@@ -293,7 +293,7 @@ mod tests {
             let spec = gateway::config::parse(&routes_yaml(n), "bench.yaml")
                 .unwrap_or_else(|e| panic!("routes_yaml({n}) does not parse:\n{e}"));
             assert_eq!(spec.routes.len(), n);
-            let runtime = gateway::runtime::compile(&spec, 1).unwrap();
+            let runtime = gateway::runtime::compile(&spec, 1, None).unwrap();
             let table = &runtime.routes;
             for f in requests(n) {
                 let view = f.request.view();

@@ -14,6 +14,7 @@ use crate::actions::PathRewrite;
 use crate::metrics::Metrics;
 use crate::reload::RuntimeStore;
 use crate::router::{Route, RouteAction};
+use crate::upstream::{HashOn, LoadBalancing, UpstreamPool};
 
 #[derive(Debug)]
 pub struct AdminApp {
@@ -48,6 +49,35 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
 fn json_response(status: StatusCode, value: &Value) -> Response<Vec<u8>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     respond(status, "application/json", body)
+}
+
+/// One pool and the live load state of its endpoints, for `/admin/upstreams`.
+pub fn describe_pool(pool: &UpstreamPool) -> Value {
+    let hash_on = match &pool.load_balancing {
+        LoadBalancing::ConsistentHash { on, bounded_load } => Some(json!({
+            "on": match on {
+                HashOn::Header(h) => format!("header:{h}"),
+                HashOn::Cookie(c) => format!("cookie:{c}"),
+                HashOn::ClientIp => "client_ip".to_owned(),
+                HashOn::Path => "path".to_owned(),
+            },
+            "bounded_load": bounded_load,
+        })),
+        _ => None,
+    };
+    json!({
+        "name": &*pool.name,
+        "load_balancing": pool.load_balancing.as_str(),
+        "consistent_hash": hash_on,
+        "endpoints": pool.endpoints.iter().map(|e| json!({
+            "address": &*e.address,
+            "resolved": e.socket.to_string(),
+            "weight": e.weight,
+            "in_flight": e.state.outstanding(),
+            "selected_total": e.state.selected(),
+            "latency_ewma_ms": e.state.ewma_ns() / 1e6,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// A JSON description of one compiled route, for `/admin/routes` and `explain`.
@@ -155,6 +185,16 @@ impl AdminApp {
                     }),
                 )
             }
+            "/admin/upstreams" => {
+                let rt = self.store.load();
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "version": rt.version,
+                        "upstreams": rt.upstreams.values().map(|p| describe_pool(p)).collect::<Vec<_>>(),
+                    }),
+                )
+            }
             "/admin/routes" => {
                 let rt = self.store.load();
                 json_response(
@@ -167,7 +207,7 @@ impl AdminApp {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config or /admin/routes"}}),
+                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes or /admin/upstreams"}}),
             ),
         }
     }

@@ -71,7 +71,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 ok = false;
                 eprintln!("{errors}");
             }
-            Ok((spec, _)) => match gateway::runtime::compile(&spec, 1) {
+            Ok((spec, _)) => match gateway::runtime::compile(&spec, 1, None) {
                 Ok(rt) => println!(
                     "{}: ok ({} routes, {} upstreams)",
                     file.display(),
@@ -102,7 +102,7 @@ fn explain(config: &std::path::Path, method: &str, url: &str, headers: &[String]
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match gateway::runtime::compile(&spec, 1) {
+    let runtime = match gateway::runtime::compile(&spec, 1, None) {
         Ok(rt) => rt,
         Err(errors) => {
             for e in errors {

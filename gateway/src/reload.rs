@@ -132,7 +132,7 @@ impl Reloader {
         };
         let current = self.store.load();
         let version = current.version + 1;
-        let runtime = match runtime::compile(&spec, version) {
+        let runtime = match runtime::compile(&spec, version, Some(&current)) {
             Ok(r) => r,
             Err(errors) => {
                 let errors = ConfigErrors(

@@ -39,15 +39,46 @@ pub fn restart_settings(spec: &Spec) -> String {
 /// Build a runtime from a validated spec. Fails only on what validation cannot know
 /// (an endpoint host that does not resolve, a regex set too large to build); every
 /// failure is reported, with its path.
-pub fn compile(spec: &Spec, version: u64) -> Result<Runtime, Vec<SpecError>> {
+///
+/// `previous` is the runtime being replaced: an upstream whose definition is unchanged
+/// (and names only IP addresses, so there is nothing to re-resolve) is reused whole, with
+/// its ring and counters; every other pool takes over the load state of the endpoints
+/// it shares with its predecessor.
+pub fn compile(
+    spec: &Spec,
+    version: u64,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut upstreams = IndexMap::new();
     for (name, u) in &spec.upstreams {
+        let fingerprint = format!("{u:?}");
+        let old = previous.and_then(|p| p.upstreams.get(name));
+        if let Some(old) = old.filter(|o| {
+            o.fingerprint == fingerprint
+                && u.endpoints
+                    .iter()
+                    .all(|(a, _)| a.parse::<std::net::SocketAddr>().is_ok())
+        }) {
+            upstreams.insert(name.clone(), Arc::clone(old));
+            continue;
+        }
         let options = PeerOptions {
             connect_timeout: u.connect_timeout,
             idle_timeout: u.idle_timeout,
         };
-        match UpstreamPool::compile(name, &u.endpoints, u.load_balancing, options) {
+        let state_of = |address: &str| {
+            old.and_then(|o| o.endpoints.iter().find(|e| &*e.address == address))
+                .map(|e| Arc::clone(&e.state))
+        };
+        match UpstreamPool::compile(
+            name,
+            &u.endpoints,
+            u.load_balancing.clone(),
+            options,
+            fingerprint,
+            state_of,
+        ) {
             Ok(pool) => {
                 upstreams.insert(name.clone(), Arc::new(pool));
             }
@@ -101,4 +132,60 @@ pub fn compile(spec: &Spec, version: u64) -> Result<Runtime, Vec<SpecError>> {
         restart_settings: restart_settings(spec),
         shutdown_grace_period: spec.server.shutdown_grace_period,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(upstreams: &str) -> Spec {
+        let text = format!(
+            "listeners: [{{name: m, address: '127.0.0.1:1'}}]\nupstreams:\n{upstreams}routes: [{{id: r, upstream: u}}]\n"
+        );
+        crate::config::parse(&text, "t.yaml").unwrap()
+    }
+
+    fn state(rt: &Runtime, address: &str) -> Arc<crate::upstream::EndpointState> {
+        let e = rt.upstreams["u"]
+            .endpoints
+            .iter()
+            .find(|e| &*e.address == address)
+            .unwrap();
+        Arc::clone(&e.state)
+    }
+
+    #[test]
+    fn load_state_survives_reloads() {
+        let v1 = compile(
+            &spec("  u: {load_balancing: least_outstanding, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]}\n"),
+            1,
+            None,
+        )
+        .unwrap();
+        let _busy = crate::upstream::Attempt::begin(&state(&v1, "127.0.0.1:1"));
+
+        // Same definition: the whole pool (ring, counters, state) is reused.
+        let same = spec(
+            "  u: {load_balancing: least_outstanding, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]}\n",
+        );
+        let v2 = compile(&same, 2, Some(&v1)).unwrap();
+        assert!(Arc::ptr_eq(&v1.upstreams["u"], &v2.upstreams["u"]));
+
+        // Changed definition: a new pool, but surviving endpoints keep their state.
+        let changed = spec(
+            "  u: {load_balancing: peak_ewma, endpoints: [{address: '127.0.0.1:1', weight: 3}, {address: '127.0.0.1:3'}]}\n",
+        );
+        let v3 = compile(&changed, 3, Some(&v2)).unwrap();
+        assert!(!Arc::ptr_eq(&v2.upstreams["u"], &v3.upstreams["u"]));
+        assert!(Arc::ptr_eq(
+            &state(&v1, "127.0.0.1:1"),
+            &state(&v3, "127.0.0.1:1")
+        ));
+        assert_eq!(state(&v3, "127.0.0.1:1").outstanding(), 1);
+        assert_eq!(state(&v3, "127.0.0.1:3").outstanding(), 0);
+
+        // Without a predecessor (gateway check, first start) everything starts fresh.
+        let fresh = compile(&changed, 1, None).unwrap();
+        assert_eq!(state(&fresh, "127.0.0.1:1").outstanding(), 0);
+    }
 }

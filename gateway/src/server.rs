@@ -54,7 +54,7 @@ impl ShutdownSignalWatch for Signals {
 /// (or the grace period ran out).
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let (spec, text) = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let runtime = runtime::compile(&spec, 1).map_err(|errors| {
+    let runtime = runtime::compile(&spec, 1, None).map_err(|errors| {
         let lines: Vec<String> = errors
             .iter()
             .map(|e| format!("{}: {}: {}", config_path.display(), e.path, e.message))

@@ -209,7 +209,7 @@ fn cases() -> Vec<Case> {
 fn table() -> RouteTable {
     let spec = gateway::config::parse(CONFIG, "lookup_alloc.yaml")
         .unwrap_or_else(|e| panic!("test config does not parse:\n{e}"));
-    gateway::runtime::compile(&spec, 1)
+    gateway::runtime::compile(&spec, 1, None)
         .unwrap_or_else(|e| panic!("test config does not compile: {e:?}"))
         .routes
 }

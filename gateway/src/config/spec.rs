@@ -18,7 +18,7 @@ use crate::router::matchers::{
     HeaderMatcher, HostPattern, MethodSet, PathPattern, PathTemplate, QueryMatcher, ValueTest,
     compile_regex,
 };
-use crate::upstream::LoadBalancing;
+use crate::upstream::{HashOn, LoadBalancing};
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -383,12 +383,7 @@ fn upstream_spec(
         }
         endpoints.push((ep.address.clone(), weight));
     }
-    let load_balancing = match &u.load_balancing {
-        Some(raw) => e
-            .take(format!("{path}.load_balancing"), LoadBalancing::parse(raw))
-            .unwrap_or(LoadBalancing::WeightedRoundRobin),
-        None => LoadBalancing::WeightedRoundRobin,
-    };
+    let load_balancing = load_balancing(e, path, u);
     let spec = UpstreamSpec {
         endpoints,
         load_balancing,
@@ -406,6 +401,61 @@ fn upstream_spec(
         ),
     };
     (e.0.len() == before).then_some(spec)
+}
+
+fn hash_on(raw: &str) -> Result<HashOn, String> {
+    match raw.split_once(':') {
+        Some(("header", name)) => header_name(name).map(HashOn::Header),
+        Some(("cookie", name)) if !name.is_empty() && !name.contains([';', '=', ' ']) => {
+            Ok(HashOn::Cookie(name.into()))
+        }
+        None if raw == "client_ip" => Ok(HashOn::ClientIp),
+        None if raw == "path" => Ok(HashOn::Path),
+        _ => Err(format!(
+            "invalid hash_on {raw:?}: expected header:NAME, cookie:NAME, client_ip or path"
+        )),
+    }
+}
+
+fn load_balancing(e: &mut Errors, path: &str, u: &wire::Upstream) -> LoadBalancing {
+    let p = format!("{path}.load_balancing");
+    let fallback = LoadBalancing::WeightedRoundRobin;
+    match u.load_balancing.as_deref() {
+        Some("consistent_hash") => {
+            let on = match &u.hash_on {
+                Some(raw) => e.take(format!("{path}.hash_on"), hash_on(raw)),
+                None => {
+                    e.push(format!("{path}.hash_on"), "consistent_hash needs hash_on");
+                    None
+                }
+            };
+            let bounded_load = match u.bounded_load {
+                Some(f) if !(f > 1.0 && f <= 10.0) => {
+                    e.push(
+                        format!("{path}.bounded_load"),
+                        format!("bounded_load {f} must be above 1.0 and at most 10"),
+                    );
+                    None
+                }
+                other => other,
+            };
+            on.map_or(fallback, |on| LoadBalancing::ConsistentHash {
+                on,
+                bounded_load,
+            })
+        }
+        other => {
+            if u.hash_on.is_some() || u.bounded_load.is_some() {
+                e.push(
+                    p.clone(),
+                    "hash_on and bounded_load need load_balancing: consistent_hash",
+                );
+            }
+            other
+                .and_then(|raw| e.take(p, LoadBalancing::parse(raw)))
+                .unwrap_or(fallback)
+        }
+    }
 }
 
 fn path_pattern(e: &mut Errors, path: &str, p: Option<&wire::PathMatch>) -> Option<PathPattern> {

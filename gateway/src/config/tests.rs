@@ -109,7 +109,16 @@ fn shape_errors_come_from_serde_with_location() {
 
 #[test]
 fn semantic_rules() {
-    let head = "listeners: [{name: m, address: '127.0.0.1:1'}]\nupstreams: {u: {endpoints: [{address: '127.0.0.1:2'}]}}\nroutes:\n";
+    let head = "listeners: [{name: m, address: '127.0.0.1:1'}]
+upstreams:
+  u: {endpoints: [{address: '127.0.0.1:2'}]}
+  h: {load_balancing: consistent_hash, endpoints: [{address: '127.0.0.1:2'}]}
+  x: {load_balancing: round_robin, hash_on: path, endpoints: [{address: '127.0.0.1:2'}]}
+  b: {load_balancing: consistent_hash, hash_on: 'query:q', endpoints: [{address: '127.0.0.1:2'}]}
+  c: {load_balancing: consistent_hash, hash_on: client_ip, bounded_load: 0.5, endpoints: [{address: '127.0.0.1:2'}]}
+  d: {load_balancing: fastest, endpoints: [{address: '127.0.0.1:2'}]}
+routes:
+";
     let cases = [
         (
             "  - {id: a, match: {path: {prefix: /}}}\n",
@@ -163,6 +172,23 @@ fn semantic_rules() {
         (
             "  - {id: a, upstream: u, timeout: 0s}\n",
             "greater than zero",
+        ),
+        (
+            "  - {id: a, upstream: h}\n",
+            "consistent_hash needs hash_on",
+        ),
+        (
+            "  - {id: a, upstream: x}\n",
+            "need load_balancing: consistent_hash",
+        ),
+        ("  - {id: a, upstream: b}\n", "invalid hash_on \"query:q\""),
+        (
+            "  - {id: a, upstream: c}\n",
+            "bounded_load 0.5 must be above 1.0",
+        ),
+        (
+            "  - {id: a, upstream: d}\n",
+            "unknown load_balancing \"fastest\"",
         ),
     ];
     for (routes, want) in cases {

@@ -155,6 +155,10 @@ pub struct DirectResponse {
 pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     pub load_balancing: Option<String>,
+    /// For `consistent_hash`: `header:NAME`, `cookie:NAME`, `client_ip` or `path`.
+    pub hash_on: Option<String>,
+    /// For `consistent_hash`: cap each endpoint at this multiple of the average load.
+    pub bounded_load: Option<f64>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
 }

@@ -6,9 +6,10 @@
 //! | pin one runtime version for the request   | `new_ctx`                  |
 //! | request id, 431, 400, route match, 404,   | `request_filter` (`decide`)|
 //! | redirect, direct response, split choice   |                            |
-//! | endpoint selection (LB), per-route timeout| `upstream_peer`            |
+//! | endpoint selection (LB), in-flight count, | `upstream_peer`            |
+//! | per-route timeout                         |                            |
 //! | path rewrite, request headers, X-Forwarded| `upstream_request_filter`  |
-//! | upstream latency                          | `upstream_response_filter` |
+//! | upstream latency (metrics, peak EWMA)     | `upstream_response_filter` |
 //! | response headers, X-Request-Id            | `response_filter`          |
 //! | 502 / 504 JSON errors                     | `fail_to_proxy`            |
 //! | metrics and access log                    | `logging`                  |
@@ -31,7 +32,7 @@ use crate::metrics::{Metrics, method_label, status_class};
 use crate::reload::RuntimeStore;
 use crate::router::{Route, RouteAction};
 use crate::runtime::Runtime;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{Attempt, UpstreamPool};
 use decide::Decision;
 use reply::Reply;
 
@@ -85,7 +86,8 @@ pub struct RequestCtx {
     pool: Option<Arc<UpstreamPool>>,
     upstream_target: Option<String>,
     endpoint: Option<Box<str>>,
-    upstream_started: Option<Instant>,
+    /// The current attempt on an endpoint (in-flight count, latency sample).
+    attempt: Option<Attempt>,
     upstream_elapsed: Option<Duration>,
     /// Stable code of a reply the gateway made itself, for the access log.
     reply_code: Option<&'static str>,
@@ -150,7 +152,7 @@ impl ProxyHttp for Gateway {
             pool: None,
             upstream_target: None,
             endpoint: None,
-            upstream_started: None,
+            attempt: None,
             upstream_elapsed: None,
             reply_code: None,
             _in_flight: InFlight::enter(&self.in_flight),
@@ -222,16 +224,24 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
             .as_ref()
             .ok_or_else(|| Error::explain(InternalError, "proxying without a chosen upstream"))?;
+        let req = session.req_header();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let key = pool.hash_key(&req.headers, req.uri.path(), client);
         let endpoint = pool
-            .select()
+            .select(key)
             .ok_or_else(|| Error::explain(ConnectNoRoute, "upstream has no endpoints"))?;
+        // Counts as in flight on this endpoint until the request ends.
+        ctx.attempt = Some(Attempt::begin(&endpoint.state));
         // Clone the prebuilt peer: Pingora keys its connection pool on the peer, so
         // reusing one per endpoint keeps keepalive connections warm.
         let mut peer = endpoint.peer.clone();
@@ -240,7 +250,6 @@ impl ProxyHttp for Gateway {
             peer.options.write_timeout = Some(t);
         }
         ctx.endpoint = Some(endpoint.address.clone());
-        ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
 
@@ -289,7 +298,7 @@ impl ProxyHttp for Gateway {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.upstream_elapsed = ctx.upstream_started.map(|s| s.elapsed());
+        ctx.upstream_elapsed = ctx.attempt.as_ref().map(Attempt::response_head);
         Ok(())
     }
 

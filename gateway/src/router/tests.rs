@@ -16,7 +16,7 @@ routes:
 fn runtime(routes: &str) -> Runtime {
     let text = format!("{HEAD}{routes}");
     let spec = crate::config::parse(&text, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
-    compile(&spec, 1).unwrap()
+    compile(&spec, 1, None).unwrap()
 }
 
 fn find(
@@ -362,7 +362,7 @@ fn fast_table_agrees_with_reference() {
         let Ok(spec) = crate::config::parse(&text, "random.yaml") else {
             continue;
         };
-        let rt = compile(&spec, 1).unwrap();
+        let rt = compile(&spec, 1, None).unwrap();
         rounds += 1;
         for _ in 0..200 {
             let depth = rng.next() % 4;

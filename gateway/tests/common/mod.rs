@@ -243,3 +243,19 @@ pub async fn counting_echo_upstream(
     });
     (addr, accepted)
 }
+
+/// An echo upstream that waits `delay` before answering every request.
+pub async fn slow_echo_upstream(name: &str, delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = example_services::echo::app(name).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            tokio::time::sleep(delay).await;
+            next.run(req).await
+        },
+    ));
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}

@@ -1,0 +1,608 @@
+//! Owns upstream pools: their endpoints (each with one prebuilt Pingora `HttpPeer` that
+//! is cloned per request, so Pingora's connection pool reuses keepalive connections), and
+//! endpoint selection ([`LoadBalancing`]). Per-endpoint load state lives in `state` and
+//! outlives reloads; the consistent-hash ring lives in `ring`. Selection never allocates.
+
+mod ring;
+pub mod state;
+
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use pingora::upstreams::peer::HttpPeer;
+
+use ring::HashRing;
+pub use ring::hash64;
+pub use state::{Attempt, EndpointState};
+
+/// What a consistent-hash pool hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    Header(HeaderName),
+    Cookie(Box<str>),
+    ClientIp,
+    Path,
+}
+
+/// How a pool picks an endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoadBalancing {
+    /// Every endpoint in turn, ignoring weights.
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's): proportional and evenly interleaved.
+    WeightedRoundRobin,
+    /// Weighted random.
+    Random,
+    /// The fewest requests in flight per unit of weight (ties rotate).
+    LeastOutstanding,
+    /// Power of two random choices, comparing peak-EWMA latency x (in flight + 1) / weight.
+    PeakEwma,
+    /// Ketama ring keyed by `on`; requests without a key are spread at random.
+    /// `bounded_load` (> 1.0) caps an endpoint at that multiple of the average in-flight.
+    ConsistentHash {
+        on: HashOn,
+        bounded_load: Option<f64>,
+    },
+}
+
+impl LoadBalancing {
+    /// Parse the simple algorithms; `consistent_hash` needs its key, see `config::spec`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "round_robin" => Ok(Self::RoundRobin),
+            "weighted_round_robin" => Ok(Self::WeightedRoundRobin),
+            "random" => Ok(Self::Random),
+            "least_outstanding" => Ok(Self::LeastOutstanding),
+            "peak_ewma" => Ok(Self::PeakEwma),
+            other => Err(format!(
+                "unknown load_balancing {other:?}; expected round_robin, weighted_round_robin, random, least_outstanding, peak_ewma or consistent_hash"
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::WeightedRoundRobin => "weighted_round_robin",
+            Self::Random => "random",
+            Self::LeastOutstanding => "least_outstanding",
+            Self::PeakEwma => "peak_ewma",
+            Self::ConsistentHash { .. } => "consistent_hash",
+        }
+    }
+}
+
+thread_local! {
+    // xorshift64 state per thread: random choices without locks or allocation.
+    static RNG: Cell<u64> = Cell::new(
+        hash64(format!("{:?}", std::thread::current().id()).as_bytes()) | 1
+    );
+}
+
+/// A uniform random number below `n` (n > 0).
+fn random_below(n: u64) -> u64 {
+    RNG.with(|c| {
+        let mut x = c.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.set(x);
+        // Multiply-shift maps 64 random bits onto 0..n without modulo bias worth noting.
+        ((u128::from(x) * u128::from(n)) >> 64) as u64
+    })
+}
+
+/// A precomputed smooth weighted round-robin order, walked with one atomic counter:
+/// lock-free, and the same spread as nginx's algorithm.
+#[derive(Debug)]
+pub struct WeightedSchedule {
+    order: Vec<u32>,
+    next: AtomicUsize,
+}
+
+/// Longest schedule we precompute; larger weight sums are scaled down proportionally.
+const MAX_SCHEDULE: u64 = 1 << 16;
+
+impl WeightedSchedule {
+    /// `weights` must be non-empty and contain at least one non-zero weight.
+    pub fn new(weights: &[u32]) -> Self {
+        let gcd = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+        let mut w: Vec<u64> = weights.iter().map(|x| u64::from(*x / gcd.max(1))).collect();
+        let total: u64 = w.iter().sum();
+        if total > MAX_SCHEDULE {
+            for x in w.iter_mut().filter(|x| **x > 0) {
+                *x = (*x * MAX_SCHEDULE / total).max(1);
+            }
+        }
+        let total: i64 = w.iter().map(|x| *x as i64).sum();
+        let mut current = vec![0i64; w.len()];
+        let mut order = Vec::with_capacity(total.max(1) as usize);
+        for _ in 0..total {
+            let mut best = 0;
+            for i in 0..w.len() {
+                current[i] += w[i] as i64;
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            order.push(best as u32);
+        }
+        if order.is_empty() {
+            order.push(0);
+        }
+        Self {
+            order,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn pick(&self) -> usize {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.order[n % self.order.len()] as usize
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    /// As written in the config (`host:port`).
+    pub address: Box<str>,
+    pub socket: SocketAddr,
+    pub weight: u32,
+    /// Built once at compile time and cloned per request.
+    pub peer: HttpPeer,
+    /// Load state, carried over from the previous runtime when the endpoint survives.
+    pub state: Arc<EndpointState>,
+}
+
+#[derive(Debug)]
+pub struct UpstreamPool {
+    pub name: Arc<str>,
+    pub endpoints: Vec<Endpoint>,
+    pub load_balancing: LoadBalancing,
+    schedule: WeightedSchedule,
+    /// Prefix sums of weights, for weighted random.
+    cumulative: Vec<u64>,
+    ring: Option<HashRing>,
+    /// Rotating start for least-outstanding scans, so ties do not pile on endpoint 0.
+    next: AtomicUsize,
+    /// The definition this pool was compiled from; an unchanged one is reused as is.
+    pub fingerprint: String,
+}
+
+/// Upstream read/write timeout for routes that set no `timeout` (nginx's default too).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options that shape the prebuilt peers of a pool.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerOptions {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("endpoint {address}: cannot resolve: {reason}")]
+    Resolve { address: String, reason: String },
+}
+
+/// Find the value of cookie `name` in the request's Cookie headers, without allocating.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let rest = pair.strip_prefix(name.as_bytes())?;
+            rest.strip_prefix(b"=")
+        })
+}
+
+impl UpstreamPool {
+    /// Resolve every endpoint (DNS names are looked up once, here, like nginx does at
+    /// load) and prebuild its peer. `state_of` hands back the load state of an endpoint
+    /// with the same address in the previous runtime, so it survives the reload.
+    pub fn compile(
+        name: &str,
+        endpoints: &[(String, u32)],
+        load_balancing: LoadBalancing,
+        options: PeerOptions,
+        fingerprint: String,
+        state_of: impl Fn(&str) -> Option<Arc<EndpointState>>,
+    ) -> Result<Self, ResolveError> {
+        let mut out = Vec::with_capacity(endpoints.len());
+        for (address, weight) in endpoints {
+            let socket = address
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())
+                .and_then(|mut a| a.next().ok_or_else(|| "no addresses".to_owned()))
+                .map_err(|reason| ResolveError::Resolve {
+                    address: address.clone(),
+                    reason,
+                })?;
+            let mut peer = HttpPeer::new(socket, false, String::new());
+            peer.options.connection_timeout = Some(options.connect_timeout);
+            peer.options.idle_timeout = Some(options.idle_timeout);
+            // A hung upstream must not hold a request forever; routes may override.
+            peer.options.read_timeout = Some(DEFAULT_ROUTE_TIMEOUT);
+            peer.options.write_timeout = Some(DEFAULT_ROUTE_TIMEOUT);
+            out.push(Endpoint {
+                address: address.as_str().into(),
+                socket,
+                weight: *weight,
+                peer,
+                state: state_of(address).unwrap_or_default(),
+            });
+        }
+        let weights: Vec<u32> = match load_balancing {
+            LoadBalancing::RoundRobin => vec![1; out.len()],
+            _ => out.iter().map(|e| e.weight).collect(),
+        };
+        let cumulative = out
+            .iter()
+            .scan(0u64, |sum, e| {
+                *sum += u64::from(e.weight);
+                Some(*sum)
+            })
+            .collect();
+        let ring = matches!(load_balancing, LoadBalancing::ConsistentHash { .. })
+            .then(|| HashRing::new(&out));
+        Ok(Self {
+            name: name.into(),
+            schedule: WeightedSchedule::new(&weights),
+            cumulative,
+            ring,
+            next: AtomicUsize::new(0),
+            endpoints: out,
+            load_balancing,
+            fingerprint,
+        })
+    }
+
+    /// The hash key for a request, for consistent-hash pools (`None` otherwise, or when
+    /// the request lacks the header/cookie).
+    pub fn hash_key(&self, headers: &HeaderMap, path: &str, client: Option<IpAddr>) -> Option<u64> {
+        let LoadBalancing::ConsistentHash { on, .. } = &self.load_balancing else {
+            return None;
+        };
+        match on {
+            HashOn::Header(name) => headers.get(name).map(|v| hash64(v.as_bytes())),
+            HashOn::Cookie(name) => cookie(headers, name).map(hash64),
+            HashOn::Path => Some(hash64(path.as_bytes())),
+            HashOn::ClientIp => client.map(|ip| match ip {
+                IpAddr::V4(v4) => hash64(&v4.octets()),
+                IpAddr::V6(v6) => hash64(&v6.octets()),
+            }),
+        }
+    }
+
+    fn weighted_random(&self) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(0);
+        if total == 0 {
+            return 0;
+        }
+        let r = random_below(total);
+        self.cumulative.partition_point(|c| *c <= r)
+    }
+
+    fn least_outstanding(&self) -> usize {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let mut best = start;
+        let mut best_load = f64::INFINITY;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let e = &self.endpoints[idx];
+            let load = f64::from(e.state.outstanding()) / f64::from(e.weight.max(1));
+            if load < best_load {
+                best = idx;
+                best_load = load;
+            }
+        }
+        best
+    }
+
+    fn peak_ewma(&self) -> usize {
+        let n = self.endpoints.len() as u64;
+        if n < 2 {
+            return 0;
+        }
+        let a = random_below(n) as usize;
+        // A second, different endpoint.
+        let b = (a + 1 + random_below(n - 1) as usize) % n as usize;
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        if eb.state.cost(eb.weight) < ea.state.cost(ea.weight) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// Pick the endpoint for one request attempt. `key` is [`Self::hash_key`]'s answer.
+    pub fn select(&self, key: Option<u64>) -> Option<&Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let idx = match &self.load_balancing {
+            LoadBalancing::RoundRobin | LoadBalancing::WeightedRoundRobin => self.schedule.pick(),
+            LoadBalancing::Random => self.weighted_random(),
+            LoadBalancing::LeastOutstanding => self.least_outstanding(),
+            LoadBalancing::PeakEwma => self.peak_ewma(),
+            LoadBalancing::ConsistentHash { bounded_load, .. } => match (key, &self.ring) {
+                (Some(k), Some(ring)) => ring
+                    .find(k, &self.endpoints, *bounded_load)
+                    .unwrap_or_else(|| self.weighted_random()),
+                _ => self.weighted_random(),
+            },
+        };
+        self.endpoints.get(idx)
+    }
+}
+
+/// Where a proxied route sends traffic: one pool, or a weighted split across several.
+#[derive(Debug)]
+pub struct Backends {
+    pub targets: Vec<(Arc<UpstreamPool>, u32)>,
+    schedule: WeightedSchedule,
+}
+
+impl Backends {
+    pub fn new(targets: Vec<(Arc<UpstreamPool>, u32)>) -> Self {
+        let weights: Vec<u32> = targets.iter().map(|(_, w)| *w).collect();
+        Self {
+            schedule: WeightedSchedule::new(&weights),
+            targets,
+        }
+    }
+
+    /// Choose the pool for one request (weighted split; the same pool for its retries).
+    pub fn choose(&self) -> Option<&Arc<UpstreamPool>> {
+        self.targets.get(self.schedule.pick()).map(|(p, _)| p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(s: &WeightedSchedule, n: usize, k: usize) -> Vec<usize> {
+        let mut c = vec![0; k];
+        for _ in 0..n {
+            c[s.pick()] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn weighted_schedule_is_proportional_and_smooth() {
+        let s = WeightedSchedule::new(&[5, 1, 1]);
+        // nginx's smooth WRR for {5,1,1}: a a b a c a a
+        let seq: Vec<usize> = (0..7).map(|_| s.pick()).collect();
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(counts(&s, 700, 3), vec![500, 100, 100]);
+    }
+
+    #[test]
+    fn zero_weights_never_chosen() {
+        let s = WeightedSchedule::new(&[0, 3]);
+        assert_eq!(counts(&s, 30, 2), vec![0, 30]);
+    }
+
+    #[test]
+    fn huge_weights_are_scaled() {
+        let s = WeightedSchedule::new(&[1_000_000, 1_000_000, 2_000_000]);
+        let c = counts(&s, 4000, 3);
+        assert_eq!(c, vec![1000, 1000, 2000]);
+    }
+
+    const OPTIONS: PeerOptions = PeerOptions {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+    };
+
+    fn pool(lb: LoadBalancing, weights: &[u32]) -> UpstreamPool {
+        let endpoints: Vec<(String, u32)> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("127.0.0.1:{}", 1000 + i), *w))
+            .collect();
+        UpstreamPool::compile("p", &endpoints, lb, OPTIONS, String::new(), |_| None).unwrap()
+    }
+
+    fn index_of(e: &Endpoint) -> usize {
+        usize::from(e.socket.port() - 1000)
+    }
+
+    fn distribution(pool: &UpstreamPool, n: usize) -> Vec<usize> {
+        let mut c = vec![0; pool.endpoints.len()];
+        for _ in 0..n {
+            c[index_of(pool.select(None).unwrap())] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_ignores_weights() {
+        let p = pool(LoadBalancing::RoundRobin, &[10, 1]);
+        let order: Vec<usize> = (0..4).map(|_| index_of(p.select(None).unwrap())).collect();
+        assert_eq!(order, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn weighted_algorithms_follow_weights_within_5_percent() {
+        let weights = [1, 2, 3, 4];
+        for lb in [LoadBalancing::WeightedRoundRobin, LoadBalancing::Random] {
+            let p = pool(lb.clone(), &weights);
+            let counts = distribution(&p, 10_000);
+            for (c, w) in counts.iter().zip(weights) {
+                let want = 10_000.0 * f64::from(w) / 10.0;
+                assert!(
+                    (*c as f64 - want).abs() <= want * 0.05,
+                    "{lb:?}: {counts:?} for weights {weights:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn least_outstanding_avoids_busy_endpoints_and_rotates_ties() {
+        let p = pool(LoadBalancing::LeastOutstanding, &[1, 1, 1]);
+        let busy: Vec<Attempt> = (0..3)
+            .map(|_| Attempt::begin(&p.endpoints[0].state))
+            .collect();
+        let _one = Attempt::begin(&p.endpoints[1].state);
+        for _ in 0..10 {
+            assert_eq!(index_of(p.select(None).unwrap()), 2);
+        }
+        drop(busy);
+        drop(_one);
+        // All idle: ties rotate instead of piling onto one endpoint.
+        assert_eq!(distribution(&p, 300), vec![100, 100, 100]);
+    }
+
+    #[test]
+    fn peak_ewma_prefers_fast_idle_endpoints() {
+        let p = pool(LoadBalancing::PeakEwma, &[1, 1]);
+        p.endpoints[0].state.observe(Duration::from_millis(200));
+        p.endpoints[1].state.observe(Duration::from_millis(2));
+        // With two endpoints, both are always the two choices: the cheaper one wins.
+        assert_eq!(distribution(&p, 100), vec![0, 100]);
+        // Enough queued work on the fast one makes the slow one cheaper.
+        let _queue: Vec<Attempt> = (0..200)
+            .map(|_| Attempt::begin(&p.endpoints[1].state))
+            .collect();
+        assert_eq!(distribution(&p, 10)[0], 10);
+    }
+
+    fn hash_pool(n: usize, bounded_load: Option<f64>) -> UpstreamPool {
+        pool(
+            LoadBalancing::ConsistentHash {
+                on: HashOn::Path,
+                bounded_load,
+            },
+            &vec![1; n],
+        )
+    }
+
+    fn hash_pool_at(base: u16, n: usize) -> UpstreamPool {
+        let endpoints: Vec<(String, u32)> = (0..n)
+            .map(|i| (format!("127.0.0.1:{}", base as usize + i), 1))
+            .collect();
+        let lb = LoadBalancing::ConsistentHash {
+            on: HashOn::Path,
+            bounded_load: None,
+        };
+        UpstreamPool::compile("p", &endpoints, lb, OPTIONS, String::new(), |_| None).unwrap()
+    }
+
+    #[test]
+    fn consistent_hash_moves_few_keys_when_an_endpoint_is_added() {
+        // Several address layouts, so the result is not a lucky hash.
+        for base in [1000u16, 8080, 31000] {
+            let ten = hash_pool_at(base, 10);
+            let eleven = hash_pool_at(base, 11);
+            let keys = 20_000;
+            let mut same = 0;
+            let mut counts = vec![0; 10];
+            for k in 0..keys {
+                let key = hash64(format!("/users/{k}").as_bytes());
+                let a = ten.select(Some(key)).unwrap().socket;
+                let b = eleven.select(Some(key)).unwrap().socket;
+                counts[usize::from(a.port() - base)] += 1;
+                same += usize::from(a == b);
+            }
+            let kept = same as f64 / keys as f64;
+            // The ideal is 10/11 = 90.9%: only the new endpoint's share moves.
+            assert!(
+                kept >= 0.90,
+                "base {base}: only {:.2}% of keys stayed",
+                kept * 100.0
+            );
+            // And the ring spreads keys evenly (within 15% of a tenth each).
+            assert!(
+                counts.iter().all(|c| (*c as f64 - 2000.0).abs() < 300.0),
+                "base {base}: {counts:?}"
+            );
+        }
+        // No key: spread at random rather than pinned.
+        assert!(
+            distribution(&hash_pool(10, None), 1000)
+                .iter()
+                .all(|c| *c > 0)
+        );
+    }
+
+    #[test]
+    fn bounded_load_caps_a_hot_key() {
+        let p = hash_pool(4, Some(1.25));
+        let key = hash64(b"/hot");
+        let home = index_of(p.select(Some(key)).unwrap());
+        // Pile in-flight requests for the hot key: the home endpoint fills to its cap and
+        // the overflow spills to others instead of queueing without bound.
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            let e = p.select(Some(key)).unwrap();
+            held.push(Attempt::begin(&e.state));
+        }
+        let home_load = p.endpoints[home].state.outstanding();
+        // cap = ceil(1.25 * (total + 1) / 4) stays close to 1.25 x the average of 10.
+        assert!(
+            home_load <= 13,
+            "home endpoint has {home_load} of 40 in flight"
+        );
+        assert!(p.endpoints.iter().all(|e| e.state.outstanding() > 0));
+        // Without a bound, every request for the key goes home.
+        let unbounded = hash_pool(4, None);
+        let first = unbounded.select(Some(key)).unwrap().socket;
+        let _hold: Vec<Attempt> = (0..40)
+            .map(|_| Attempt::begin(&unbounded.endpoints[0].state))
+            .collect();
+        assert!((0..40).all(|_| unbounded.select(Some(key)).unwrap().socket == first));
+    }
+
+    #[test]
+    fn hash_keys_from_requests() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "alice".parse().unwrap());
+        headers.append(
+            http::header::COOKIE,
+            "a=1; session=s3cr3t; b=2".parse().unwrap(),
+        );
+        let with = |on| {
+            pool(
+                LoadBalancing::ConsistentHash {
+                    on,
+                    bounded_load: None,
+                },
+                &[1, 1],
+            )
+        };
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let key = |on| with(on).hash_key(&headers, "/p", Some(ip));
+        assert_eq!(
+            key(HashOn::Header(HeaderName::from_static("x-user"))),
+            Some(hash64(b"alice"))
+        );
+        assert_eq!(key(HashOn::Header(HeaderName::from_static("x-none"))), None);
+        assert_eq!(
+            key(HashOn::Cookie("session".into())),
+            Some(hash64(b"s3cr3t"))
+        );
+        assert_eq!(key(HashOn::Cookie("sess".into())), None);
+        assert_eq!(key(HashOn::Path), Some(hash64(b"/p")));
+        assert_eq!(key(HashOn::ClientIp), Some(hash64(&[10, 1, 2, 3])));
+        assert_eq!(
+            pool(LoadBalancing::Random, &[1]).hash_key(&headers, "/p", Some(ip)),
+            None
+        );
+    }
+}
