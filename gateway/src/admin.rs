@@ -158,11 +158,14 @@ impl AdminApp {
                     )
                 }
             }
-            "/metrics" => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
+            "/metrics" => {
+                self.metrics.refresh_upstreams(&self.store.load());
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
+            }
             "/admin/config" => {
                 let rt = self.store.load();
                 let status = self.store.status();

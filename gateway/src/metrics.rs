@@ -4,9 +4,11 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::runtime::Runtime;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -17,6 +19,13 @@ pub struct Metrics {
     pub config_version: IntGauge,
     pub config_reloads: IntCounter,
     pub config_reload_failures: IntCounter,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub overloaded: IntCounterVec,
+    /// Refreshed from the running runtime at scrape time.
+    pub endpoints: IntGaugeVec,
+    pub in_flight: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -61,6 +70,53 @@ impl Metrics {
             "gateway_config_reload_failures_total",
             "Config reloads rejected; the previous runtime kept serving",
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_retries_total",
+                "Retries granted, by upstream and reason",
+            ),
+            &["upstream", "reason"],
+        )?;
+        let retry_budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_retry_budget_exhausted_total",
+                "Retries refused because the upstream's retry budget was spent",
+            ),
+            &["upstream"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_ejections_total",
+                "Endpoints ejected by outlier detection",
+            ),
+            &["upstream"],
+        )?;
+        let overloaded = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_overloaded_total",
+                "Requests answered 503 because the upstream's in-flight limit and queue were full",
+            ),
+            &["upstream"],
+        )?;
+        let endpoints = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_endpoints",
+                "Endpoints by state: healthy, unhealthy (active check), ejected (passive), draining",
+            ),
+            &["upstream", "state"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_in_flight",
+                "Requests in flight to the upstream",
+            ),
+            &["upstream"],
+        )?;
+        for c in [&retries, &retry_budget_exhausted, &ejections, &overloaded] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(endpoints.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -75,7 +131,47 @@ impl Metrics {
             config_version,
             config_reloads,
             config_reload_failures,
+            retries,
+            retry_budget_exhausted,
+            ejections,
+            overloaded,
+            endpoints,
+            in_flight,
         })
+    }
+
+    /// Set the per-upstream gauges from the runtime serving requests; upstreams that are
+    /// gone are dropped from the gauges.
+    pub fn refresh_upstreams(&self, runtime: &Runtime) {
+        self.endpoints.reset();
+        self.in_flight.reset();
+        let now = crate::upstream::state::now_ns();
+        for pool in runtime.upstreams.values() {
+            let mut counts = [0i64; 4];
+            for e in &pool.endpoints {
+                let slot = if e.draining {
+                    3
+                } else if !e.state.healthy() {
+                    1
+                } else if e.state.is_ejected(now) {
+                    2
+                } else {
+                    0
+                };
+                counts[slot] += 1;
+            }
+            for (state, n) in ["healthy", "unhealthy", "ejected", "draining"]
+                .iter()
+                .zip(counts)
+            {
+                self.endpoints
+                    .with_label_values(&[&*pool.name, *state])
+                    .set(n);
+            }
+            self.in_flight
+                .with_label_values(&[&pool.name])
+                .set(i64::from(pool.state.in_flight()));
+        }
     }
 
     /// Prometheus text exposition of every metric.

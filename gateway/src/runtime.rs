@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 
 use crate::config::{ActionSpec, Spec, SpecError};
 use crate::router::{Route, RouteAction, RouteTable};
-use crate::upstream::{Backends, PeerOptions, UpstreamPool};
+use crate::upstream::{Backends, UpstreamPool};
 
 #[derive(Debug)]
 pub struct Runtime {
@@ -58,27 +58,12 @@ pub fn compile(
             o.fingerprint == fingerprint
                 && u.endpoints
                     .iter()
-                    .all(|(a, _)| a.parse::<std::net::SocketAddr>().is_ok())
+                    .all(|e| e.address.parse::<std::net::SocketAddr>().is_ok())
         }) {
             upstreams.insert(name.clone(), Arc::clone(old));
             continue;
         }
-        let options = PeerOptions {
-            connect_timeout: u.connect_timeout,
-            idle_timeout: u.idle_timeout,
-        };
-        let state_of = |address: &str| {
-            old.and_then(|o| o.endpoints.iter().find(|e| &*e.address == address))
-                .map(|e| Arc::clone(&e.state))
-        };
-        match UpstreamPool::compile(
-            name,
-            &u.endpoints,
-            u.load_balancing.clone(),
-            options,
-            fingerprint,
-            state_of,
-        ) {
+        match UpstreamPool::compile(name, u, fingerprint, old.map(|o| &**o)) {
             Ok(pool) => {
                 upstreams.insert(name.clone(), Arc::new(pool));
             }
@@ -115,6 +100,8 @@ pub fn compile(
             response_headers: r.response_headers.clone(),
             action,
             timeout: r.timeout,
+            deadline: r.deadline,
+            retry: r.retry.clone(),
         });
     }
     let routes = RouteTable::compile(routes).map_err(|e| {

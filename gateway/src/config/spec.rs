@@ -18,6 +18,10 @@ use crate::router::matchers::{
     HeaderMatcher, HostPattern, MethodSet, PathPattern, PathTemplate, QueryMatcher, ValueTest,
     compile_regex,
 };
+use crate::upstream::policy::{
+    EndpointSpec, HealthCheck, Limits, OutlierDetection, Probe, RetryBudgetPolicy, RetryOn,
+    RetryPolicy,
+};
 use crate::upstream::{HashOn, LoadBalancing};
 
 /// One problem in a config file.
@@ -64,15 +68,23 @@ pub struct RouteSpec {
     pub response_headers: HeaderOps,
     pub action: ActionSpec,
     pub timeout: Option<Duration>,
+    pub deadline: Option<Duration>,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug)]
 pub struct UpstreamSpec {
-    /// `host:port` as written, and weight.
-    pub endpoints: Vec<(String, u32)>,
+    pub endpoints: Vec<EndpointSpec>,
     pub load_balancing: LoadBalancing,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+    /// `None`: passive ejection is off.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Percent (0-100) of available endpoints below which health is ignored.
+    pub panic_threshold: u32,
+    pub retry_budget: RetryBudgetPolicy,
+    pub limits: Limits,
 }
 
 /// A fully validated gateway configuration.
@@ -381,12 +393,79 @@ fn upstream_spec(
                 format!("weight must be between 1 and {MAX_WEIGHT}"),
             );
         }
-        endpoints.push((ep.address.clone(), weight));
+        endpoints.push(EndpointSpec {
+            address: ep.address.clone(),
+            weight,
+            draining: ep.draining,
+        });
     }
     let load_balancing = load_balancing(e, path, u);
+    let health_check = u
+        .health_check
+        .as_ref()
+        .and_then(|h| health_check(e, &format!("{path}.health_check"), h));
+    let outlier_detection = outlier_detection(
+        e,
+        &format!("{path}.outlier_detection"),
+        u.outlier_detection.as_ref(),
+    );
+    let panic_threshold = match u.panic_threshold {
+        Some(p) if p > 100 => {
+            e.push(
+                format!("{path}.panic_threshold"),
+                "panic_threshold is a percent: 0-100",
+            );
+            50
+        }
+        Some(p) => p,
+        None => 50,
+    };
+    let default_budget = RetryBudgetPolicy::default();
+    let retry_budget = match &u.retry_budget {
+        None => default_budget,
+        Some(b) => {
+            let ratio = b.ratio.unwrap_or(default_budget.ratio);
+            if !(0.0..=10.0).contains(&ratio) {
+                e.push(
+                    format!("{path}.retry_budget.ratio"),
+                    "ratio must be between 0 and 10",
+                );
+            }
+            RetryBudgetPolicy {
+                ratio,
+                min_per_second: b.min_per_second.unwrap_or(default_budget.min_per_second),
+            }
+        }
+    };
+    let limits = match &u.limits {
+        None => Limits::default(),
+        Some(l) => {
+            if l.max_in_flight == Some(0) {
+                e.push(
+                    format!("{path}.limits.max_in_flight"),
+                    "max_in_flight must be at least 1",
+                );
+            }
+            if l.max_pending.is_some() && l.max_in_flight.is_none() {
+                e.push(
+                    format!("{path}.limits.max_pending"),
+                    "max_pending needs max_in_flight",
+                );
+            }
+            Limits {
+                max_in_flight: l.max_in_flight,
+                max_pending: l.max_pending.unwrap_or(0),
+            }
+        }
+    };
     let spec = UpstreamSpec {
         endpoints,
         load_balancing,
+        health_check,
+        outlier_detection,
+        panic_threshold,
+        retry_budget,
+        limits,
         connect_timeout: opt_duration(
             e,
             &format!("{path}.connect_timeout"),
@@ -401,6 +480,201 @@ fn upstream_spec(
         ),
     };
     (e.0.len() == before).then_some(spec)
+}
+
+fn health_check(e: &mut Errors, path: &str, h: &wire::HealthCheck) -> Option<HealthCheck> {
+    let before = e.0.len();
+    let probe = match h.protocol.as_deref().unwrap_or("http") {
+        "tcp" => {
+            if h.path.is_some() || h.host.is_some() || !h.expected_statuses.is_empty() {
+                e.push(
+                    path,
+                    "path, host and expected_statuses apply to http checks only",
+                );
+            }
+            Probe::Tcp
+        }
+        "http" => {
+            let check_path = h.path.clone().unwrap_or_else(|| "/healthz".to_owned());
+            e.take(format!("{path}.path"), PathPattern::exact(&check_path));
+            let host = h
+                .host
+                .as_deref()
+                .and_then(|v| e.take(format!("{path}.host"), header_value(v)));
+            let mut expected = Vec::new();
+            for (i, s) in h.expected_statuses.iter().enumerate() {
+                match StatusCode::from_u16(*s) {
+                    Ok(code) if (100..=599).contains(s) => expected.push(code),
+                    _ => e.push(
+                        format!("{path}.expected_statuses[{i}]"),
+                        format!("{s} is not an HTTP status"),
+                    ),
+                }
+            }
+            if expected.is_empty() {
+                expected.push(StatusCode::OK);
+            }
+            Probe::Http {
+                path: check_path,
+                host,
+                expected,
+            }
+        }
+        other => {
+            e.push(
+                format!("{path}.protocol"),
+                format!("protocol {other:?} must be http or tcp"),
+            );
+            Probe::Tcp
+        }
+    };
+    let threshold = |e: &mut Errors, field: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => {
+            e.push(
+                format!("{path}.{field}"),
+                format!("{field} must be at least 1"),
+            );
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let check = HealthCheck {
+        probe,
+        interval: opt_duration(
+            e,
+            &format!("{path}.interval"),
+            h.interval.as_deref(),
+            Duration::from_secs(5),
+        ),
+        jitter: match h.jitter.as_deref() {
+            Some("0s" | "0") => Duration::ZERO,
+            other => opt_duration(
+                e,
+                &format!("{path}.jitter"),
+                other,
+                Duration::from_millis(500),
+            ),
+        },
+        timeout: opt_duration(
+            e,
+            &format!("{path}.timeout"),
+            h.timeout.as_deref(),
+            Duration::from_secs(1),
+        ),
+        healthy_threshold: threshold(e, "healthy_threshold", h.healthy_threshold, 2),
+        unhealthy_threshold: threshold(e, "unhealthy_threshold", h.unhealthy_threshold, 3),
+    };
+    (e.0.len() == before).then_some(check)
+}
+
+fn outlier_detection(
+    e: &mut Errors,
+    path: &str,
+    o: Option<&wire::OutlierDetection>,
+) -> Option<OutlierDetection> {
+    let d = OutlierDetection::default();
+    let Some(o) = o else {
+        return Some(d);
+    };
+    if o.consecutive_failures == Some(0) {
+        return None;
+    }
+    let percent = o.max_ejection_percent.unwrap_or(d.max_ejection_percent);
+    if percent > 100 {
+        e.push(
+            format!("{path}.max_ejection_percent"),
+            "max_ejection_percent is a percent: 0-100",
+        );
+    }
+    let base = opt_duration(
+        e,
+        &format!("{path}.base_ejection_time"),
+        o.base_ejection_time.as_deref(),
+        d.base_ejection_time,
+    );
+    let max = opt_duration(
+        e,
+        &format!("{path}.max_ejection_time"),
+        o.max_ejection_time.as_deref(),
+        d.max_ejection_time.max(base),
+    );
+    if max < base {
+        e.push(
+            format!("{path}.max_ejection_time"),
+            "max_ejection_time is shorter than base_ejection_time",
+        );
+    }
+    Some(OutlierDetection {
+        consecutive_failures: o.consecutive_failures.unwrap_or(d.consecutive_failures),
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejection_percent: percent.min(100),
+    })
+}
+
+fn retry_policy(e: &mut Errors, path: &str, r: Option<&wire::Retry>) -> RetryPolicy {
+    let d = RetryPolicy::default();
+    let Some(r) = r else {
+        return d;
+    };
+    let attempts = match r.attempts {
+        Some(n) if !(1..=10).contains(&n) => {
+            e.push(
+                format!("{path}.attempts"),
+                "attempts must be between 1 and 10 (tries, the first included)",
+            );
+            d.attempts
+        }
+        Some(n) => n,
+        None => 3,
+    };
+    let mut retry_on = Vec::new();
+    for (i, w) in r.retry_on.iter().enumerate() {
+        match w.as_str() {
+            "connect_failure" => retry_on.push(RetryOn::ConnectFailure),
+            "gateway_error" => retry_on.push(RetryOn::GatewayError),
+            "timeout" => retry_on.push(RetryOn::Timeout),
+            other => e.push(
+                format!("{path}.retry_on[{i}]"),
+                format!(
+                    "unknown retry_on {other:?}; expected connect_failure, gateway_error or timeout"
+                ),
+            ),
+        }
+    }
+    if r.retry_on.is_empty() {
+        retry_on = vec![
+            RetryOn::ConnectFailure,
+            RetryOn::GatewayError,
+            RetryOn::Timeout,
+        ];
+    }
+    let backoff_base = opt_duration(
+        e,
+        &format!("{path}.backoff_base"),
+        r.backoff_base.as_deref(),
+        d.backoff_base,
+    );
+    let backoff_max = opt_duration(
+        e,
+        &format!("{path}.backoff_max"),
+        r.backoff_max.as_deref(),
+        d.backoff_max.max(backoff_base),
+    );
+    if backoff_max < backoff_base {
+        e.push(
+            format!("{path}.backoff_max"),
+            "backoff_max is shorter than backoff_base",
+        );
+    }
+    RetryPolicy {
+        attempts,
+        retry_on,
+        non_idempotent: r.non_idempotent,
+        backoff_base,
+        backoff_max,
+    }
 }
 
 fn hash_on(raw: &str) -> Result<HashOn, String> {
@@ -778,6 +1052,11 @@ fn route_spec(
         .timeout
         .as_deref()
         .and_then(|t| e.take(format!("{path}.timeout"), duration(t)));
+    let deadline = r
+        .deadline
+        .as_deref()
+        .and_then(|t| e.take(format!("{path}.deadline"), duration(t)));
+    let retry = retry_policy(e, &format!("{path}.retry"), r.retry.as_ref());
 
     let known = |e: &mut Errors, p: String, name: &str| {
         if !upstreams.contains_key(name) {
@@ -841,10 +1120,16 @@ fn route_spec(
             .map(ActionSpec::Direct)
     };
     let proxies = matches!(action, Some(ActionSpec::Proxy(_)));
-    if !proxies && (r.rewrite.is_some() || r.request_headers.is_some() || r.timeout.is_some()) {
+    if !proxies
+        && (r.rewrite.is_some()
+            || r.request_headers.is_some()
+            || r.timeout.is_some()
+            || r.deadline.is_some()
+            || r.retry.is_some())
+    {
         e.push(
             path,
-            "rewrite, request_headers and timeout only apply to routes with upstream or split",
+            "rewrite, request_headers, timeout, deadline and retry only apply to routes with upstream or split",
         );
     }
     if e.0.len() != before {
@@ -858,5 +1143,7 @@ fn route_spec(
         response_headers,
         action: action?,
         timeout,
+        deadline,
+        retry,
     })
 }

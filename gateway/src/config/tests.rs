@@ -163,7 +163,7 @@ routes:
         ),
         (
             "  - {id: a, direct_response: {status: 200}, timeout: 1s}\n",
-            "only apply to routes with upstream",
+            "only apply to routes with upstream or split",
         ),
         (
             "  - {id: a, upstream: u}\n  - {id: b, upstream: u}\n",

@@ -60,7 +60,24 @@ pub struct Route {
     pub split: Option<Vec<SplitTarget>>,
     pub redirect: Option<Redirect>,
     pub direct_response: Option<DirectResponse>,
+    /// Per try: the longest wait for the upstream's next bytes.
     pub timeout: Option<String>,
+    /// Whole request, all tries and backoffs included.
+    pub deadline: Option<String>,
+    pub retry: Option<Retry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    pub attempts: Option<u32>,
+    /// Any of `connect_failure`, `gateway_error` (502/503/504), `timeout`.
+    #[serde(default)]
+    pub retry_on: Vec<String>,
+    #[serde(default)]
+    pub non_idempotent: bool,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +178,12 @@ pub struct Upstream {
     pub bounded_load: Option<f64>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Percent of healthy endpoints below which health is ignored (default 50).
+    pub panic_threshold: Option<u32>,
+    pub retry_budget: Option<RetryBudget>,
+    pub limits: Option<Limits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,4 +191,46 @@ pub struct Upstream {
 pub struct Endpoint {
     pub address: String,
     pub weight: Option<u32>,
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `http` (default) or `tcp`.
+    pub protocol: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    #[serde(default)]
+    pub expected_statuses: Vec<u16>,
+    pub interval: Option<String>,
+    pub jitter: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 0 turns passive ejection off.
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_in_flight: Option<u32>,
+    pub max_pending: Option<u32>,
 }

@@ -16,6 +16,7 @@
 
 pub mod decide;
 pub mod reply;
+pub mod resilience;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,9 +33,11 @@ use crate::metrics::{Metrics, method_label, status_class};
 use crate::reload::RuntimeStore;
 use crate::router::{Route, RouteAction};
 use crate::runtime::Runtime;
-use crate::upstream::{Attempt, UpstreamPool};
+use crate::upstream::policy::RetryOn;
+use crate::upstream::{Attempt, InFlightSlot, MAX_TRIED, UpstreamPool, random_unit};
 use decide::Decision;
 use reply::Reply;
+use resilience::{RETRY_GATEWAY_ERROR, RetryCheck};
 
 /// The gateway's proxy logic; one instance serves every listener.
 #[derive(Debug)]
@@ -88,6 +91,13 @@ pub struct RequestCtx {
     endpoint: Option<Box<str>>,
     /// The current attempt on an endpoint (in-flight count, latency sample).
     attempt: Option<Attempt>,
+    /// Tries started, and the endpoints (pool indexes) they went to.
+    tries: u32,
+    tried: [usize; MAX_TRIED],
+    /// Holds a place in the upstream's in-flight limit for the whole request.
+    _slot: Option<InFlightSlot>,
+    /// End of the route's total deadline, if it has one.
+    deadline: Option<Instant>,
     upstream_elapsed: Option<Duration>,
     /// Stable code of a reply the gateway made itself, for the access log.
     reply_code: Option<&'static str>,
@@ -97,6 +107,36 @@ pub struct RequestCtx {
 impl RequestCtx {
     fn route(&self) -> Option<&Route> {
         self.route.and_then(|r| self.runtime.routes.get(r))
+    }
+
+    fn tried(&self) -> &[usize] {
+        &self.tried[..(self.tries as usize).min(MAX_TRIED)]
+    }
+
+    /// May the try that just failed for `why` be retried?
+    fn may_retry(&self, session: &Session, why: RetryOn, metrics: &Metrics) -> bool {
+        let (Some(route), Some(pool)) = (self.route(), self.pool.as_deref()) else {
+            return false;
+        };
+        resilience::may_retry(
+            &RetryCheck {
+                route,
+                pool,
+                method: &session.req_header().method,
+                why,
+                tries: self.tries,
+                deadline: self.deadline,
+                body_truncated: session.as_ref().retry_buffer_truncated(),
+            },
+            metrics,
+        )
+    }
+
+    /// Tell passive outlier detection how the current try went.
+    fn record_outcome(&self, failed: bool, metrics: &Metrics) {
+        if let (Some(pool), Some(attempt)) = (self.pool.as_deref(), self.attempt.as_ref()) {
+            resilience::record_outcome(pool, attempt.state(), failed, metrics);
+        }
     }
 }
 
@@ -126,17 +166,14 @@ async fn send(
 async fn send_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<()> {
     ctx.reply_code = Some(reply.code);
     let body = reply.body(&ctx.request_id);
-    send(
-        session,
-        reply.status,
-        &[
-            ("content-type", "application/json"),
-            ("cache-control", "no-store"),
-            (X_REQUEST_ID, &ctx.request_id),
-        ],
-        body,
-    )
-    .await
+    let retry_after = (reply.status == 503).then_some(("retry-after", "1"));
+    let headers = [
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+        (X_REQUEST_ID, ctx.request_id.as_str()),
+    ];
+    let all: Vec<(&'static str, &str)> = headers.into_iter().chain(retry_after).collect();
+    send(session, reply.status, &all, body).await
 }
 
 #[async_trait]
@@ -153,6 +190,10 @@ impl ProxyHttp for Gateway {
             upstream_target: None,
             endpoint: None,
             attempt: None,
+            tries: 0,
+            tried: [0; MAX_TRIED],
+            _slot: None,
+            deadline: None,
             upstream_elapsed: None,
             reply_code: None,
             _in_flight: InFlight::enter(&self.in_flight),
@@ -215,8 +256,35 @@ impl ProxyHttp for Gateway {
                 upstream_target,
             } => {
                 ctx.route = Some(route);
-                ctx.pool = Some(pool);
+                ctx.deadline = runtime
+                    .routes
+                    .get(route)
+                    .and_then(|r| r.deadline)
+                    .map(|d| ctx.started + d);
                 ctx.upstream_target = upstream_target;
+                let limits = pool.limits;
+                match pool
+                    .state
+                    .acquire(
+                        limits.max_in_flight,
+                        limits.max_pending,
+                        pool.connect_timeout,
+                    )
+                    .await
+                {
+                    Ok(slot) => ctx._slot = Some(slot),
+                    Err(_) => {
+                        self.metrics
+                            .overloaded
+                            .with_label_values(&[&pool.name])
+                            .inc();
+                        ctx.pool = Some(pool);
+                        send_reply(session, ctx, reply::OVERLOADED).await?;
+                        return Ok(true);
+                    }
+                }
+                pool.state.budget.deposit();
+                ctx.pool = Some(pool);
                 Ok(false)
             }
         }
@@ -227,30 +295,102 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let pool = ctx
-            .pool
-            .as_ref()
-            .ok_or_else(|| Error::explain(InternalError, "proxying without a chosen upstream"))?;
+        let Some(pool) = ctx.pool.clone() else {
+            return Error::e_explain(InternalError, "proxying without a chosen upstream");
+        };
+        if ctx.tries > 0 {
+            let Some(route) = ctx.route() else {
+                return Error::e_explain(InternalError, "retrying without a route");
+            };
+            match resilience::backoff(route, ctx.tries, ctx.deadline, random_unit()) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    return Error::e_explain(HTTPStatus(504), "deadline reached before a retry");
+                }
+            }
+        }
         let req = session.req_header();
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let key = pool.hash_key(&req.headers, req.uri.path(), client);
-        let endpoint = pool
-            .select(key)
-            .ok_or_else(|| Error::explain(ConnectNoRoute, "upstream has no endpoints"))?;
-        // Counts as in flight on this endpoint until the request ends.
+        let Some((index, endpoint)) = pool.select(key, ctx.tried()) else {
+            return Error::e_explain(
+                HTTPStatus(503),
+                "no endpoint of the upstream can take requests",
+            );
+        };
+        if let Some(slot) = ctx.tried.get_mut(ctx.tries as usize) {
+            *slot = index;
+        }
+        ctx.tries += 1;
+        // Counts as in flight on this endpoint until the try ends.
         ctx.attempt = Some(Attempt::begin(&endpoint.state));
         // Clone the prebuilt peer: Pingora keys its connection pool on the peer, so
         // reusing one per endpoint keeps keepalive connections warm.
         let mut peer = endpoint.peer.clone();
-        if let Some(t) = ctx.route().and_then(|r| r.timeout) {
+        let per_try = ctx.route().and_then(|r| r.timeout);
+        let left = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = match (per_try, left) {
+            (Some(t), Some(l)) => Some(t.min(l)),
+            (t, l) => t.or(l),
+        };
+        if let Some(t) = timeout {
+            let t = t.max(Duration::from_millis(1));
             peer.options.read_timeout = Some(t);
             peer.options.write_timeout = Some(t);
         }
         ctx.endpoint = Some(endpoint.address.clone());
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.record_outcome(true, &self.metrics);
+        // The request never left: safe to send elsewhere, whatever the method.
+        e.set_retry(ctx.may_retry(session, RetryOn::ConnectFailure, &self.metrics));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.etype() == &RETRY_GATEWAY_ERROR {
+            // Granted (and counted) in upstream_response_filter.
+            e.set_retry(true);
+            return e;
+        }
+        let Some(why) = resilience::reason_for(e.etype()) else {
+            e.set_retry(false);
+            return e;
+        };
+        ctx.record_outcome(true, &self.metrics);
+        if ctx.may_retry(session, why, &self.metrics) {
+            e.set_retry(true);
+        } else if session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            // Pingora's own rule: a pooled keepalive connection that the upstream had
+            // already closed is retried once, on a fresh connection.
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -294,11 +434,18 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_elapsed = ctx.attempt.as_ref().map(Attempt::response_head);
+        let status = upstream_response.status.as_u16();
+        ctx.record_outcome(status >= 500, &self.metrics);
+        if matches!(status, 502..=504)
+            && ctx.may_retry(session, RetryOn::GatewayError, &self.metrics)
+        {
+            return Error::e_explain(RETRY_GATEWAY_ERROR, format!("upstream answered {status}"));
+        }
         Ok(())
     }
 

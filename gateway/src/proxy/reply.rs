@@ -47,6 +47,16 @@ pub const NO_ENDPOINT: Reply = Reply {
     code: "no_upstream_endpoint",
     message: "the route's upstream has no endpoint to send to",
 };
+pub const OVERLOADED: Reply = Reply {
+    status: 503,
+    code: "upstream_overloaded",
+    message: "the upstream has too many requests in flight; retry later",
+};
+pub const DEADLINE: Reply = Reply {
+    status: 504,
+    code: "deadline_exceeded",
+    message: "the route's deadline passed before the upstream answered",
+};
 pub const INTERNAL: Reply = Reply {
     status: 500,
     code: "internal_error",
@@ -90,6 +100,8 @@ pub fn for_error(etype: &ErrorType, source: &ErrorSource) -> Option<Reply> {
     use ErrorType::*;
     match (source, etype) {
         (_, HTTPStatus(400)) => Some(BAD_REQUEST),
+        (_, HTTPStatus(503)) => Some(NO_ENDPOINT),
+        (_, HTTPStatus(504)) => Some(DEADLINE),
         (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
         (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => None,
         (ErrorSource::Downstream, _) => Some(BAD_REQUEST),

@@ -26,6 +26,7 @@ use regex_automata::{Input, MatchKind, PatternSet, meta};
 
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect};
 use crate::upstream::Backends;
+use crate::upstream::policy::RetryPolicy;
 use matchers::{
     HeaderMatcher, HostPattern, MAX_HOST_LEN, MAX_TEMPLATE_PARAMS, MethodSet, PathPattern,
     QueryMatcher, TemplateSegment,
@@ -74,7 +75,11 @@ pub struct Route {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub action: RouteAction,
+    /// Per try: the longest wait for the upstream's next bytes.
     pub timeout: Option<Duration>,
+    /// Whole request, all tries and backoffs included.
+    pub deadline: Option<Duration>,
+    pub retry: RetryPolicy,
 }
 
 /// The parts of a request that routing looks at. `host` is lower case without a port

@@ -3,6 +3,7 @@
 //! endpoint selection ([`LoadBalancing`]). Per-endpoint load state lives in `state` and
 //! outlives reloads; the consistent-hash ring lives in `ring`. Selection never allocates.
 
+pub mod policy;
 mod ring;
 pub mod state;
 
@@ -17,7 +18,10 @@ use pingora::upstreams::peer::HttpPeer;
 
 use ring::HashRing;
 pub use ring::hash64;
-pub use state::{Attempt, EndpointState};
+pub use state::{Attempt, EndpointState, InFlightSlot, LimitError, PoolState};
+
+use crate::config::UpstreamSpec;
+use policy::{HealthCheck, Limits, OutlierDetection, RetryBudgetPolicy};
 
 /// What a consistent-hash pool hashes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +85,11 @@ thread_local! {
     static RNG: Cell<u64> = Cell::new(
         hash64(format!("{:?}", std::thread::current().id()).as_bytes()) | 1
     );
+}
+
+/// A uniform random number in [0, 1), for backoff jitter.
+pub fn random_unit() -> f64 {
+    random_below(1 << 53) as f64 / (1u64 << 53) as f64
 }
 
 /// A uniform random number below `n` (n > 0).
@@ -159,8 +168,11 @@ pub struct Endpoint {
     pub weight: u32,
     /// Built once at compile time and cloned per request.
     pub peer: HttpPeer,
-    /// Load state, carried over from the previous runtime when the endpoint survives.
+    /// Load and health state, carried over from the previous runtime when the endpoint
+    /// survives.
     pub state: Arc<EndpointState>,
+    /// Takes no new requests (in-flight ones finish).
+    pub draining: bool,
 }
 
 #[derive(Debug)]
@@ -176,17 +188,21 @@ pub struct UpstreamPool {
     next: AtomicUsize,
     /// The definition this pool was compiled from; an unchanged one is reused as is.
     pub fingerprint: String,
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub panic_threshold: u32,
+    pub retry_budget: RetryBudgetPolicy,
+    pub limits: Limits,
+    pub connect_timeout: Duration,
+    /// Retry budget and in-flight limit; carried over from the previous pool.
+    pub state: Arc<PoolState>,
 }
+
+/// At most this many endpoints are remembered as already tried by one request.
+pub const MAX_TRIED: usize = 8;
 
 /// Upstream read/write timeout for routes that set no `timeout` (nginx's default too).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Options that shape the prebuilt peers of a pool.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerOptions {
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -209,18 +225,17 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
 
 impl UpstreamPool {
     /// Resolve every endpoint (DNS names are looked up once, here, like nginx does at
-    /// load) and prebuild its peer. `state_of` hands back the load state of an endpoint
-    /// with the same address in the previous runtime, so it survives the reload.
+    /// load) and prebuild its peer. State of endpoints (by address) and of the pool that
+    /// `previous` already had is carried over, so a reload does not reset it.
     pub fn compile(
         name: &str,
-        endpoints: &[(String, u32)],
-        load_balancing: LoadBalancing,
-        options: PeerOptions,
+        spec: &UpstreamSpec,
         fingerprint: String,
-        state_of: impl Fn(&str) -> Option<Arc<EndpointState>>,
+        previous: Option<&UpstreamPool>,
     ) -> Result<Self, ResolveError> {
-        let mut out = Vec::with_capacity(endpoints.len());
-        for (address, weight) in endpoints {
+        let mut out = Vec::with_capacity(spec.endpoints.len());
+        for ep in &spec.endpoints {
+            let address = &ep.address;
             let socket = address
                 .to_socket_addrs()
                 .map_err(|e| e.to_string())
@@ -230,19 +245,25 @@ impl UpstreamPool {
                     reason,
                 })?;
             let mut peer = HttpPeer::new(socket, false, String::new());
-            peer.options.connection_timeout = Some(options.connect_timeout);
-            peer.options.idle_timeout = Some(options.idle_timeout);
+            peer.options.connection_timeout = Some(spec.connect_timeout);
+            peer.options.idle_timeout = Some(spec.idle_timeout);
             // A hung upstream must not hold a request forever; routes may override.
             peer.options.read_timeout = Some(DEFAULT_ROUTE_TIMEOUT);
             peer.options.write_timeout = Some(DEFAULT_ROUTE_TIMEOUT);
+            let state = previous
+                .and_then(|p| p.endpoints.iter().find(|e| *e.address == **address))
+                .map(|e| Arc::clone(&e.state))
+                .unwrap_or_default();
             out.push(Endpoint {
                 address: address.as_str().into(),
                 socket,
-                weight: *weight,
+                weight: ep.weight,
                 peer,
-                state: state_of(address).unwrap_or_default(),
+                state,
+                draining: ep.draining,
             });
         }
+        let load_balancing = spec.load_balancing.clone();
         let weights: Vec<u32> = match load_balancing {
             LoadBalancing::RoundRobin => vec![1; out.len()],
             _ => out.iter().map(|e| e.weight).collect(),
@@ -265,6 +286,13 @@ impl UpstreamPool {
             endpoints: out,
             load_balancing,
             fingerprint,
+            health_check: spec.health_check.clone(),
+            outlier_detection: spec.outlier_detection,
+            panic_threshold: spec.panic_threshold,
+            retry_budget: spec.retry_budget,
+            limits: spec.limits,
+            connect_timeout: spec.connect_timeout,
+            state: previous.map(|p| Arc::clone(&p.state)).unwrap_or_default(),
         })
     }
 
@@ -294,17 +322,20 @@ impl UpstreamPool {
         self.cumulative.partition_point(|c| *c <= r)
     }
 
-    fn least_outstanding(&self) -> usize {
+    fn least_outstanding(&self, usable: &impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let mut best = start;
+        let mut best = None;
         let mut best_load = f64::INFINITY;
         for i in 0..n {
             let idx = (start + i) % n;
+            if !usable(idx) {
+                continue;
+            }
             let e = &self.endpoints[idx];
             let load = f64::from(e.state.outstanding()) / f64::from(e.weight.max(1));
             if load < best_load {
-                best = idx;
+                best = Some(idx);
                 best_load = load;
             }
         }
@@ -327,24 +358,89 @@ impl UpstreamPool {
         }
     }
 
-    /// Pick the endpoint for one request attempt. `key` is [`Self::hash_key`]'s answer.
-    pub fn select(&self, key: Option<u64>) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
+    /// The algorithm's first choice, before health is considered (except where the
+    /// algorithm can skip unusable endpoints itself at no extra cost).
+    fn first_choice(&self, key: Option<u64>, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+        match &self.load_balancing {
+            LoadBalancing::RoundRobin | LoadBalancing::WeightedRoundRobin => {
+                Some(self.schedule.pick())
+            }
+            LoadBalancing::Random => Some(self.weighted_random()),
+            LoadBalancing::LeastOutstanding => self.least_outstanding(usable),
+            LoadBalancing::PeakEwma => Some(self.peak_ewma()),
+            LoadBalancing::ConsistentHash { bounded_load, .. } => match (key, &self.ring) {
+                (Some(k), Some(ring)) => ring.find(k, &self.endpoints, *bounded_load, usable),
+                _ => Some(self.weighted_random()),
+            },
+        }
+    }
+
+    /// Health doesn't count when too few endpoints are available (panic mode): spreading
+    /// over all of them beats piling everything onto the few survivors.
+    fn panicking(&self, now: u64) -> bool {
+        let (mut candidates, mut available) = (0u32, 0u32);
+        for e in self.endpoints.iter().filter(|e| !e.draining) {
+            candidates += 1;
+            available += u32::from(e.state.available(now));
+        }
+        available * 100 < self.panic_threshold * candidates
+    }
+
+    /// Pick the endpoint for one attempt: `key` is [`Self::hash_key`]'s answer, `tried`
+    /// the endpoints this request already failed on (avoided while others are usable).
+    /// Draining endpoints are never picked; unhealthy or ejected ones only in panic mode.
+    pub fn select(&self, key: Option<u64>, tried: &[usize]) -> Option<(usize, &Endpoint)> {
+        let n = self.endpoints.len();
+        if n == 0 {
             return None;
         }
-        let idx = match &self.load_balancing {
-            LoadBalancing::RoundRobin | LoadBalancing::WeightedRoundRobin => self.schedule.pick(),
-            LoadBalancing::Random => self.weighted_random(),
-            LoadBalancing::LeastOutstanding => self.least_outstanding(),
-            LoadBalancing::PeakEwma => self.peak_ewma(),
-            LoadBalancing::ConsistentHash { bounded_load, .. } => match (key, &self.ring) {
-                (Some(k), Some(ring)) => ring
-                    .find(k, &self.endpoints, *bounded_load)
-                    .unwrap_or_else(|| self.weighted_random()),
-                _ => self.weighted_random(),
-            },
+        let now = state::now_ns();
+        let strict = |i: usize| {
+            let e = &self.endpoints[i];
+            !e.draining && !tried.contains(&i) && e.state.available(now)
         };
-        self.endpoints.get(idx)
+        // Fast path: the algorithm's choice is fine.
+        if let Some(i) = self.first_choice(key, &strict).filter(|i| strict(*i)) {
+            return Some((i, &self.endpoints[i]));
+        }
+        // Slow path: the choice was unavailable or already tried.
+        let panic = self.panicking(now);
+        let relaxed = |i: usize| {
+            let e = &self.endpoints[i];
+            !e.draining && (panic || e.state.available(now))
+        };
+        let fresh = |i: usize| relaxed(i) && !tried.contains(&i);
+        for ok in [&fresh as &dyn Fn(usize) -> bool, &relaxed] {
+            let found = match (&self.load_balancing, key, &self.ring) {
+                (LoadBalancing::LeastOutstanding, _, _) => self.least_outstanding(&|i| ok(i)),
+                (LoadBalancing::ConsistentHash { bounded_load, .. }, Some(k), Some(ring)) => {
+                    ring.find(k, &self.endpoints, *bounded_load, &|i| ok(i))
+                }
+                _ => {
+                    // Scan from a random start so the fallback load spreads evenly.
+                    let start = random_below(n as u64) as usize;
+                    (0..n).map(|k| (start + k) % n).find(|i| ok(*i))
+                }
+            };
+            if let Some(i) = found {
+                return Some((i, &self.endpoints[i]));
+            }
+        }
+        None
+    }
+
+    /// How many endpoints may be ejected at once under the outlier policy.
+    pub fn may_eject(&self) -> bool {
+        let Some(od) = &self.outlier_detection else {
+            return false;
+        };
+        let now = state::now_ns();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected(now))
+            .count();
+        (ejected + 1) * 100 <= od.max_ejection_percent as usize * self.endpoints.len()
     }
 }
 
@@ -404,10 +500,26 @@ mod tests {
         assert_eq!(c, vec![1000, 1000, 2000]);
     }
 
-    const OPTIONS: PeerOptions = PeerOptions {
-        connect_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(1),
-    };
+    fn spec_of(lb: LoadBalancing, endpoints: &[(String, u32)]) -> UpstreamSpec {
+        UpstreamSpec {
+            endpoints: endpoints
+                .iter()
+                .map(|(address, weight)| policy::EndpointSpec {
+                    address: address.clone(),
+                    weight: *weight,
+                    draining: false,
+                })
+                .collect(),
+            load_balancing: lb,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            health_check: None,
+            outlier_detection: Some(OutlierDetection::default()),
+            panic_threshold: 50,
+            retry_budget: RetryBudgetPolicy::default(),
+            limits: Limits::default(),
+        }
+    }
 
     fn pool(lb: LoadBalancing, weights: &[u32]) -> UpstreamPool {
         let endpoints: Vec<(String, u32)> = weights
@@ -415,17 +527,13 @@ mod tests {
             .enumerate()
             .map(|(i, w)| (format!("127.0.0.1:{}", 1000 + i), *w))
             .collect();
-        UpstreamPool::compile("p", &endpoints, lb, OPTIONS, String::new(), |_| None).unwrap()
-    }
-
-    fn index_of(e: &Endpoint) -> usize {
-        usize::from(e.socket.port() - 1000)
+        UpstreamPool::compile("p", &spec_of(lb, &endpoints), String::new(), None).unwrap()
     }
 
     fn distribution(pool: &UpstreamPool, n: usize) -> Vec<usize> {
         let mut c = vec![0; pool.endpoints.len()];
         for _ in 0..n {
-            c[index_of(pool.select(None).unwrap())] += 1;
+            c[pool.select(None, &[]).unwrap().0] += 1;
         }
         c
     }
@@ -433,7 +541,7 @@ mod tests {
     #[test]
     fn round_robin_ignores_weights() {
         let p = pool(LoadBalancing::RoundRobin, &[10, 1]);
-        let order: Vec<usize> = (0..4).map(|_| index_of(p.select(None).unwrap())).collect();
+        let order: Vec<usize> = (0..4).map(|_| p.select(None, &[]).unwrap().0).collect();
         assert_eq!(order, vec![0, 1, 0, 1]);
     }
 
@@ -461,7 +569,7 @@ mod tests {
             .collect();
         let _one = Attempt::begin(&p.endpoints[1].state);
         for _ in 0..10 {
-            assert_eq!(index_of(p.select(None).unwrap()), 2);
+            assert_eq!(p.select(None, &[]).unwrap().0, 2);
         }
         drop(busy);
         drop(_one);
@@ -501,7 +609,7 @@ mod tests {
             on: HashOn::Path,
             bounded_load: None,
         };
-        UpstreamPool::compile("p", &endpoints, lb, OPTIONS, String::new(), |_| None).unwrap()
+        UpstreamPool::compile("p", &spec_of(lb, &endpoints), String::new(), None).unwrap()
     }
 
     #[test]
@@ -515,8 +623,8 @@ mod tests {
             let mut counts = vec![0; 10];
             for k in 0..keys {
                 let key = hash64(format!("/users/{k}").as_bytes());
-                let a = ten.select(Some(key)).unwrap().socket;
-                let b = eleven.select(Some(key)).unwrap().socket;
+                let a = ten.select(Some(key), &[]).unwrap().1.socket;
+                let b = eleven.select(Some(key), &[]).unwrap().1.socket;
                 counts[usize::from(a.port() - base)] += 1;
                 same += usize::from(a == b);
             }
@@ -545,12 +653,12 @@ mod tests {
     fn bounded_load_caps_a_hot_key() {
         let p = hash_pool(4, Some(1.25));
         let key = hash64(b"/hot");
-        let home = index_of(p.select(Some(key)).unwrap());
+        let home = p.select(Some(key), &[]).unwrap().0;
         // Pile in-flight requests for the hot key: the home endpoint fills to its cap and
         // the overflow spills to others instead of queueing without bound.
         let mut held = Vec::new();
         for _ in 0..40 {
-            let e = p.select(Some(key)).unwrap();
+            let e = p.select(Some(key), &[]).unwrap().1;
             held.push(Attempt::begin(&e.state));
         }
         let home_load = p.endpoints[home].state.outstanding();
@@ -562,11 +670,11 @@ mod tests {
         assert!(p.endpoints.iter().all(|e| e.state.outstanding() > 0));
         // Without a bound, every request for the key goes home.
         let unbounded = hash_pool(4, None);
-        let first = unbounded.select(Some(key)).unwrap().socket;
+        let first = unbounded.select(Some(key), &[]).unwrap().1.socket;
         let _hold: Vec<Attempt> = (0..40)
             .map(|_| Attempt::begin(&unbounded.endpoints[0].state))
             .collect();
-        assert!((0..40).all(|_| unbounded.select(Some(key)).unwrap().socket == first));
+        assert!((0..40).all(|_| unbounded.select(Some(key), &[]).unwrap().1.socket == first));
     }
 
     #[test]

@@ -72,35 +72,42 @@ impl HashRing {
         Self { points }
     }
 
-    /// The endpoint for `key`. With `bounded_load = Some(c)`, skip endpoints whose
-    /// in-flight count is at or above `ceil(c x (total + 1) / n)`.
+    /// The endpoint for `key`: the first `usable` one clockwise from the key. With
+    /// `bounded_load = Some(c)`, also skip endpoints whose in-flight count is at or above
+    /// `ceil(c x (total + 1) / n)`.
     pub fn find(
         &self,
         key: u64,
         endpoints: &[Endpoint],
         bounded_load: Option<f64>,
+        usable: &impl Fn(usize) -> bool,
     ) -> Option<usize> {
         if self.points.is_empty() {
             return None;
         }
         let key = (key >> 32) as u32;
         let start = self.points.partition_point(|(p, _)| *p < key) % self.points.len();
-        let first = self.points[start].1 as usize;
-        let Some(factor) = bounded_load else {
-            return Some(first);
-        };
-        let total: u64 = endpoints
-            .iter()
-            .map(|e| u64::from(e.state.outstanding()))
-            .sum();
-        let cap = (factor * (total + 1) as f64 / endpoints.len() as f64).ceil() as u32;
+        let cap = bounded_load.map(|factor| {
+            let total: u64 = endpoints
+                .iter()
+                .map(|e| u64::from(e.state.outstanding()))
+                .sum();
+            (factor * (total + 1) as f64 / endpoints.len() as f64).ceil() as u32
+        });
+        let mut fallback = None;
         // Walk clockwise; every endpoint appears within one full turn.
         for i in 0..self.points.len() {
             let idx = self.points[(start + i) % self.points.len()].1 as usize;
-            if endpoints[idx].state.outstanding() < cap {
-                return Some(idx);
+            if !usable(idx) {
+                continue;
+            }
+            match cap {
+                Some(cap) if endpoints[idx].state.outstanding() >= cap => {
+                    fallback.get_or_insert(idx);
+                }
+                _ => return Some(idx),
             }
         }
-        Some(first)
+        fallback
     }
 }

@@ -1,11 +1,16 @@
-//! Owns per-endpoint load state: requests in flight and a peak-EWMA of response-head
-//! latency. It lives outside `Runtime` (an `Arc` handed from one runtime's pool to the
-//! next for every endpoint that survives a reload), so a reload does not reset it.
+//! Owns the state that must outlive a reload: per endpoint, requests in flight, a
+//! peak-EWMA of response-head latency, active health and passive ejection; per pool, the
+//! retry budget and the in-flight limit. Each is an `Arc` handed from one runtime's pool
+//! to the next for every endpoint (or upstream) that survives a reload.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::policy::{OutlierDetection, RetryBudgetPolicy};
 
 /// How fast the latency estimate forgets: after `DECAY` of calm, an old peak weighs 1/e.
 const DECAY: Duration = Duration::from_secs(10);
@@ -15,11 +20,12 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ns() -> u64 {
+/// Nanoseconds since the process epoch: the clock of ejections and the latency estimate.
+pub fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointState {
     outstanding: AtomicU32,
     /// Peak-EWMA latency in nanoseconds, as `f64` bits.
@@ -28,9 +34,83 @@ pub struct EndpointState {
     stamp_ns: AtomicU64,
     /// Times this endpoint was selected, for `/admin/upstreams`.
     selected: AtomicU64,
+    /// Verdict of the active checker; endpoints without one stay healthy.
+    healthy: AtomicBool,
+    /// Consecutive failures the proxy saw (5xx, connect failures); reset by a success.
+    consecutive_failures: AtomicU32,
+    /// How often this endpoint was ejected; scales the next ejection.
+    ejections: AtomicU32,
+    /// Ejected until this instant (ns since the epoch); 0 = never ejected.
+    ejected_until_ns: AtomicU64,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self {
+            outstanding: AtomicU32::new(0),
+            ewma_bits: AtomicU64::new(0),
+            stamp_ns: AtomicU64::new(0),
+            selected: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ns: AtomicU64::new(0),
+        }
+    }
 }
 
 impl EndpointState {
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Set by the active checker; returns whether the verdict changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until_ns.load(Ordering::Relaxed) > now
+    }
+
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Healthy and not ejected: may take new requests outside panic mode.
+    pub fn available(&self, now: u64) -> bool {
+        self.healthy() && !self.is_ejected(now)
+    }
+
+    /// A response that was not a failure: the failure streak ends. An endpoint that has
+    /// stayed out of ejection for a whole maximum ejection time starts its count afresh.
+    pub fn record_success(&self, od: &OutlierDetection) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let until = self.ejected_until_ns.load(Ordering::Relaxed);
+        if until != 0 && now_ns() > until + od.max_ejection_time.as_nanos() as u64 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A 5xx or connect failure. Ejects the endpoint when the streak reaches the
+    /// threshold and `may_eject` (the pool's ejection cap) allows; returns whether it did.
+    pub fn record_failure(&self, od: &OutlierDetection, may_eject: impl FnOnce() -> bool) -> bool {
+        let streak = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = now_ns();
+        if streak < od.consecutive_failures || self.is_ejected(now) || !may_eject() {
+            return false;
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let time = od
+            .base_ejection_time
+            .saturating_mul(n)
+            .min(od.max_ejection_time);
+        self.ejected_until_ns
+            .store(now + time.as_nanos() as u64, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        true
+    }
+
     pub fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Relaxed)
     }
@@ -70,6 +150,145 @@ impl EndpointState {
     }
 }
 
+/// Length of the retry budget's sliding window, in one-second buckets.
+const BUDGET_WINDOW: u64 = 10;
+
+#[derive(Debug, Default)]
+struct BudgetBucket {
+    second: AtomicU64,
+    requests: AtomicU32,
+    retries: AtomicU32,
+}
+
+/// A sliding ten-second count of requests and retries for one upstream. Updates race
+/// benignly: a bucket rolled over by two threads at once may lose a count.
+#[derive(Debug, Default)]
+pub struct RetryBudget {
+    buckets: [BudgetBucket; BUDGET_WINDOW as usize],
+}
+
+impl RetryBudget {
+    fn bucket(&self, second: u64) -> &BudgetBucket {
+        let b = &self.buckets[(second % BUDGET_WINDOW) as usize];
+        if b.second.swap(second, Ordering::Relaxed) != second {
+            b.requests.store(0, Ordering::Relaxed);
+            b.retries.store(0, Ordering::Relaxed);
+        }
+        b
+    }
+
+    fn totals(&self, second: u64) -> (u64, u64) {
+        self.buckets
+            .iter()
+            .filter(|b| second.saturating_sub(b.second.load(Ordering::Relaxed)) < BUDGET_WINDOW)
+            .fold((0, 0), |(q, r), b| {
+                (
+                    q + u64::from(b.requests.load(Ordering::Relaxed)),
+                    r + u64::from(b.retries.load(Ordering::Relaxed)),
+                )
+            })
+    }
+
+    /// Count one request (a first try).
+    pub fn deposit(&self) {
+        let second = now_ns() / 1_000_000_000;
+        self.bucket(second).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Take one retry from the budget, if the window has room for it.
+    pub fn withdraw(&self, policy: &RetryBudgetPolicy) -> bool {
+        let second = now_ns() / 1_000_000_000;
+        let (requests, retries) = self.totals(second);
+        let allowed = policy.ratio * requests as f64
+            + f64::from(policy.min_per_second) * BUDGET_WINDOW as f64;
+        if (retries as f64) < allowed {
+            self.bucket(second).retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-upstream state that outlives reloads: the retry budget and the in-flight limit.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    pub budget: RetryBudget,
+    in_flight: AtomicU32,
+    pending: AtomicU32,
+    freed: Notify,
+}
+
+/// Why a request could not get an in-flight slot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LimitError {
+    /// The pool is full and so is its waiting line.
+    Overloaded,
+}
+
+impl PoolState {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, max: u32) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Take an in-flight slot: at once when one is free, else wait (up to `wait`) in a
+    /// line of at most `max_pending`; `Overloaded` when the line is full or the wait ends.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        max_in_flight: Option<u32>,
+        max_pending: u32,
+        wait: Duration,
+    ) -> Result<InFlightSlot, LimitError> {
+        let Some(max) = max_in_flight else {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            return Ok(InFlightSlot(Arc::clone(self)));
+        };
+        if self.try_take(max) {
+            return Ok(InFlightSlot(Arc::clone(self)));
+        }
+        if self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max_pending).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(LimitError::Overloaded);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let result = loop {
+            let freed = self.freed.notified();
+            if self.try_take(max) {
+                break Ok(InFlightSlot(Arc::clone(self)));
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break Err(LimitError::Overloaded);
+            }
+        };
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+}
+
+/// One request's hold on its upstream's in-flight limit, released on drop.
+#[derive(Debug)]
+pub struct InFlightSlot(Arc<PoolState>);
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
 /// One attempt on one endpoint: counts as outstanding until dropped.
 #[derive(Debug)]
 pub struct Attempt {
@@ -93,6 +312,10 @@ impl Attempt {
         self.state.observe(rtt);
         rtt
     }
+
+    pub fn state(&self) -> &Arc<EndpointState> {
+        &self.state
+    }
 }
 
 impl Drop for Attempt {
@@ -104,6 +327,104 @@ impl Drop for Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ejection_grows_with_repeat_offences_and_respects_the_cap() {
+        let od = OutlierDetection {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(25),
+            max_ejection_percent: 100,
+        };
+        let s = EndpointState::default();
+        assert!(!s.record_failure(&od, || true));
+        assert!(!s.record_failure(&od, || true));
+        s.record_success(&od);
+        assert!(
+            !s.record_failure(&od, || true),
+            "a success resets the streak"
+        );
+        assert!(!s.record_failure(&od, || true));
+        assert!(
+            s.record_failure(&od, || true),
+            "third failure in a row ejects"
+        );
+        let now = now_ns();
+        assert!(s.is_ejected(now) && !s.available(now));
+        let until = s.ejected_until_ns.load(Ordering::Relaxed) - now;
+        assert!(until <= 10_000_000_000 && until > 9_000_000_000);
+        // Second ejection: twice the base; third: capped at the maximum.
+        s.ejected_until_ns.store(1, Ordering::Relaxed);
+        for _ in 0..3 {
+            s.record_failure(&od, || true);
+        }
+        let until = s.ejected_until_ns.load(Ordering::Relaxed) - now_ns();
+        assert!(until > 19_000_000_000 && until <= 20_000_000_000);
+        s.ejected_until_ns.store(1, Ordering::Relaxed);
+        for _ in 0..3 {
+            s.record_failure(&od, || true);
+        }
+        let until = s.ejected_until_ns.load(Ordering::Relaxed) - now_ns();
+        assert!(until > 24_000_000_000 && until <= 25_000_000_000);
+        // The pool's cap can refuse an ejection.
+        let t = EndpointState::default();
+        for _ in 0..5 {
+            assert!(!t.record_failure(&od, || false));
+        }
+        assert!(t.available(now_ns()));
+    }
+
+    #[test]
+    fn retry_budget_is_a_share_of_requests_plus_a_floor() {
+        let policy = RetryBudgetPolicy {
+            ratio: 0.2,
+            min_per_second: 1,
+        };
+        let b = RetryBudget::default();
+        for _ in 0..100 {
+            b.deposit();
+        }
+        // 20% of 100 requests plus 1/s over the 10 s window = 30 retries.
+        let granted = (0..100).filter(|_| b.withdraw(&policy)).count();
+        assert_eq!(granted, 30);
+    }
+
+    #[tokio::test]
+    async fn in_flight_limit_queues_then_refuses() {
+        let pool = Arc::new(PoolState::default());
+        let wait = Duration::from_millis(200);
+        let a = pool.acquire(Some(2), 1, wait).await.unwrap();
+        let _b = pool.acquire(Some(2), 1, wait).await.unwrap();
+        assert_eq!(pool.in_flight(), 2);
+        // One may wait; it gets the slot when `a` is released.
+        let waiter = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move {
+                pool.acquire(Some(2), 1, Duration::from_secs(5))
+                    .await
+                    .map(|_| ())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The line is full: refused at once.
+        assert_eq!(
+            pool.acquire(Some(2), 1, wait).await.err(),
+            Some(LimitError::Overloaded)
+        );
+        drop(a);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        // Waiting longer than `wait` ends in a refusal too.
+        let _c = pool.acquire(Some(2), 1, wait).await.unwrap();
+        assert_eq!(
+            pool.acquire(Some(2), 1, Duration::from_millis(20))
+                .await
+                .err(),
+            Some(LimitError::Overloaded)
+        );
+        // No limit: always granted, still counted.
+        let _d = pool.acquire(None, 0, wait).await.unwrap();
+        assert_eq!(pool.in_flight(), 3);
+    }
 
     #[test]
     fn attempts_count_outstanding() {
