@@ -65,14 +65,24 @@ pub fn describe_pool(pool: &UpstreamPool) -> Value {
         })),
         _ => None,
     };
+    let now = crate::upstream::state::now_ns();
     json!({
         "name": &*pool.name,
         "load_balancing": pool.load_balancing.as_str(),
         "consistent_hash": hash_on,
+        "in_flight": pool.state.in_flight(),
+        "limits": {"max_in_flight": pool.limits.max_in_flight, "max_pending": pool.limits.max_pending},
+        "active_health_check": pool.health_check.as_ref().map(|h| format!("{:?} every {:?}", h.probe, h.interval)),
+        "outlier_detection": pool.outlier_detection.is_some(),
+        "panic_threshold_percent": pool.panic_threshold,
         "endpoints": pool.endpoints.iter().map(|e| json!({
             "address": &*e.address,
             "resolved": e.socket.to_string(),
             "weight": e.weight,
+            "healthy": e.state.healthy(),
+            "ejected": e.state.is_ejected(now),
+            "ejections": e.state.ejections(),
+            "draining": e.draining,
             "in_flight": e.state.outstanding(),
             "selected_total": e.state.selected(),
             "latency_ewma_ms": e.state.ewma_ns() / 1e6,

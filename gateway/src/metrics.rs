@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Refreshed from the running runtime at scrape time.
     pub endpoints: IntGaugeVec,
     pub in_flight: IntGaugeVec,
+    pub endpoint_healthy: IntGaugeVec,
+    pub endpoint_in_flight: IntGaugeVec,
+    pub endpoint_selected: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -112,11 +115,33 @@ impl Metrics {
             ),
             &["upstream"],
         )?;
+        let per_endpoint = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["upstream", "endpoint"])
+        };
+        let endpoint_healthy = per_endpoint(
+            "gateway_upstream_endpoint_available",
+            "1 when the endpoint may take new requests (healthy, not ejected, not draining)",
+        )?;
+        let endpoint_in_flight = per_endpoint(
+            "gateway_upstream_endpoint_in_flight",
+            "Requests in flight to the endpoint",
+        )?;
+        let endpoint_selected = per_endpoint(
+            "gateway_upstream_endpoint_selected",
+            "Times the endpoint was selected since it appeared (a counter, exported at scrape)",
+        )?;
         for c in [&retries, &retry_budget_exhausted, &ejections, &overloaded] {
             registry.register(Box::new(c.clone()))?;
         }
-        registry.register(Box::new(endpoints.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
+        for g in [
+            &endpoints,
+            &in_flight,
+            &endpoint_healthy,
+            &endpoint_in_flight,
+            &endpoint_selected,
+        ] {
+            registry.register(Box::new(g.clone()))?;
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -137,14 +162,24 @@ impl Metrics {
             overloaded,
             endpoints,
             in_flight,
+            endpoint_healthy,
+            endpoint_in_flight,
+            endpoint_selected,
         })
     }
 
     /// Set the per-upstream gauges from the runtime serving requests; upstreams that are
     /// gone are dropped from the gauges.
     pub fn refresh_upstreams(&self, runtime: &Runtime) {
-        self.endpoints.reset();
-        self.in_flight.reset();
+        for g in [
+            &self.endpoints,
+            &self.in_flight,
+            &self.endpoint_healthy,
+            &self.endpoint_in_flight,
+            &self.endpoint_selected,
+        ] {
+            g.reset();
+        }
         let now = crate::upstream::state::now_ns();
         for pool in runtime.upstreams.values() {
             let mut counts = [0i64; 4];
@@ -159,6 +194,16 @@ impl Metrics {
                     0
                 };
                 counts[slot] += 1;
+                let labels = [&*pool.name, &*e.address];
+                self.endpoint_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(slot == 0));
+                self.endpoint_in_flight
+                    .with_label_values(&labels)
+                    .set(i64::from(e.state.outstanding()));
+                self.endpoint_selected
+                    .with_label_values(&labels)
+                    .set(e.state.selected() as i64);
             }
             for (state, n) in ["healthy", "unhealthy", "ejected", "draining"]
                 .iter()

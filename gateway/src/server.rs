@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader, RuntimeStore};
 use crate::runtime;
+use crate::upstream::health::HealthService;
 
 /// SIGTERM and SIGINT both drain gracefully (Pingora's default treats SIGINT as a fast
 /// exit); either flips `draining` so `/readyz` fails first.
@@ -105,13 +106,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(address = %spec.admin.address, "admin listening");
 
     let reloader = Arc::new(Reloader::new(
-        store,
+        Arc::clone(&store),
         config_path.to_path_buf(),
         spec.server.reload_debounce,
         text,
     ));
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "health-checks",
+        HealthService::new(Arc::clone(&store)),
+    ));
     server.add_service(background_service("config-reload", ReloadService(reloader)));
 
     drain_monitor(Arc::clone(&draining), in_flight);

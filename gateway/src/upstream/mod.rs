@@ -3,6 +3,7 @@
 //! endpoint selection ([`LoadBalancing`]). Per-endpoint load state lives in `state` and
 //! outlives reloads; the consistent-hash ring lives in `ring`. Selection never allocates.
 
+pub mod health;
 pub mod policy;
 mod ring;
 pub mod state;

@@ -259,3 +259,94 @@ pub async fn slow_echo_upstream(name: &str, delay: Duration) -> SocketAddr {
     });
     addr
 }
+
+/// An upstream on its own Tokio runtime, so that killing it really closes every
+/// connection (aborting a server task would leave its connection tasks running).
+/// `GET /ready` answers 200 or 503 as `healthy` says; everything else is the echo app.
+pub struct Member {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Health probes received (`/ready`).
+    pub probes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Other requests received.
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Member {
+    pub fn start(name: &str) -> Member {
+        let mut m = Member {
+            name: name.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            healthy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            probes: std::sync::Arc::default(),
+            hits: std::sync::Arc::default(),
+            rt: None,
+        };
+        m.serve();
+        m
+    }
+
+    fn serve(&mut self) {
+        use std::sync::atomic::Ordering;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        let _guard = rt.enter();
+        socket.bind(self.addr).unwrap();
+        let listener = socket.listen(1024).unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let (healthy, probes, hits) =
+            (self.healthy.clone(), self.probes.clone(), self.hits.clone());
+        let ready = axum::routing::get(move || {
+            let (healthy, probes) = (healthy.clone(), probes.clone());
+            async move {
+                probes.fetch_add(1, Ordering::SeqCst);
+                if healthy.load(Ordering::SeqCst) {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        });
+        let echo = example_services::echo::app(&self.name).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                hits.fetch_add(1, Ordering::SeqCst);
+                next.run(req)
+            },
+        ));
+        let app = axum::Router::new().route("/ready", ready).merge(echo);
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        self.rt = Some(rt);
+    }
+
+    /// Stop answering at once: the listener and every open connection close.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Serve again on the same address.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.serve();
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
