@@ -294,3 +294,79 @@ async fn deadline_bounds_all_tries() {
     let tries = a.hits() + b.hits();
     assert!((2..=3).contains(&tries), "{tries} tries");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_pins_a_client_until_its_endpoint_goes() {
+    let members = [Member::start("a"), Member::start("b"), Member::start("c")];
+    let pool = |drain: Option<&str>| {
+        let list: Vec<String> = members
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{address: \"{}\", draining: {}}}",
+                    m.addr,
+                    Some(m.name.as_str()) == drain
+                )
+            })
+            .collect();
+        format!(
+            "{HEAD}upstreams:\n  app:\n    sticky_cookie: {{name: gw_affinity, ttl: 1h}}\n    endpoints: [{}]\nroutes: [{{id: all, upstream: app}}]\n",
+            list.join(", ")
+        )
+    };
+    let gw = Gateway::start(&pool(None)).await;
+    let c = reqwest::Client::new();
+    let first = c.get(gw.url("/x")).send().await.unwrap();
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("gw_affinity=")
+            && cookie.contains("Max-Age=3600")
+            && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let home = first.headers()["x-served-by"].to_str().unwrap().to_owned();
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    for _ in 0..15 {
+        let r = c
+            .get(gw.url("/x"))
+            .header("cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-served-by"], home.as_str());
+        assert!(
+            r.headers().get("set-cookie").is_none(),
+            "a pinned client is not re-pinned"
+        );
+    }
+    // Its endpoint drains: the client moves and gets a new cookie.
+    write_atomic(
+        &gw.config,
+        &render(&pool(Some(&home)), gw.port, gw.admin_port),
+    );
+    gw.wait_config("version 2", |v| v["version"] == 2).await;
+    let r = c
+        .get(gw.url("/x"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.headers()["x-served-by"], home.as_str());
+    let moved = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(moved, pair);
+    // A forged or stale cookie is ignored rather than trusted.
+    let r = c
+        .get(gw.url("/x"))
+        .header("cookie", "gw_affinity=zzzz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("set-cookie"));
+}

@@ -20,7 +20,7 @@ use crate::router::matchers::{
 };
 use crate::upstream::policy::{
     EndpointSpec, HealthCheck, Limits, OutlierDetection, Probe, RetryBudgetPolicy, RetryOn,
-    RetryPolicy,
+    RetryPolicy, StickyCookie,
 };
 use crate::upstream::{HashOn, LoadBalancing};
 
@@ -85,6 +85,7 @@ pub struct UpstreamSpec {
     pub panic_threshold: u32,
     pub retry_budget: RetryBudgetPolicy,
     pub limits: Limits,
+    pub sticky_cookie: Option<StickyCookie>,
 }
 
 /// A fully validated gateway configuration.
@@ -458,9 +459,34 @@ fn upstream_spec(
             }
         }
     };
+    let sticky_cookie = u.sticky_cookie.as_ref().and_then(|c| {
+        let p = format!("{path}.sticky_cookie");
+        let name_ok = !c.name.is_empty()
+            && c.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !name_ok {
+            e.push(
+                format!("{p}.name"),
+                format!(
+                    "cookie name {:?} must be letters, digits, '_', '-' or '.'",
+                    c.name
+                ),
+            );
+        }
+        let ttl = c
+            .ttl
+            .as_deref()
+            .and_then(|t| e.take(format!("{p}.ttl"), duration(t)));
+        name_ok.then(|| StickyCookie {
+            name: c.name.clone(),
+            ttl,
+        })
+    });
     let spec = UpstreamSpec {
         endpoints,
         load_balancing,
+        sticky_cookie,
         health_check,
         outlier_detection,
         panic_threshold,

@@ -184,6 +184,15 @@ pub struct Upstream {
     pub panic_threshold: Option<u32>,
     pub retry_budget: Option<RetryBudget>,
     pub limits: Option<Limits>,
+    pub sticky_cookie: Option<StickyCookie>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyCookie {
+    pub name: String,
+    /// Cookie lifetime; default: a browser-session cookie.
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -98,6 +98,8 @@ pub struct RequestCtx {
     _slot: Option<InFlightSlot>,
     /// End of the route's total deadline, if it has one.
     deadline: Option<Instant>,
+    /// A sticky-session cookie to hand the client with the response.
+    set_cookie: Option<String>,
     upstream_elapsed: Option<Duration>,
     /// Stable code of a reply the gateway made itself, for the access log.
     reply_code: Option<&'static str>,
@@ -194,6 +196,7 @@ impl ProxyHttp for Gateway {
             tried: [0; MAX_TRIED],
             _slot: None,
             deadline: None,
+            set_cookie: None,
             upstream_elapsed: None,
             reply_code: None,
             _in_flight: InFlight::enter(&self.in_flight),
@@ -314,8 +317,17 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let key = pool.hash_key(&req.headers, req.uri.path(), client);
-        let Some((index, endpoint)) = pool.select(key, ctx.tried()) else {
+        let chosen = match pool.sticky_choice(&req.headers, ctx.tried()) {
+            Some(pinned) => Some(pinned),
+            None => {
+                let key = pool.hash_key(&req.headers, req.uri.path(), client);
+                let chosen = pool.select(key, ctx.tried());
+                // A new or moved client: pin it to where it lands.
+                ctx.set_cookie = chosen.and_then(|(_, e)| pool.sticky_set_cookie(e));
+                chosen
+            }
+        };
+        let Some((index, endpoint)) = chosen else {
             return Error::e_explain(
                 HTTPStatus(503),
                 "no endpoint of the upstream can take requests",
@@ -457,6 +469,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(route) = ctx.route() {
             route.response_headers.apply(response);
+        }
+        if let Some(cookie) = ctx.set_cookie.take() {
+            response.append_header("set-cookie", cookie)?;
         }
         response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())

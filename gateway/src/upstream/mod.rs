@@ -22,7 +22,7 @@ pub use ring::hash64;
 pub use state::{Attempt, EndpointState, InFlightSlot, LimitError, PoolState};
 
 use crate::config::UpstreamSpec;
-use policy::{HealthCheck, Limits, OutlierDetection, RetryBudgetPolicy};
+use policy::{HealthCheck, Limits, OutlierDetection, RetryBudgetPolicy, StickyCookie};
 
 /// What a consistent-hash pool hashes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +174,8 @@ pub struct Endpoint {
     pub state: Arc<EndpointState>,
     /// Takes no new requests (in-flight ones finish).
     pub draining: bool,
+    /// Opaque, stable id for sticky-session cookies: a hash of the address.
+    pub affinity: u64,
 }
 
 #[derive(Debug)]
@@ -195,6 +197,7 @@ pub struct UpstreamPool {
     pub retry_budget: RetryBudgetPolicy,
     pub limits: Limits,
     pub connect_timeout: Duration,
+    pub sticky_cookie: Option<StickyCookie>,
     /// Retry budget and in-flight limit; carried over from the previous pool.
     pub state: Arc<PoolState>,
 }
@@ -262,6 +265,7 @@ impl UpstreamPool {
                 peer,
                 state,
                 draining: ep.draining,
+                affinity: hash64(address.as_bytes()),
             });
         }
         let load_balancing = spec.load_balancing.clone();
@@ -293,6 +297,7 @@ impl UpstreamPool {
             retry_budget: spec.retry_budget,
             limits: spec.limits,
             connect_timeout: spec.connect_timeout,
+            sticky_cookie: spec.sticky_cookie.clone(),
             state: previous.map(|p| Arc::clone(&p.state)).unwrap_or_default(),
         })
     }
@@ -430,6 +435,37 @@ impl UpstreamPool {
         None
     }
 
+    /// The endpoint a sticky-session cookie in `headers` names, if it may take this
+    /// request (not draining, healthy, not ejected, not already tried).
+    pub fn sticky_choice(
+        &self,
+        headers: &HeaderMap,
+        tried: &[usize],
+    ) -> Option<(usize, &Endpoint)> {
+        let sticky = self.sticky_cookie.as_ref()?;
+        let value = cookie(headers, &sticky.name)?;
+        let id = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| u64::from_str_radix(v, 16).ok())?;
+        let now = state::now_ns();
+        self.endpoints.iter().enumerate().find(|(i, e)| {
+            e.affinity == id && !e.draining && !tried.contains(i) && e.state.available(now)
+        })
+    }
+
+    /// The `Set-Cookie` value that pins a client to `endpoint`.
+    pub fn sticky_set_cookie(&self, endpoint: &Endpoint) -> Option<String> {
+        let sticky = self.sticky_cookie.as_ref()?;
+        let max_age = sticky
+            .ttl
+            .map(|t| format!("; Max-Age={}", t.as_secs()))
+            .unwrap_or_default();
+        Some(format!(
+            "{}={:016x}; Path=/; HttpOnly; SameSite=Lax{max_age}",
+            sticky.name, endpoint.affinity
+        ))
+    }
+
     /// How many endpoints may be ejected at once under the outlier policy.
     pub fn may_eject(&self) -> bool {
         let Some(od) = &self.outlier_detection else {
@@ -519,6 +555,7 @@ mod tests {
             panic_threshold: 50,
             retry_budget: RetryBudgetPolicy::default(),
             limits: Limits::default(),
+            sticky_cookie: None,
         }
     }
 

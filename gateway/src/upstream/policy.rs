@@ -39,6 +39,14 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
 }
 
+/// Cookie-based session affinity: the cookie names the endpoint (by an opaque hash of
+/// its address) that served the client first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    pub ttl: Option<Duration>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OutlierDetection {
     /// Consecutive 5xx responses or connect failures that eject an endpoint.
