@@ -1,18 +1,22 @@
 //! Owns the Pingora `ProxyHttp` implementation. Each phase delegates to a small function
-//! elsewhere and acts on its result. Feature -> phase map:
+//! elsewhere and acts on its result. Feature -> phase map (also in gateway/README.md):
 //!
-//! | feature                                   | phase                      |
-//! |-------------------------------------------|----------------------------|
-//! | pin one runtime version for the request   | `new_ctx`                  |
-//! | request id, 431, 400, route match, 404,   | `request_filter` (`decide`)|
-//! | redirect, direct response, split choice   |                            |
-//! | endpoint selection (LB), in-flight count, | `upstream_peer`            |
-//! | per-route timeout                         |                            |
-//! | path rewrite, request headers, X-Forwarded| `upstream_request_filter`  |
-//! | upstream latency (metrics, peak EWMA)     | `upstream_response_filter` |
-//! | response headers, X-Request-Id            | `response_filter`          |
-//! | 502 / 504 JSON errors                     | `fail_to_proxy`            |
-//! | metrics and access log                    | `logging`                  |
+//! | feature                                              | phase                      |
+//! |------------------------------------------------------|----------------------------|
+//! | pin one runtime version for the request              | `new_ctx`                  |
+//! | request id, 431, 400, route match, 404, redirect,    | `request_filter` (`decide`)|
+//! | direct response, split choice, in-flight limit (503),|                            |
+//! | retry-budget deposit, deadline                       |                            |
+//! | sticky cookie, endpoint selection, retry backoff,    | `upstream_peer`            |
+//! | per-try timeout                                      |                            |
+//! | retry on connect failure, passive failure            | `fail_to_connect`          |
+//! | retry on timeout or broken connection                | `error_while_proxy`        |
+//! | path rewrite, request headers, X-Forwarded-*         | `upstream_request_filter`  |
+//! | latency (metrics, peak EWMA), passive outcome,       | `upstream_response_filter` |
+//! | retry on 502/503/504                                 |                            |
+//! | response headers, sticky Set-Cookie, X-Request-Id    | `response_filter`          |
+//! | 502 / 503 / 504 JSON errors                          | `fail_to_proxy`            |
+//! | metrics and access log                               | `logging`                  |
 
 pub mod decide;
 pub mod reply;

@@ -715,6 +715,93 @@ mod tests {
         assert!((0..40).all(|_| unbounded.select(Some(key), &[]).unwrap().1.socket == first));
     }
 
+    fn pool_with(lb: LoadBalancing, n: usize, draining: &[usize]) -> UpstreamPool {
+        let mut spec = spec_of(
+            lb,
+            &(0..n)
+                .map(|i| (format!("127.0.0.1:{}", 1000 + i), 1))
+                .collect::<Vec<_>>(),
+        );
+        for i in draining {
+            spec.endpoints[*i].draining = true;
+        }
+        UpstreamPool::compile("p", &spec, String::new(), None).unwrap()
+    }
+
+    fn picks(p: &UpstreamPool, tried: &[usize], n: usize) -> Vec<usize> {
+        let mut c = vec![0; p.endpoints.len()];
+        for _ in 0..n {
+            c[p.select(Some(hash64(b"k")), tried).unwrap().0] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn selection_skips_unhealthy_draining_and_tried_endpoints() {
+        let algorithms = [
+            LoadBalancing::RoundRobin,
+            LoadBalancing::WeightedRoundRobin,
+            LoadBalancing::Random,
+            LoadBalancing::LeastOutstanding,
+            LoadBalancing::PeakEwma,
+            LoadBalancing::ConsistentHash {
+                on: HashOn::Path,
+                bounded_load: None,
+            },
+        ];
+        for lb in algorithms {
+            let p = pool_with(lb.clone(), 4, &[3]);
+            p.endpoints[0].state.set_healthy(false);
+            let c = picks(&p, &[], 200);
+            assert_eq!(
+                (c[0], c[3]),
+                (0, 0),
+                "{lb:?}: unhealthy or draining picked: {c:?}"
+            );
+            // A retry avoids the endpoint it already tried while others are usable.
+            let first = p.select(Some(hash64(b"k")), &[]).unwrap().0;
+            let c = picks(&p, &[first], 100);
+            assert_eq!(c[first], 0, "{lb:?}: retried on the same endpoint: {c:?}");
+            // Only tried endpoints left: better the same one again than none.
+            assert!(p.select(Some(hash64(b"k")), &[1, 2]).is_some(), "{lb:?}");
+        }
+    }
+
+    #[test]
+    fn panic_mode_spreads_over_unhealthy_endpoints_but_never_draining_ones() {
+        // 4 endpoints, 1 draining; of the other 3, only 1 available: 33% < 50%: panic.
+        let p = pool_with(LoadBalancing::RoundRobin, 4, &[3]);
+        p.endpoints[0].state.set_healthy(false);
+        p.endpoints[1].state.set_healthy(false);
+        let c = picks(&p, &[], 300);
+        assert!(
+            c[0] > 0 && c[1] > 0 && c[2] > 0,
+            "panic mode uses all: {c:?}"
+        );
+        assert_eq!(c[3], 0, "draining endpoints stay out even in panic: {c:?}");
+        // With 2 of 3 available (67%) health is respected again.
+        p.endpoints[1].state.set_healthy(true);
+        let c = picks(&p, &[], 300);
+        assert_eq!(c[0], 0, "{c:?}");
+        // Everything draining: nothing to pick.
+        let all = pool_with(LoadBalancing::RoundRobin, 2, &[0, 1]);
+        assert!(all.select(None, &[]).is_none());
+    }
+
+    #[test]
+    fn ejection_cap_limits_how_much_of_a_pool_is_ejected() {
+        let p = pool_with(LoadBalancing::RoundRobin, 4, &[]);
+        let od = p.outlier_detection.unwrap();
+        let mut ejected = 0;
+        for e in &p.endpoints {
+            for _ in 0..od.consecutive_failures {
+                ejected += usize::from(e.state.record_failure(&od, || p.may_eject()));
+            }
+        }
+        // max_ejection_percent 50 of 4 endpoints.
+        assert_eq!(ejected, 2);
+    }
+
     #[test]
     fn hash_keys_from_requests() {
         let mut headers = HeaderMap::new();
