@@ -441,6 +441,12 @@ fn upstream_spec(
     let limits = match &u.limits {
         None => Limits::default(),
         Some(l) => {
+            if l.max_connections == Some(0) {
+                e.push(
+                    format!("{path}.limits.max_connections"),
+                    "max_connections must be at least 1",
+                );
+            }
             if l.max_in_flight == Some(0) {
                 e.push(
                     format!("{path}.limits.max_in_flight"),
@@ -454,6 +460,7 @@ fn upstream_spec(
                 );
             }
             Limits {
+                max_connections: l.max_connections,
                 max_in_flight: l.max_in_flight,
                 max_pending: l.max_pending.unwrap_or(0),
             }

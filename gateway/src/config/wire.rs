@@ -240,6 +240,7 @@ pub struct RetryBudget {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    pub max_connections: Option<u32>,
     pub max_in_flight: Option<u32>,
     pub max_pending: Option<u32>,
 }

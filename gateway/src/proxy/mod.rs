@@ -38,9 +38,12 @@ use crate::reload::RuntimeStore;
 use crate::router::{Route, RouteAction};
 use crate::runtime::Runtime;
 use crate::upstream::policy::RetryOn;
-use crate::upstream::{Attempt, InFlightSlot, MAX_TRIED, UpstreamPool, random_unit};
+use crate::upstream::{
+    Attempt, ConnectionSlot, InFlightSlot, MAX_TRIED, UpstreamPool, random_unit,
+};
 use decide::Decision;
 use reply::Reply;
+use reply::UPSTREAM_OVERLOADED;
 use resilience::{RETRY_GATEWAY_ERROR, RetryCheck};
 
 /// The gateway's proxy logic; one instance serves every listener.
@@ -100,6 +103,8 @@ pub struct RequestCtx {
     tried: [usize; MAX_TRIED],
     /// Holds a place in the upstream's in-flight limit for the whole request.
     _slot: Option<InFlightSlot>,
+    /// Holds a place in the upstream's connection limit for the current try.
+    connection: Option<ConnectionSlot>,
     /// End of the route's total deadline, if it has one.
     deadline: Option<Instant>,
     /// A sticky-session cookie to hand the client with the response.
@@ -199,6 +204,7 @@ impl ProxyHttp for Gateway {
             tries: 0,
             tried: [0; MAX_TRIED],
             _slot: None,
+            connection: None,
             deadline: None,
             set_cookie: None,
             upstream_elapsed: None,
@@ -316,6 +322,16 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        // Release the previous try's connection slot before taking one for this try.
+        ctx.connection = None;
+        let Some(connection) = pool.state.try_connection(pool.limits.max_connections) else {
+            self.metrics
+                .overloaded
+                .with_label_values(&[&pool.name])
+                .inc();
+            return Error::e_explain(UPSTREAM_OVERLOADED, "upstream connection limit reached");
+        };
+        ctx.connection = Some(connection);
         let req = session.req_header();
         let client = session
             .client_addr()

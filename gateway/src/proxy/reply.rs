@@ -52,6 +52,9 @@ pub const OVERLOADED: Reply = Reply {
     code: "upstream_overloaded",
     message: "the upstream has too many requests in flight; retry later",
 };
+/// The error type of a try refused by the upstream's connection limit.
+pub const UPSTREAM_OVERLOADED: ErrorType = ErrorType::Custom("upstream_overloaded");
+
 pub const DEADLINE: Reply = Reply {
     status: 504,
     code: "deadline_exceeded",
@@ -101,6 +104,7 @@ pub fn for_error(etype: &ErrorType, source: &ErrorSource) -> Option<Reply> {
     match (source, etype) {
         (_, HTTPStatus(400)) => Some(BAD_REQUEST),
         (_, HTTPStatus(503)) => Some(NO_ENDPOINT),
+        (_, Custom("upstream_overloaded")) => Some(OVERLOADED),
         (_, HTTPStatus(504)) => Some(DEADLINE),
         (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
         (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => None,

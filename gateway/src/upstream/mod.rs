@@ -19,7 +19,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use ring::HashRing;
 pub use ring::hash64;
-pub use state::{Attempt, EndpointState, InFlightSlot, LimitError, PoolState};
+pub use state::{Attempt, ConnectionSlot, EndpointState, InFlightSlot, LimitError, PoolState};
 
 use crate::config::UpstreamSpec;
 use policy::{HealthCheck, Limits, OutlierDetection, RetryBudgetPolicy, StickyCookie};
@@ -375,7 +375,13 @@ impl UpstreamPool {
             LoadBalancing::LeastOutstanding => self.least_outstanding(usable),
             LoadBalancing::PeakEwma => Some(self.peak_ewma()),
             LoadBalancing::ConsistentHash { bounded_load, .. } => match (key, &self.ring) {
-                (Some(k), Some(ring)) => ring.find(k, &self.endpoints, *bounded_load, usable),
+                (Some(k), Some(ring)) => ring.find(
+                    k,
+                    &self.endpoints,
+                    *bounded_load,
+                    self.in_flight_tries(),
+                    usable,
+                ),
                 _ => Some(self.weighted_random()),
             },
         }
@@ -419,9 +425,14 @@ impl UpstreamPool {
         for ok in [&fresh as &dyn Fn(usize) -> bool, &relaxed] {
             let found = match (&self.load_balancing, key, &self.ring) {
                 (LoadBalancing::LeastOutstanding, _, _) => self.least_outstanding(&|i| ok(i)),
-                (LoadBalancing::ConsistentHash { bounded_load, .. }, Some(k), Some(ring)) => {
-                    ring.find(k, &self.endpoints, *bounded_load, &|i| ok(i))
-                }
+                (LoadBalancing::ConsistentHash { bounded_load, .. }, Some(k), Some(ring)) => ring
+                    .find(
+                        k,
+                        &self.endpoints,
+                        *bounded_load,
+                        self.in_flight_tries(),
+                        &|i| ok(i),
+                    ),
                 _ => {
                     // Scan from a random start so the fallback load spreads evenly.
                     let start = random_below(n as u64) as usize;
@@ -464,6 +475,12 @@ impl UpstreamPool {
             "{}={:016x}; Path=/; HttpOnly; SameSite=Lax{max_age}",
             sticky.name, endpoint.affinity
         ))
+    }
+
+    /// Tries in progress across the pool, for bounded-load hashing: the pool's own
+    /// counter, so the bound costs O(1), not a sum over every endpoint.
+    fn in_flight_tries(&self) -> u64 {
+        u64::from(self.state.connections_in_use())
     }
 
     /// How many endpoints may be ejected at once under the outlier policy.
@@ -697,7 +714,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..40 {
             let e = p.select(Some(key), &[]).unwrap().1;
-            held.push(Attempt::begin(&e.state));
+            held.push((Attempt::begin(&e.state), p.state.try_connection(None)));
         }
         let home_load = p.endpoints[home].state.outstanding();
         // cap = ceil(1.25 * (total + 1) / 4) stays close to 1.25 x the average of 10.

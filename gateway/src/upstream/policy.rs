@@ -88,6 +88,9 @@ impl Default for RetryBudgetPolicy {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
+    /// Connections in use at once (tries in progress; HTTP/1.1 uses one connection per
+    /// try). Idle keepalive connections are pooled by Pingora and not counted.
+    pub max_connections: Option<u32>,
     /// Requests in flight to the upstream at once.
     pub max_in_flight: Option<u32>,
     /// Requests allowed to wait for a free in-flight slot; beyond it, 503 at once.

@@ -74,12 +74,13 @@ impl HashRing {
 
     /// The endpoint for `key`: the first `usable` one clockwise from the key. With
     /// `bounded_load = Some(c)`, also skip endpoints whose in-flight count is at or above
-    /// `ceil(c x (total + 1) / n)`.
+    /// `ceil(c x (in_flight + 1) / n)`, `in_flight` being the pool's total.
     pub fn find(
         &self,
         key: u64,
         endpoints: &[Endpoint],
         bounded_load: Option<f64>,
+        in_flight: u64,
         usable: &impl Fn(usize) -> bool,
     ) -> Option<usize> {
         if self.points.is_empty() {
@@ -87,13 +88,8 @@ impl HashRing {
         }
         let key = (key >> 32) as u32;
         let start = self.points.partition_point(|(p, _)| *p < key) % self.points.len();
-        let cap = bounded_load.map(|factor| {
-            let total: u64 = endpoints
-                .iter()
-                .map(|e| u64::from(e.state.outstanding()))
-                .sum();
-            (factor * (total + 1) as f64 / endpoints.len() as f64).ceil() as u32
-        });
+        let cap = bounded_load
+            .map(|factor| (factor * (in_flight + 1) as f64 / endpoints.len() as f64).ceil() as u32);
         let mut fallback = None;
         // Walk clockwise; every endpoint appears within one full turn.
         for i in 0..self.points.len() {

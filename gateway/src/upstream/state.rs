@@ -214,6 +214,8 @@ impl RetryBudget {
 #[derive(Debug, Default)]
 pub struct PoolState {
     pub budget: RetryBudget,
+    /// Tries in progress: with HTTP/1.1 upstreams, connections in use.
+    connections: AtomicU32,
     in_flight: AtomicU32,
     pending: AtomicU32,
     freed: Notify,
@@ -229,6 +231,21 @@ pub enum LimitError {
 impl PoolState {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_in_use(&self) -> u32 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Take a connection for one try, unless `max` are already in use.
+    pub fn try_connection(self: &Arc<Self>, max: Option<u32>) -> Option<ConnectionSlot> {
+        let limit = max.unwrap_or(u32::MAX);
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(Arc::clone(self)))
     }
 
     fn try_take(&self, max: u32) -> bool {
@@ -275,6 +292,16 @@ impl PoolState {
         };
         self.pending.fetch_sub(1, Ordering::AcqRel);
         result
+    }
+}
+
+/// One try's hold on its upstream's connection limit, released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<PoolState>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -424,6 +451,18 @@ mod tests {
         // No limit: always granted, still counted.
         let _d = pool.acquire(None, 0, wait).await.unwrap();
         assert_eq!(pool.in_flight(), 3);
+    }
+
+    #[test]
+    fn connection_limit() {
+        let pool = Arc::new(PoolState::default());
+        let a = pool.try_connection(Some(2)).unwrap();
+        let _b = pool.try_connection(Some(2)).unwrap();
+        assert!(pool.try_connection(Some(2)).is_none());
+        assert_eq!(pool.connections_in_use(), 2);
+        drop(a);
+        assert!(pool.try_connection(Some(2)).is_some());
+        assert!(pool.try_connection(None).is_some());
     }
 
     #[test]
