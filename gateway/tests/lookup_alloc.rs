@@ -1,4 +1,4 @@
-//! Route lookup must not allocate (DESIGN.md, "Hot path"). A counting global allocator
+//! Route lookup and endpoint selection must not allocate (DESIGN.md, "Hot path"). A counting global allocator
 //! checks that `RouteTable::find` makes zero heap allocations for every kind of request
 //! once the per-thread regex caches are warm.
 
@@ -283,4 +283,54 @@ fn route_lookup_does_not_allocate() {
         "route lookup allocated:\n  {}",
         failures.join("\n  ")
     );
+}
+
+/// Endpoint selection is on the hot path too: no algorithm may allocate per pick.
+#[test]
+fn endpoint_selection_does_not_allocate() {
+    let algorithms = [
+        "load_balancing: round_robin",
+        "load_balancing: weighted_round_robin",
+        "load_balancing: random",
+        "load_balancing: least_outstanding",
+        "load_balancing: peak_ewma",
+        "load_balancing: consistent_hash, hash_on: 'header:x-user', bounded_load: 1.25",
+        "load_balancing: consistent_hash, hash_on: path, sticky_cookie: {name: s}",
+    ];
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", HeaderValue::from_static("alice"));
+    headers.insert(
+        "cookie",
+        HeaderValue::from_static("a=1; s=00000000000000ff"),
+    );
+    for settings in algorithms {
+        let endpoints: Vec<String> = (1..=20)
+            .map(|i| format!("{{address: '127.0.0.{i}:80', weight: {}}}", 1 + i % 3))
+            .collect();
+        let text = format!(
+            "listeners: [{{name: m, address: '127.0.0.1:1'}}]\nupstreams:\n  u: {{{settings}, endpoints: [{}]}}\nroutes: [{{id: r, upstream: u}}]\n",
+            endpoints.join(", ")
+        );
+        let spec = gateway::config::parse(&text, "alloc.yaml").unwrap();
+        let rt = gateway::runtime::compile(&spec, 1, None).unwrap();
+        let pool = &rt.upstreams["u"];
+        // Some endpoints unavailable, so the slow path (skipping them) is exercised too.
+        pool.endpoints[0].state.set_healthy(false);
+        pool.endpoints[5].state.set_healthy(false);
+        let pick = || {
+            let key = pool.hash_key(&headers, "/p", None);
+            let sticky = pool.sticky_choice(&headers, &[]);
+            black_box((
+                sticky.map(|s| s.0),
+                pool.select(black_box(key), &[3, 7]).map(|s| s.0),
+            ));
+        };
+        pick();
+        let n = allocations(|| {
+            for _ in 0..LOOKUPS {
+                pick();
+            }
+        });
+        assert_eq!(n, 0, "{settings}: {n} allocations in {LOOKUPS} picks");
+    }
 }
