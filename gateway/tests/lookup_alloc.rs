@@ -1,6 +1,6 @@
-//! Route lookup and endpoint selection must not allocate (DESIGN.md, "Hot path"). A counting global allocator
-//! checks that `RouteTable::find` makes zero heap allocations for every kind of request
-//! once the per-thread regex caches are warm.
+//! Route lookup and endpoint selection must not allocate (DESIGN.md, "Hot path"). A
+//! counting global allocator checks that `RouteTable::find` and `UpstreamPool::select`
+//! make zero heap allocations for every kind of request once per-thread caches are warm.
 
 // The counting allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
 #![allow(unsafe_code)]
