@@ -1,5 +1,9 @@
-//! Sample Axum services that sit behind the gateway. `echo` is the smallest of them: it
-//! answers every request with what it received, which makes the gateway's rewrites,
-//! header operations and load balancing visible from the outside.
+//! Sample Axum services that sit behind the gateway, each with its own SQLite database:
+//! `catalog` (products, the caching showcase) and `users` (profiles). `echo` answers every
+//! request with what it received, which makes the gateway's rewrites, header operations
+//! and load balancing visible. `common` holds what they share.
 
+pub mod catalog;
+pub mod common;
 pub mod echo;
+pub mod users;
