@@ -6,4 +6,5 @@
 pub mod catalog;
 pub mod common;
 pub mod echo;
+pub mod orders;
 pub mod users;
