@@ -3,6 +3,7 @@
 //! request with what it received, which makes the gateway's rewrites, header operations
 //! and load balancing visible. `common` holds what they share.
 
+pub mod auth;
 pub mod catalog;
 pub mod common;
 pub mod echo;

@@ -1,0 +1,75 @@
+//! `auth`: run the auth service. Listen address, database, token settings from flags
+//! or env.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use example_services::auth::{self, AuthConfig, AuthState, SigningAlg};
+use example_services::common::{db, http::Metrics, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "auth",
+    about = "The auth sample service: accounts, JWTs and a JWKS"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:3001")]
+    listen: String,
+    /// SQLite database file (created when missing), or a sqlite: URL.
+    #[arg(long, env = "AUTH_DATABASE", default_value = "auth.db")]
+    database: String,
+    /// `iss` of issued tokens.
+    #[arg(
+        long,
+        env = "AUTH_ISSUER",
+        default_value = "http://127.0.0.1:8080/auth"
+    )]
+    issuer: String,
+    /// `aud` of issued tokens.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "api")]
+    audience: String,
+    /// Token lifetime in seconds.
+    #[arg(long, env = "AUTH_TOKEN_TTL_SECONDS", default_value_t = 900)]
+    token_ttl_seconds: u64,
+    /// Signing algorithm for new tokens: RS256 or EdDSA.
+    #[arg(long, env = "AUTH_SIGNING_ALG", default_value = "RS256")]
+    signing_alg: String,
+    /// Emails that get the admin role when they register (comma-separated).
+    #[arg(long, env = "AUTH_ADMIN_EMAILS", value_delimiter = ',')]
+    admin_emails: Vec<String>,
+    /// Rotate the signing key before serving.
+    #[arg(long)]
+    rotate: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    serve::init_logging();
+    let args = Args::parse();
+    let signing_alg = SigningAlg::parse(&args.signing_alg).map_err(anyhow::Error::msg)?;
+    let pool = db::open(&args.database, auth::SCHEMA).await?;
+    auth::ensure_keys(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("signing keys: {}", e.message))?;
+    if args.rotate {
+        auth::rotate(&pool, signing_alg)
+            .await
+            .map_err(|e| anyhow::anyhow!("rotation: {}", e.message))?;
+    }
+    let state = AuthState {
+        db: pool.clone(),
+        config: Arc::new(AuthConfig {
+            issuer: args.issuer,
+            audience: args.audience,
+            token_ttl: Duration::from_secs(args.token_ttl_seconds.max(1)),
+            signing_alg,
+            admin_emails: args.admin_emails,
+        }),
+    };
+    let metrics = Arc::new(Metrics::new("auth")?);
+    serve::serve("auth", &args.listen, auth::app(state, metrics)).await?;
+    pool.close().await;
+    Ok(())
+}
