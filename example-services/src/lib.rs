@@ -8,4 +8,5 @@ pub mod catalog;
 pub mod common;
 pub mod echo;
 pub mod orders;
+pub mod stack;
 pub mod users;

@@ -1,0 +1,191 @@
+//! The local stack end to end: the four sample services (started by the same code as the
+//! `stack` binary that `.ci/local` runs, on free ports) behind the real gateway binary with
+//! `config/local.yaml`, walked through the README's tour.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::Gateway;
+use example_services::stack::{Stack, StackConfig};
+use serde_json::{Value, json};
+
+fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// config/local.yaml with the stack's real addresses and the gateway's test ports.
+fn local_config(stack: &Stack) -> String {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/local.yaml"))
+            .unwrap();
+    text.replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
+        .replace("127.0.0.1:9901", "127.0.0.1:{ADMIN}")
+        .replace("127.0.0.1:3001", &stack.auth.to_string())
+        .replace("127.0.0.1:3002", &stack.users.to_string())
+        .replace("127.0.0.1:3003", &stack.catalog.to_string())
+        .replace("127.0.0.1:3004", &stack.orders.to_string())
+}
+
+fn segment(token: &str, i: usize) -> Value {
+    let part = token.split('.').nth(i).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tour_through_the_gateway() {
+    let stack = Stack::start(StackConfig {
+        auth: any_port(),
+        users: any_port(),
+        catalog: any_port(),
+        orders: any_port(),
+        data_dir: None,
+        issuer: "http://127.0.0.1/auth".into(),
+        admin_emails: vec!["admin@example.com".into()],
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(&local_config(&stack)).await;
+    let c = reqwest::Client::new();
+
+    // Register and log in through /auth.
+    let creds = json!({"email": "ada@example.com", "password": "correct horse"});
+    let r = c
+        .post(gw.url("/auth/v1/register"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .post(gw.url("/auth/v1/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let header = segment(&token, 0);
+    let claims = segment(&token, 1);
+    let kid = header["kid"].as_str().expect("kid in the token header");
+    let jwks: Value = c
+        .get(gw.url("/auth/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid),
+        "kid {kid} in the JWKS"
+    );
+    let sub = claims["sub"].as_str().unwrap().to_owned();
+
+    // Products, and a 304 through the gateway.
+    let r = c
+        .get(gw.url("/api/v1/catalog/products"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["products"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let r = c
+        .get(gw.url("/api/v1/catalog/products"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // A profile and an order for the logged-in caller (identity as the token says).
+    let me = [("x-user-id", sub.as_str())];
+    let r = c
+        .put(gw.url("/api/v1/users/me"))
+        .header(me[0].0, me[0].1)
+        .json(&json!({"display_name": "Ada", "email": "ada@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(gw.url("/api/v1/orders"))
+        .header(me[0].0, me[0].1)
+        .json(&json!({"items": [{"product_id": 2, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let order: Value = r.json().await.unwrap();
+    assert_eq!(order["total_cents"], 5_900);
+    let id = order["id"].as_i64().unwrap();
+    let r: Value = c
+        .get(gw.url("/api/v1/orders"))
+        .header(me[0].0, me[0].1)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["orders"][0]["id"], id);
+    let r: Value = c
+        .get(gw.url(&format!("/api/v2/orders/{id}")))
+        .header(me[0].0, me[0].1)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["total"]["amount_cents"], 5_900);
+
+    // 404s and 400s keep their JSON shape through the gateway.
+    let cases: [(&str, u16, &str); 4] = [
+        ("/api/v1/catalog/products/999", 404, "product_not_found"),
+        ("/nowhere", 404, "route_not_found"),
+        ("/api/v1/catalog/products/abc", 400, "invalid_path"),
+        ("/api/v1/orders/xyz", 400, "invalid_path"),
+    ];
+    for (path, status, code) in cases {
+        let r = c
+            .get(gw.url(path))
+            .header(me[0].0, me[0].1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            code,
+            "{path}"
+        );
+    }
+    let r = c
+        .post(gw.url("/api/v1/orders"))
+        .header(me[0].0, me[0].1)
+        .json(&json!({"items": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    drop(gw);
+    stack.stop().await;
+}
