@@ -29,6 +29,7 @@ use sqlx::{Row, SqlitePool};
 use crate::common::error::{ApiError, FieldError, JsonBody};
 use crate::common::http::{Metrics, finish};
 use crate::common::identity::Caller;
+use crate::common::validate::email_ok;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -195,20 +196,6 @@ pub async fn ensure_keys(db: &SqlitePool) -> Result<(), ApiError> {
 pub struct Credentials {
     pub email: Option<String>,
     pub password: Option<String>,
-}
-
-fn email_ok(email: &str) -> bool {
-    match email.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !email.contains(char::is_whitespace)
-                && email.len() <= 254
-        }
-        None => false,
-    }
 }
 
 fn validate(c: &Credentials) -> Result<(String, String), ApiError> {

@@ -16,6 +16,7 @@ use sqlx::{Row, SqlitePool};
 use crate::common::error::{ApiError, FieldError, JsonBody, PathParam, QueryParams};
 use crate::common::http::{Metrics, finish};
 use crate::common::identity::Caller;
+use crate::common::validate::Page;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS products (
@@ -208,28 +209,15 @@ fn conditional<T: Serialize>(
     resp
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Page {
-    pub limit: Option<u32>,
-    pub offset: Option<u32>,
-}
-
 async fn list(
     State(s): State<CatalogState>,
     QueryParams(page): QueryParams<Page>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let limit = page.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::validation(vec![FieldError {
-            field: "limit",
-            message: "must be between 1 and 200".into(),
-        }]));
-    }
+    let (limit, offset) = page.bounds()?;
     let rows = sqlx::query("SELECT * FROM products ORDER BY id LIMIT ? OFFSET ?")
-        .bind(i64::from(limit))
-        .bind(i64::from(page.offset.unwrap_or(0)))
+        .bind(limit)
+        .bind(offset)
         .fetch_all(&s.db)
         .await?;
     let products = rows
@@ -243,7 +231,7 @@ async fn list(
         .collect();
     let etag = format!(
         "\"l{:016x}\"",
-        fnv(fingerprint.as_bytes()) ^ u64::from(limit) << 32 ^ u64::from(page.offset.unwrap_or(0))
+        fnv(format!("{fingerprint}|{limit}|{offset}").as_bytes())
     );
     let modified = products
         .iter()

@@ -15,6 +15,8 @@ use sqlx::{Row, SqlitePool};
 use crate::common::error::{ApiError, FieldError, JsonBody, QueryParams};
 use crate::common::http::{Metrics, finish};
 use crate::common::identity::Caller;
+use crate::common::validate::Page;
+use crate::common::validate::email_ok;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS profiles (
@@ -52,22 +54,6 @@ fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// A plausible address: one `@`, something on both sides, a dot in the domain.
-fn email_ok(email: &str) -> bool {
-    match email.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !email.contains(char::is_whitespace)
-                && email.matches('@').count() == 1
-                && email.len() <= 254
-        }
-        None => false,
-    }
 }
 
 fn validate(input: &ProfileInput) -> Result<(String, String, String), ApiError> {
@@ -145,29 +131,16 @@ async fn put_me(
     me(State(s), caller).await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Page {
-    pub limit: Option<u32>,
-    pub offset: Option<u32>,
-}
-
 async fn list(
     State(s): State<UsersState>,
     caller: Caller,
     QueryParams(page): QueryParams<Page>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
-    let limit = page.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::validation(vec![FieldError {
-            field: "limit",
-            message: "must be between 1 and 200".into(),
-        }]));
-    }
+    let (limit, offset) = page.bounds()?;
     let rows = sqlx::query("SELECT * FROM profiles ORDER BY user_id LIMIT ? OFFSET ?")
-        .bind(i64::from(limit))
-        .bind(i64::from(page.offset.unwrap_or(0)))
+        .bind(limit)
+        .bind(offset)
         .fetch_all(&s.db)
         .await?;
     let users = rows

@@ -45,18 +45,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     tracing::info!("stack ready");
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
+    serve::shutdown_signal().await;
     stack.stop().await;
     Ok(())
 }

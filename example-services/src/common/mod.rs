@@ -7,3 +7,4 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod serve;
+pub mod validate;
