@@ -390,3 +390,39 @@ async fn sticky_cookie_pins_a_client_until_its_endpoint_goes() {
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("set-cookie"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_do_not_eject_endpoints() {
+    use std::io::Write;
+    let a = Member::start("a");
+    let text = format!(
+        "{HEAD}upstreams:\n  app:\n    outlier_detection: {{consecutive_failures: 2, base_ejection_time: 30s}}\n    endpoints: {}\nroutes: [{{id: all, upstream: app}}]\n",
+        endpoints(&[&a])
+    );
+    let gw = Gateway::start(&text).await;
+    for i in 0..4 {
+        let before = a.hits();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.write_all(b"GET /delay/400 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.hits() == before {
+            assert!(
+                Instant::now() < deadline,
+                "request {i} never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Hang up while the upstream is still working on it.
+        drop(s);
+    }
+    // Let the gateway notice every hang-up (the upstream answers after 400 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let v = upstreams_json(&gw).await;
+    let e = &v["upstreams"][0]["endpoints"][0];
+    assert_eq!(
+        e["ejections"], 0,
+        "client hang-ups ejected a healthy endpoint: {e}"
+    );
+    assert_eq!(reqwest::get(gw.url("/x")).await.unwrap().status(), 200);
+}

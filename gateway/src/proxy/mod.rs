@@ -406,6 +406,12 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         }
+        // A client that hangs up or stalls is not the endpoint's fault: it must neither
+        // count towards ejecting the endpoint nor cause a retry.
+        if e.esource() != &ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
         let Some(why) = resilience::reason_for(e.etype()) else {
             e.set_retry(false);
             return e;
