@@ -10,6 +10,7 @@ pub mod config;
 pub mod explain;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod router;
 pub mod runtime;

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub config_reloads: IntCounter,
     pub config_reload_failures: IntCounter,
     pub retries: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
     pub retry_budget_exhausted: IntCounterVec,
     pub ejections: IntCounterVec,
     pub overloaded: IntCounterVec,
@@ -130,7 +131,20 @@ impl Metrics {
             "gateway_upstream_endpoint_selected",
             "Times the endpoint was selected since it appeared (a counter, exported at scrape)",
         )?;
-        for c in [&retries, &retry_budget_exhausted, &ejections, &overloaded] {
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "gateway_ratelimit_decisions_total",
+                "Rate-limit decisions, by policy and result",
+            ),
+            &["policy", "result"],
+        )?;
+        for c in [
+            &retries,
+            &retry_budget_exhausted,
+            &ejections,
+            &overloaded,
+            &ratelimit_decisions,
+        ] {
             registry.register(Box::new(c.clone()))?;
         }
         for g in [
@@ -157,6 +171,7 @@ impl Metrics {
             config_reloads,
             config_reload_failures,
             retries,
+            ratelimit_decisions,
             retry_budget_exhausted,
             ejections,
             overloaded,

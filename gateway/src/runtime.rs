@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use indexmap::IndexMap;
 
 use crate::config::{ActionSpec, Spec, SpecError};
+use crate::ratelimit::PolicyLimiter;
 use crate::router::{Route, RouteAction, RouteTable};
 use crate::upstream::{Backends, UpstreamPool};
 
@@ -17,6 +18,9 @@ pub struct Runtime {
     pub compiled_at: SystemTime,
     pub routes: RouteTable,
     pub upstreams: IndexMap<String, Arc<UpstreamPool>>,
+    /// Limiters by policy name; an unchanged policy keeps its limiter across reloads.
+    pub rate_limiters: IndexMap<String, Arc<PolicyLimiter>>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_request_header_bytes: usize,
     /// Listener, admin and server settings this runtime was started with; a reload
     /// that changes them is reported as needing a restart.
@@ -77,6 +81,16 @@ pub fn compile(
         return Err(errors);
     }
 
+    let mut rate_limiters = IndexMap::new();
+    for (name, policy) in &spec.rate_limit_policies {
+        let fresh = PolicyLimiter::new(policy.clone());
+        let limiter = previous
+            .and_then(|p| p.rate_limiters.get(name))
+            .filter(|old| old.fingerprint == fresh.fingerprint)
+            .map_or_else(|| Arc::new(fresh), Arc::clone);
+        rate_limiters.insert(name.clone(), limiter);
+    }
+
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (index, r) in spec.routes.iter().enumerate() {
         let action = match &r.action {
@@ -102,6 +116,11 @@ pub fn compile(
             timeout: r.timeout,
             deadline: r.deadline,
             retry: r.retry.clone(),
+            rate_limits: r
+                .rate_limits
+                .iter()
+                .filter_map(|n| rate_limiters.get(n).map(Arc::clone))
+                .collect(),
         });
     }
     let routes = RouteTable::compile(routes).map_err(|e| {
@@ -115,6 +134,8 @@ pub fn compile(
         compiled_at: SystemTime::now(),
         routes,
         upstreams,
+        rate_limiters,
+        trusted_proxies: spec.server.trusted_proxies.clone(),
         max_request_header_bytes: spec.server.max_request_header_bytes,
         restart_settings: restart_settings(spec),
         shutdown_grace_period: spec.server.shutdown_grace_period,

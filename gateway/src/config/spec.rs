@@ -13,6 +13,7 @@ use indexmap::IndexMap;
 
 use super::wire;
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect, RewritePart, Scheme};
+use crate::ratelimit::{KeyPart, PolicySpec};
 use crate::router::RouteMatch;
 use crate::router::matchers::{
     HeaderMatcher, HostPattern, MethodSet, PathPattern, PathTemplate, QueryMatcher, ValueTest,
@@ -38,6 +39,7 @@ pub struct ServerSpec {
     pub shutdown_grace_period: Duration,
     pub max_request_header_bytes: usize,
     pub reload_debounce: Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,8 @@ pub struct RouteSpec {
     pub timeout: Option<Duration>,
     pub deadline: Option<Duration>,
     pub retry: RetryPolicy,
+    /// Names of rate-limit policies, all checked.
+    pub rate_limits: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,7 @@ pub struct Spec {
     pub admin: AdminSpec,
     pub routes: Vec<RouteSpec>,
     pub upstreams: IndexMap<String, UpstreamSpec>,
+    pub rate_limit_policies: IndexMap<String, PolicySpec>,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -235,6 +240,25 @@ impl TryFrom<wire::File> for Spec {
             }
         }
 
+        let mut rate_limit_policies = IndexMap::new();
+        for (name, p) in &file.rate_limit_policies {
+            if let Some(spec) =
+                rate_limit_policy(&mut e, &format!("rate_limit_policies.{name}"), name, p)
+            {
+                rate_limit_policies.insert(name.clone(), spec);
+            }
+        }
+        for (i, r) in file.routes.iter().enumerate() {
+            for (j, name) in r.rate_limits.iter().enumerate() {
+                if !file.rate_limit_policies.contains_key(name) {
+                    e.push(
+                        format!("routes[{i}].rate_limits[{j}]"),
+                        format!("unknown rate limit policy {name:?}"),
+                    );
+                }
+            }
+        }
+
         let mut routes = Vec::new();
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut signatures: HashMap<String, usize> = HashMap::new();
@@ -272,6 +296,7 @@ impl TryFrom<wire::File> for Spec {
                 admin,
                 routes,
                 upstreams,
+                rate_limit_policies,
             })
         } else {
             Err(e.0)
@@ -324,6 +349,20 @@ fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
             Duration::from_secs(30),
         ),
         max_request_header_bytes: max_header,
+        trusted_proxies: s
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| {
+                let parsed = raw
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("invalid CIDR {raw:?}: expected e.g. 10.0.0.0/8 or 10.1.2.3")
+                    });
+                e.take(format!("server.trusted_proxies[{i}]"), parsed)
+            })
+            .collect(),
         reload_debounce: opt_duration(
             e,
             "server.reload_debounce",
@@ -708,6 +747,88 @@ fn retry_policy(e: &mut Errors, path: &str, r: Option<&wire::Retry>) -> RetryPol
         backoff_base,
         backoff_max,
     }
+}
+
+fn rate_limit_policy(
+    e: &mut Errors,
+    path: &str,
+    name: &str,
+    p: &wire::RateLimitPolicy,
+) -> Option<PolicySpec> {
+    let before = e.0.len();
+    let rate = p.rate.replace(' ', "");
+    let parsed = rate.split_once('/').and_then(|(n, unit)| {
+        let period = match unit {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return None,
+        };
+        n.parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| (n, period))
+    });
+    let (count, period) = match parsed {
+        Some(v) => v,
+        None => {
+            e.push(
+                format!("{path}.rate"),
+                format!("invalid rate {:?}: write N/s, N/m or N/h", p.rate),
+            );
+            (1, Duration::from_secs(1))
+        }
+    };
+    let burst = p.burst.unwrap_or(count);
+    if burst == 0 {
+        e.push(format!("{path}.burst"), "burst must be at least 1");
+    }
+    let mut key = Vec::new();
+    for (i, k) in p.key.iter().enumerate() {
+        match k.as_str() {
+            "client_ip" => key.push(KeyPart::ClientIp),
+            "route" => key.push(KeyPart::RouteId),
+            other => match other.strip_prefix("header:").map(header_name) {
+                Some(Ok(h)) => key.push(KeyPart::Header(h)),
+                _ => e.push(
+                    format!("{path}.key[{i}]"),
+                    format!("invalid key part {other:?}: use client_ip, route or header:NAME"),
+                ),
+            },
+        }
+    }
+    if key.is_empty() {
+        key.push(KeyPart::ClientIp);
+    }
+    match p.scope.as_deref() {
+        None | Some("local") => {}
+        Some("cluster") => e.push(
+            format!("{path}.scope"),
+            "scope cluster needs the Redis backend, which this build does not have yet; use local",
+        ),
+        Some(other) => e.push(
+            format!("{path}.scope"),
+            format!("scope {other:?} must be local or cluster"),
+        ),
+    }
+    if p.max_keys == Some(0) {
+        e.push(format!("{path}.max_keys"), "max_keys must be at least 1");
+    }
+    if !route_id_ok(name) {
+        e.push(
+            path,
+            format!("policy name {name:?} must be 1-128 of A-Z a-z 0-9 - _ . :"),
+        );
+    }
+    (e.0.len() == before).then(|| PolicySpec {
+        name: name.to_owned(),
+        count,
+        period,
+        burst,
+        key,
+        max_keys: p.max_keys.unwrap_or(100_000),
+        legacy_headers: p.legacy_headers,
+    })
 }
 
 fn hash_on(raw: &str) -> Result<HashOn, String> {
@@ -1178,5 +1299,6 @@ fn route_spec(
         timeout,
         deadline,
         retry,
+        rate_limits: r.rate_limits.clone(),
     })
 }

@@ -17,6 +17,25 @@ pub struct File {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub upstreams: IndexMap<String, Upstream>,
+    #[serde(default)]
+    pub rate_limit_policies: IndexMap<String, RateLimitPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    /// `N/s`, `N/m` or `N/h`.
+    pub rate: String,
+    /// Default: N.
+    pub burst: Option<u32>,
+    /// Any of `client_ip`, `route`, `header:NAME`; default `[client_ip]`.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// `local` (default); `cluster` needs the Redis backend.
+    pub scope: Option<String>,
+    pub max_keys: Option<usize>,
+    #[serde(default)]
+    pub legacy_headers: bool,
 }
 
 /// Process-wide settings; changing them takes a restart.
@@ -31,6 +50,9 @@ pub struct Server {
     pub max_request_header_bytes: Option<u64>,
     /// Quiet time after a config file change before it is reloaded; default 200ms.
     pub reload_debounce: Option<String>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded` name the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +87,9 @@ pub struct Route {
     /// Whole request, all tries and backoffs included.
     pub deadline: Option<String>,
     pub retry: Option<Retry>,
+    /// Names of `rate_limit_policies`; all must pass.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

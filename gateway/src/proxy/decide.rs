@@ -33,6 +33,18 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// The matched route, if any.
+    pub fn route(&self) -> Option<usize> {
+        match self {
+            Decision::Reject(_) => None,
+            Decision::Redirect { route, .. }
+            | Decision::Direct { route }
+            | Decision::Proxy { route, .. } => Some(*route),
+        }
+    }
+}
+
 /// Bytes of the request head as the client sent it (request line and headers).
 fn head_size(req: &RequestHeader) -> usize {
     let line = req.method.as_str().len() + req.raw_path().len() + 12;

@@ -34,6 +34,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::metrics::{Metrics, method_label, status_class};
+use crate::ratelimit;
 use crate::reload::RuntimeStore;
 use crate::router::{Route, RouteAction};
 use crate::runtime::Runtime;
@@ -109,6 +110,8 @@ pub struct RequestCtx {
     deadline: Option<Instant>,
     /// A sticky-session cookie to hand the client with the response.
     set_cookie: Option<String>,
+    /// `RateLimit-Policy` / `RateLimit` (and legacy) headers for the response.
+    rate_headers: Vec<(&'static str, String)>,
     upstream_elapsed: Option<Duration>,
     /// Stable code of a reply the gateway made itself, for the access log.
     reply_code: Option<&'static str>,
@@ -183,7 +186,11 @@ async fn send_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -
         ("cache-control", "no-store"),
         (X_REQUEST_ID, ctx.request_id.as_str()),
     ];
-    let all: Vec<(&'static str, &str)> = headers.into_iter().chain(retry_after).collect();
+    let all: Vec<(&'static str, &str)> = headers
+        .into_iter()
+        .chain(retry_after)
+        .chain(ctx.rate_headers.iter().map(|(k, v)| (*k, v.as_str())))
+        .collect();
     send(session, reply.status, &all, body).await
 }
 
@@ -207,6 +214,7 @@ impl ProxyHttp for Gateway {
             connection: None,
             deadline: None,
             set_cookie: None,
+            rate_headers: Vec::new(),
             upstream_elapsed: None,
             reply_code: None,
             _in_flight: InFlight::enter(&self.in_flight),
@@ -217,7 +225,43 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
         let runtime = Arc::clone(&ctx.runtime);
-        match decide::decide(&runtime, req) {
+        let decision = decide::decide(&runtime, req);
+        // Rate limits of the matched route, before it acts.
+        if let Some(route) = decision.route().and_then(|r| runtime.routes.get(r))
+            && !route.rate_limits.is_empty()
+        {
+            let input = ratelimit::KeyInput {
+                client_ip: ratelimit::client_ip(
+                    session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip()),
+                    &req.headers,
+                    &runtime.trusted_proxies,
+                ),
+                headers: &req.headers,
+                route_id: &route.id,
+            };
+            let outcome = ratelimit::decide(&route.rate_limits, &input);
+            for (name, _, _, remaining, _) in &outcome.entries {
+                let result = if outcome.retry_after.is_some() && *remaining == 0 {
+                    "limited"
+                } else {
+                    "allowed"
+                };
+                self.metrics
+                    .ratelimit_decisions
+                    .with_label_values(&[name, result])
+                    .inc();
+            }
+            ctx.rate_headers = outcome.headers();
+            if outcome.retry_after.is_some() {
+                ctx.route = Some(route.index);
+                send_reply(session, ctx, reply::RATE_LIMITED).await?;
+                return Ok(true);
+            }
+        }
+        match decision {
             Decision::Reject(reply) => {
                 send_reply(session, ctx, reply).await?;
                 Ok(true)
@@ -233,6 +277,9 @@ impl ProxyHttp for Gateway {
                 resp.insert_header("location", location.as_str())?;
                 resp.insert_header("content-length", "0")?;
                 resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+                for (k, v) in &ctx.rate_headers {
+                    resp.insert_header(*k, v.as_str())?;
+                }
                 if let Some(r) = runtime.routes.get(route) {
                     r.response_headers.apply(&mut resp);
                 }
@@ -252,6 +299,9 @@ impl ProxyHttp for Gateway {
                 resp.insert_header("content-type", d.content_type.clone())?;
                 resp.insert_header("content-length", d.body.len().to_string())?;
                 resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+                for (k, v) in &ctx.rate_headers {
+                    resp.insert_header(*k, v.as_str())?;
+                }
                 r.response_headers.apply(&mut resp);
                 let head_only = session.req_header().method == http::Method::HEAD;
                 let empty = d.body.is_empty() || head_only;
@@ -498,6 +548,9 @@ impl ProxyHttp for Gateway {
         }
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header("set-cookie", cookie)?;
+        }
+        for (k, v) in &ctx.rate_headers {
+            response.insert_header(*k, v.as_str())?;
         }
         response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())

@@ -47,6 +47,11 @@ pub const NO_ENDPOINT: Reply = Reply {
     code: "no_upstream_endpoint",
     message: "the route's upstream has no endpoint to send to",
 };
+pub const RATE_LIMITED: Reply = Reply {
+    status: 429,
+    code: "rate_limited",
+    message: "too many requests; retry after the time in Retry-After",
+};
 pub const OVERLOADED: Reply = Reply {
     status: 503,
     code: "upstream_overloaded",

@@ -80,6 +80,8 @@ pub struct Route {
     /// Whole request, all tries and backoffs included.
     pub deadline: Option<Duration>,
     pub retry: RetryPolicy,
+    /// All must pass before the route acts.
+    pub rate_limits: Vec<Arc<crate::ratelimit::PolicyLimiter>>,
 }
 
 /// The parts of a request that routing looks at. `host` is lower case without a port
