@@ -186,6 +186,42 @@ async fn tour_through_the_gateway() {
         .unwrap();
     assert_eq!(r.status(), 422);
 
+    // The orders route is limited per user (burst 10): the 11th request in a row is
+    // refused with the rate-limit headers; another user is unaffected.
+    for i in 0..10 {
+        let r = c
+            .get(gw.url("/api/v1/orders"))
+            .header("x-user-id", "busy")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert!(r.headers().contains_key("ratelimit"));
+    }
+    let r = c
+        .get(gw.url("/api/v1/orders"))
+        .header("x-user-id", "busy")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"orders-per-user\";q=30;w=60"
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+    let r = c
+        .get(gw.url("/api/v1/orders"))
+        .header("x-user-id", "calm")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     drop(gw);
     stack.stop().await;
 }
