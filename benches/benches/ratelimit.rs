@@ -22,6 +22,7 @@ fn spec(key: Vec<KeyPart>) -> PolicySpec {
         key,
         max_keys: 1_000_000,
         legacy_headers: false,
+        cluster: None,
     }
 }
 
@@ -53,9 +54,11 @@ fn decisions(c: &mut Criterion) {
         KeyPart::Header(HeaderName::from_static("x-user")),
         KeyPart::RouteId,
     ])))];
-    ratelimit::decide(&per_user, &input);
+    ratelimit::decide_local(&per_user, &input);
     group.bench_function("decide_with_headers", |b| {
-        b.iter(|| black_box(ratelimit::decide(black_box(&per_user), black_box(&input)).headers()))
+        b.iter(|| {
+            black_box(ratelimit::decide_local(black_box(&per_user), black_box(&input)).headers())
+        })
     });
     group.finish();
 }

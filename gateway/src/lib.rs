@@ -11,6 +11,7 @@ pub mod explain;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod ratelimit_cluster;
 pub mod reload;
 pub mod router;
 pub mod runtime;

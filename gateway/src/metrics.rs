@@ -21,6 +21,8 @@ pub struct Metrics {
     pub config_reload_failures: IntCounter,
     pub retries: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
+    pub ratelimit_backend_errors: IntCounterVec,
+    pub ratelimit_fallback_active: IntGaugeVec,
     pub retry_budget_exhausted: IntCounterVec,
     pub ejections: IntCounterVec,
     pub overloaded: IntCounterVec,
@@ -138,12 +140,28 @@ impl Metrics {
             ),
             &["policy", "result"],
         )?;
+        let ratelimit_backend_errors = IntCounterVec::new(
+            Opts::new(
+                "gateway_ratelimit_backend_errors_total",
+                "Cluster rate-limit decisions Redis could not make in time",
+            ),
+            &["policy"],
+        )?;
+        let ratelimit_fallback_active = IntGaugeVec::new(
+            Opts::new(
+                "gateway_ratelimit_fallback_active",
+                "1 while a cluster policy runs on its failure mode because Redis is away",
+            ),
+            &["policy"],
+        )?;
+        registry.register(Box::new(ratelimit_fallback_active.clone()))?;
         for c in [
             &retries,
             &retry_budget_exhausted,
             &ejections,
             &overloaded,
             &ratelimit_decisions,
+            &ratelimit_backend_errors,
         ] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -172,6 +190,8 @@ impl Metrics {
             config_reload_failures,
             retries,
             ratelimit_decisions,
+            ratelimit_backend_errors,
+            ratelimit_fallback_active,
             retry_budget_exhausted,
             ejections,
             overloaded,

@@ -39,6 +39,15 @@ pub struct PolicySpec {
     pub max_keys: usize,
     /// Also send `X-RateLimit-Limit/Remaining/Reset`.
     pub legacy_headers: bool,
+    /// `scope: cluster`: decided in Redis.
+    pub cluster: Option<ClusterSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSpec {
+    pub on_failure: crate::ratelimit_cluster::FailurePolicy,
+    /// Replicas sharing the limit; the local fallback allows limit / replicas.
+    pub expected_replicas: u32,
 }
 
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
@@ -56,6 +65,8 @@ pub struct PolicyLimiter<C: Clock = DefaultClock> {
     decisions: AtomicU64,
     /// Times a new key went to the overflow bucket because `max_keys` were live.
     pub overflowed: AtomicU64,
+    /// Set for `scope: cluster` policies.
+    pub cluster: Option<crate::ratelimit_cluster::ClusterPolicy>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +95,7 @@ impl<C: Clock> PolicyLimiter<C> {
             spec,
             decisions: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
+            cluster: None,
         }
     }
 
@@ -132,6 +144,8 @@ pub struct Outcome {
     /// Set when some policy refused the request: how long until it would pass.
     pub retry_after: Option<Duration>,
     pub legacy: bool,
+    /// A `fail_closed` cluster policy could not reach Redis: answer 503.
+    pub unavailable: bool,
 }
 
 impl Outcome {
@@ -208,23 +222,42 @@ pub fn key_for(spec: &PolicySpec, input: &KeyInput<'_>) -> String {
 }
 
 /// Check every policy of a route (all must pass) and collect the header values.
-pub fn decide<C: Clock>(
-    limiters: &[std::sync::Arc<PolicyLimiter<C>>],
+/// Local policies decide in process; cluster policies ask Redis (see `ratelimit_cluster`).
+pub async fn decide(
+    limiters: &[std::sync::Arc<PolicyLimiter>],
     input: &KeyInput<'_>,
+    metrics: &crate::metrics::Metrics,
 ) -> Outcome {
     let mut out = Outcome::default();
     for l in limiters {
         let key = key_for(&l.spec, input);
-        let (remaining, wait) = match l.check(&key) {
+        let verdict = match &l.cluster {
+            None => l.check(&key),
+            Some(cluster) => match cluster.check(&l.spec, &key, metrics).await {
+                crate::ratelimit_cluster::ClusterOutcome::Verdict(v) => v,
+                crate::ratelimit_cluster::ClusterOutcome::Unavailable => {
+                    out.unavailable = true;
+                    continue;
+                }
+            },
+        };
+        out.record(l, verdict);
+    }
+    out
+}
+
+impl Outcome {
+    fn record<C: Clock>(&mut self, l: &PolicyLimiter<C>, verdict: Verdict) {
+        let (remaining, wait) = match verdict {
             Verdict::Allowed { remaining } => (remaining, None),
             Verdict::Limited { retry_after } => (0, Some(retry_after)),
         };
-        out.legacy |= l.spec.legacy_headers;
+        self.legacy |= l.spec.legacy_headers;
         let reset = match wait {
             Some(w) => secs_up(w),
             None => secs_up(l.reset_after(remaining)),
         };
-        out.entries.push((
+        self.entries.push((
             l.spec.name.clone(),
             l.spec.count,
             l.window_secs(),
@@ -232,8 +265,20 @@ pub fn decide<C: Clock>(
             reset,
         ));
         if let Some(w) = wait {
-            out.retry_after = Some(out.retry_after.map_or(w, |r| r.max(w)));
+            self.retry_after = Some(self.retry_after.map_or(w, |r| r.max(w)));
         }
+    }
+}
+
+/// Check local policies synchronously (tests and benchmarks with injected clocks).
+pub fn decide_local<C: Clock>(
+    limiters: &[std::sync::Arc<PolicyLimiter<C>>],
+    input: &KeyInput<'_>,
+) -> Outcome {
+    let mut out = Outcome::default();
+    for l in limiters {
+        let key = key_for(&l.spec, input);
+        out.record(l, l.check(&key));
     }
     out
 }
@@ -307,6 +352,7 @@ mod tests {
             key: vec![KeyPart::ClientIp],
             max_keys: 1000,
             legacy_headers: true,
+            cluster: None,
         }
     }
 
@@ -326,7 +372,7 @@ mod tests {
             clock.clone(),
         ));
         let h = HeaderMap::new();
-        let first = decide(&[Arc::clone(&l)], &input(&h));
+        let first = decide_local(&[Arc::clone(&l)], &input(&h));
         assert_eq!(first.entries[0], ("p".into(), 2, 1, 3, 1));
         let hs = first.headers();
         assert_eq!(hs[0], ("ratelimit-policy", "\"p\";q=2;w=1".into()));
@@ -336,18 +382,21 @@ mod tests {
                 .any(|(k, v)| *k == "x-ratelimit-remaining" && v == "3")
         );
         for want in [2, 1, 0] {
-            assert_eq!(decide(&[Arc::clone(&l)], &input(&h)).entries[0].3, want);
+            assert_eq!(
+                decide_local(&[Arc::clone(&l)], &input(&h)).entries[0].3,
+                want
+            );
         }
         // At the limit: refused, Retry-After until one cell (500 ms) refills -> 1 s.
-        let limited = decide(&[Arc::clone(&l)], &input(&h));
+        let limited = decide_local(&[Arc::clone(&l)], &input(&h));
         assert_eq!(limited.retry_after, Some(Duration::from_millis(500)));
         assert!(limited.headers().contains(&("retry-after", "1".into())));
         assert_eq!(limited.entries[0].3, 0);
         // After 1 s two cells are back.
         clock.advance(Duration::from_secs(1));
-        assert_eq!(decide(&[Arc::clone(&l)], &input(&h)).entries[0].3, 1);
-        assert_eq!(decide(&[Arc::clone(&l)], &input(&h)).entries[0].3, 0);
-        assert!(decide(&[l], &input(&h)).retry_after.is_some());
+        assert_eq!(decide_local(&[Arc::clone(&l)], &input(&h)).entries[0].3, 1);
+        assert_eq!(decide_local(&[Arc::clone(&l)], &input(&h)).entries[0].3, 0);
+        assert!(decide_local(&[l], &input(&h)).retry_after.is_some());
     }
 
     #[test]

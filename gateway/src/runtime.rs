@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 
 use crate::config::{ActionSpec, Spec, SpecError};
 use crate::ratelimit::PolicyLimiter;
+use crate::ratelimit_cluster::{ClusterPolicy, RedisBackend};
 use crate::router::{Route, RouteAction, RouteTable};
 use crate::upstream::{Backends, UpstreamPool};
 
@@ -21,6 +22,8 @@ pub struct Runtime {
     /// Limiters by policy name; an unchanged policy keeps its limiter across reloads.
     pub rate_limiters: IndexMap<String, Arc<PolicyLimiter>>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The Redis connection of cluster rate limits; kept across reloads while unchanged.
+    pub redis: Option<Arc<RedisBackend>>,
     pub max_request_header_bytes: usize,
     /// Listener, admin and server settings this runtime was started with; a reload
     /// that changes them is reported as needing a restart.
@@ -81,9 +84,31 @@ pub fn compile(
         return Err(errors);
     }
 
+    let redis = spec.server.redis.as_ref().map(|(url, timeout)| {
+        previous
+            .and_then(|p| p.redis.as_ref())
+            .filter(|b| b.identity() == (url.clone(), *timeout))
+            .map_or_else(|| Arc::new(RedisBackend::new(url, *timeout)), Arc::clone)
+    });
     let mut rate_limiters = IndexMap::new();
     for (name, policy) in &spec.rate_limit_policies {
-        let fresh = PolicyLimiter::new(policy.clone());
+        let mut fresh = PolicyLimiter::new(policy.clone());
+        if let (Some(c), Some(backend)) = (&policy.cluster, &redis) {
+            // The local fallback shares the limit with the other replicas.
+            let mut local = policy.clone();
+            local.cluster = None;
+            local.count = policy.count.div_ceil(c.expected_replicas).max(1);
+            local.burst = policy.burst.div_ceil(c.expected_replicas).max(1);
+            fresh.cluster = Some(ClusterPolicy::new(
+                Arc::clone(backend),
+                c.on_failure,
+                PolicyLimiter::new(local),
+            ));
+            // A different Redis is a different limiter, even for the same policy.
+            fresh
+                .fingerprint
+                .push_str(&format!("|{:?}", backend.identity()));
+        }
         let limiter = previous
             .and_then(|p| p.rate_limiters.get(name))
             .filter(|old| old.fingerprint == fresh.fingerprint)
@@ -136,6 +161,7 @@ pub fn compile(
         upstreams,
         rate_limiters,
         trusted_proxies: spec.server.trusted_proxies.clone(),
+        redis,
         max_request_header_bytes: spec.server.max_request_header_bytes,
         restart_settings: restart_settings(spec),
         shutdown_grace_period: spec.server.shutdown_grace_period,

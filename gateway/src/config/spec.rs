@@ -13,7 +13,8 @@ use indexmap::IndexMap;
 
 use super::wire;
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect, RewritePart, Scheme};
-use crate::ratelimit::{KeyPart, PolicySpec};
+use crate::ratelimit::{ClusterSpec, KeyPart, PolicySpec};
+use crate::ratelimit_cluster::FailurePolicy;
 use crate::router::RouteMatch;
 use crate::router::matchers::{
     HeaderMatcher, HostPattern, MethodSet, PathPattern, PathTemplate, QueryMatcher, ValueTest,
@@ -40,6 +41,8 @@ pub struct ServerSpec {
     pub max_request_header_bytes: usize,
     pub reload_debounce: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `(url, per-call timeout)` for cluster rate limits.
+    pub redis: Option<(String, Duration)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,9 +245,13 @@ impl TryFrom<wire::File> for Spec {
 
         let mut rate_limit_policies = IndexMap::new();
         for (name, p) in &file.rate_limit_policies {
-            if let Some(spec) =
-                rate_limit_policy(&mut e, &format!("rate_limit_policies.{name}"), name, p)
-            {
+            if let Some(spec) = rate_limit_policy(
+                &mut e,
+                &format!("rate_limit_policies.{name}"),
+                name,
+                p,
+                file.server.redis.is_some(),
+            ) {
                 rate_limit_policies.insert(name.clone(), spec);
             }
         }
@@ -349,6 +356,22 @@ fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
             Duration::from_secs(30),
         ),
         max_request_header_bytes: max_header,
+        redis: s.redis.as_ref().and_then(|r| {
+            let ok = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+            if !ok {
+                e.push(
+                    "server.redis.url",
+                    format!("invalid Redis URL {:?}: expected redis://host:port", r.url),
+                );
+            }
+            let timeout = opt_duration(
+                e,
+                "server.redis.timeout",
+                r.timeout.as_deref(),
+                Duration::from_millis(50),
+            );
+            ok.then(|| (r.url.clone(), timeout))
+        }),
         trusted_proxies: s
             .trusted_proxies
             .iter()
@@ -754,6 +777,7 @@ fn rate_limit_policy(
     path: &str,
     name: &str,
     p: &wire::RateLimitPolicy,
+    have_redis: bool,
 ) -> Option<PolicySpec> {
     let before = e.0.len();
     let rate = p.rate.replace(' ', "");
@@ -800,17 +824,45 @@ fn rate_limit_policy(
     if key.is_empty() {
         key.push(KeyPart::ClientIp);
     }
-    match p.scope.as_deref() {
-        None | Some("local") => {}
-        Some("cluster") => e.push(
-            format!("{path}.scope"),
-            "scope cluster needs the Redis backend, which this build does not have yet; use local",
-        ),
-        Some(other) => e.push(
-            format!("{path}.scope"),
-            format!("scope {other:?} must be local or cluster"),
-        ),
-    }
+    let cluster = match p.scope.as_deref() {
+        None | Some("local") => {
+            if p.on_redis_failure.is_some() || p.expected_replicas.is_some() {
+                e.push(
+                    path,
+                    "on_redis_failure and expected_replicas need scope: cluster",
+                );
+            }
+            None
+        }
+        Some("cluster") => {
+            if !have_redis {
+                e.push(format!("{path}.scope"), "scope cluster needs server.redis");
+            }
+            let on_failure = p
+                .on_redis_failure
+                .as_deref()
+                .map_or(Ok(FailurePolicy::LocalFallback), FailurePolicy::parse);
+            let replicas = p.expected_replicas.unwrap_or(1);
+            if replicas == 0 {
+                e.push(
+                    format!("{path}.expected_replicas"),
+                    "expected_replicas must be at least 1",
+                );
+            }
+            e.take(format!("{path}.on_redis_failure"), on_failure)
+                .map(|on_failure| ClusterSpec {
+                    on_failure,
+                    expected_replicas: replicas.max(1),
+                })
+        }
+        Some(other) => {
+            e.push(
+                format!("{path}.scope"),
+                format!("scope {other:?} must be local or cluster"),
+            );
+            None
+        }
+    };
     if p.max_keys == Some(0) {
         e.push(format!("{path}.max_keys"), "max_keys must be at least 1");
     }
@@ -828,6 +880,7 @@ fn rate_limit_policy(
         key,
         max_keys: p.max_keys.unwrap_or(100_000),
         legacy_headers: p.legacy_headers,
+        cluster,
     })
 }
 

@@ -36,6 +36,10 @@ pub struct RateLimitPolicy {
     pub max_keys: Option<usize>,
     #[serde(default)]
     pub legacy_headers: bool,
+    /// Cluster scope: `fail_open`, `fail_closed` or `local_fallback` (default).
+    pub on_redis_failure: Option<String>,
+    /// Cluster scope: replicas sharing the limit (the local fallback allows limit / N).
+    pub expected_replicas: Option<u32>,
 }
 
 /// Process-wide settings; changing them takes a restart.
@@ -53,6 +57,17 @@ pub struct Server {
     /// Proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded` name the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Redis for `scope: cluster` rate limits.
+    pub redis: Option<Redis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Per call; default 50ms.
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

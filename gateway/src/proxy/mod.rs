@@ -242,7 +242,7 @@ impl ProxyHttp for Gateway {
                 headers: &req.headers,
                 route_id: &route.id,
             };
-            let outcome = ratelimit::decide(&route.rate_limits, &input);
+            let outcome = ratelimit::decide(&route.rate_limits, &input, &self.metrics).await;
             for (name, _, _, remaining, _) in &outcome.entries {
                 let result = if outcome.retry_after.is_some() && *remaining == 0 {
                     "limited"
@@ -255,6 +255,11 @@ impl ProxyHttp for Gateway {
                     .inc();
             }
             ctx.rate_headers = outcome.headers();
+            if outcome.unavailable {
+                ctx.route = Some(route.index);
+                send_reply(session, ctx, reply::RATE_LIMIT_UNAVAILABLE).await?;
+                return Ok(true);
+            }
             if outcome.retry_after.is_some() {
                 ctx.route = Some(route.index);
                 send_reply(session, ctx, reply::RATE_LIMITED).await?;

@@ -52,6 +52,11 @@ pub const RATE_LIMITED: Reply = Reply {
     code: "rate_limited",
     message: "too many requests; retry after the time in Retry-After",
 };
+pub const RATE_LIMIT_UNAVAILABLE: Reply = Reply {
+    status: 503,
+    code: "rate_limit_unavailable",
+    message: "the shared rate limiter is unreachable and this route fails closed",
+};
 pub const OVERLOADED: Reply = Reply {
     status: 503,
     code: "upstream_overloaded",

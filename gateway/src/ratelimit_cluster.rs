@@ -1,0 +1,213 @@
+//! Owns cluster-wide rate limiting in Redis (`scope: cluster`, strict mode): one atomic
+//! Lua script per decision runs GCRA with Redis `TIME` as the clock, so replicas with
+//! skewed clocks agree. The connection (a reconnecting `ConnectionManager`, opened lazily
+//! so the gateway starts while Redis is down) lives for the whole process.
+//!
+//! When Redis fails or is slower than its timeout, each policy applies its
+//! `on_redis_failure`: `fail_open` (allow), `fail_closed` (503), or `local_fallback` (a
+//! local limiter at the cluster limit divided by `expected_replicas`). The switch is logged
+//! once per transition and shown in metrics; it reverts when Redis answers again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use crate::metrics::Metrics;
+use crate::ratelimit::{PolicyLimiter, PolicySpec, Verdict};
+
+/// GCRA: `tat` (theoretical arrival time, µs) per key; a request is allowed while
+/// `tat + interval - tolerance <= now`. Returns {allowed, wait_us, remaining}.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  return {0, allow_at - now, 0}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, 0, math.floor((tolerance - (new_tat - now)) / interval)}
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    FailOpen,
+    FailClosed,
+    LocalFallback,
+}
+
+impl FailurePolicy {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "fail_open" => Ok(Self::FailOpen),
+            "fail_closed" => Ok(Self::FailClosed),
+            "local_fallback" => Ok(Self::LocalFallback),
+            other => Err(format!(
+                "unknown on_redis_failure {other:?}: use fail_open, fail_closed or local_fallback"
+            )),
+        }
+    }
+}
+
+/// The process-wide Redis connection for cluster limits.
+pub struct RedisBackend {
+    url: String,
+    timeout: Duration,
+    conn: Mutex<Option<ConnectionManager>>,
+    script: redis::Script,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// The URL and timeout this backend was made for (a changed pair needs a new one).
+    pub fn identity(&self) -> (String, Duration) {
+        (self.url.clone(), self.timeout)
+    }
+}
+
+/// A cluster decision, or why there is none.
+#[derive(Debug)]
+pub enum ClusterVerdict {
+    Decided(Verdict),
+    /// Redis failed: apply the policy's failure mode.
+    Unavailable,
+}
+
+impl RedisBackend {
+    pub fn new(url: &str, timeout: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            timeout,
+            conn: Mutex::new(None),
+            script: redis::Script::new(GCRA),
+        }
+    }
+
+    async fn connection(&self) -> Option<ConnectionManager> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Some(c.clone());
+        }
+        let client = redis::Client::open(self.url.as_str()).ok()?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let manager = tokio::time::timeout(
+            self.timeout * 2,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        *guard = Some(manager.clone());
+        Some(manager)
+    }
+
+    /// One GCRA decision for `key` of `spec`, within the timeout.
+    pub async fn check(&self, spec: &PolicySpec, key: &str) -> ClusterVerdict {
+        let Some(mut conn) = self.connection().await else {
+            return ClusterVerdict::Unavailable;
+        };
+        let interval = (spec.period.as_micros() / u128::from(spec.count.max(1))).max(1) as u64;
+        let tolerance = interval * u64::from(spec.burst.max(1));
+        let redis_key = format!("gw:rl:{}:{key}", spec.name);
+        let mut call = self.script.key(redis_key);
+        call.arg(interval).arg(tolerance);
+        let result: Result<Result<(i64, i64, i64), _>, _> =
+            tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
+        match result {
+            Ok(Ok((1, _, remaining))) => ClusterVerdict::Decided(Verdict::Allowed {
+                remaining: remaining.max(0) as u32,
+            }),
+            Ok(Ok((_, wait_us, _))) => ClusterVerdict::Decided(Verdict::Limited {
+                retry_after: Duration::from_micros(wait_us.max(0) as u64),
+            }),
+            _ => ClusterVerdict::Unavailable,
+        }
+    }
+}
+
+/// A policy's cluster side: the backend, its failure mode, and the local fallback.
+#[derive(Debug)]
+pub struct ClusterPolicy {
+    pub backend: Arc<RedisBackend>,
+    pub on_failure: FailurePolicy,
+    pub fallback: Box<PolicyLimiter>,
+    fallback_active: AtomicBool,
+}
+
+/// What the proxy does with a cluster decision.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClusterOutcome {
+    Verdict(Verdict),
+    /// `fail_closed` while Redis is away: answer 503.
+    Unavailable,
+}
+
+impl ClusterPolicy {
+    pub fn new(
+        backend: Arc<RedisBackend>,
+        on_failure: FailurePolicy,
+        fallback: PolicyLimiter,
+    ) -> Self {
+        Self {
+            backend,
+            on_failure,
+            fallback: Box::new(fallback),
+            fallback_active: AtomicBool::new(false),
+        }
+    }
+
+    pub async fn check(&self, spec: &PolicySpec, key: &str, metrics: &Metrics) -> ClusterOutcome {
+        match self.backend.check(spec, key).await {
+            ClusterVerdict::Decided(v) => {
+                if self.fallback_active.swap(false, Ordering::Relaxed) {
+                    tracing::info!(policy = %spec.name, "redis answers again; cluster rate limiting restored");
+                    metrics
+                        .ratelimit_fallback_active
+                        .with_label_values(&[&spec.name])
+                        .set(0);
+                }
+                ClusterOutcome::Verdict(v)
+            }
+            ClusterVerdict::Unavailable => {
+                metrics
+                    .ratelimit_backend_errors
+                    .with_label_values(&[&spec.name])
+                    .inc();
+                if !self.fallback_active.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(policy = %spec.name, mode = ?self.on_failure, "redis unavailable; rate limiting falls back");
+                    metrics
+                        .ratelimit_fallback_active
+                        .with_label_values(&[&spec.name])
+                        .set(1);
+                }
+                match self.on_failure {
+                    FailurePolicy::FailOpen => ClusterOutcome::Verdict(Verdict::Allowed {
+                        remaining: spec.burst,
+                    }),
+                    FailurePolicy::FailClosed => ClusterOutcome::Unavailable,
+                    FailurePolicy::LocalFallback => {
+                        ClusterOutcome::Verdict(self.fallback.check(key))
+                    }
+                }
+            }
+        }
+    }
+}
