@@ -48,6 +48,8 @@ pub struct ClusterSpec {
     pub on_failure: crate::ratelimit_cluster::FailurePolicy,
     /// Replicas sharing the limit; the local fallback allows limit / replicas.
     pub expected_replicas: u32,
+    /// `mode: batched`; `None` is strict (one Redis round trip per request).
+    pub batch: Option<crate::ratelimit_cluster::Batch>,
 }
 
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;

@@ -18,22 +18,25 @@ use tokio::sync::Mutex;
 use crate::metrics::Metrics;
 use crate::ratelimit::{PolicyLimiter, PolicySpec, Verdict};
 
-/// GCRA: `tat` (theoretical arrival time, µs) per key; a request is allowed while
-/// `tat + interval - tolerance <= now`. Returns {allowed, wait_us, remaining}.
+/// GCRA: `tat` (theoretical arrival time, µs) per key; one cell is available while
+/// `tat + interval - tolerance <= now`. Takes up to ARGV[3] cells at once (1 in strict
+/// mode, the batch size in batched mode) and returns {granted, wait_us, remaining}.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - tolerance
-if allow_at > now then
-  return {0, allow_at - now, 0}
+local can = math.floor((now + tolerance - tat) / interval)
+if can < 1 then
+  return {0, tat + interval - tolerance - now, 0}
 end
+local take = math.min(can, want)
+local new_tat = tat + take * interval
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return {1, 0, math.floor((tolerance - (new_tat - now)) / interval)}
+return {take, 0, math.floor((tolerance - (new_tat - now)) / interval)}
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,26 +124,55 @@ impl RedisBackend {
 
     /// One GCRA decision for `key` of `spec`, within the timeout.
     pub async fn check(&self, spec: &PolicySpec, key: &str) -> ClusterVerdict {
-        let Some(mut conn) = self.connection().await else {
-            return ClusterVerdict::Unavailable;
-        };
+        match self.take(spec, key, 1).await {
+            Some((granted, _, remaining)) if granted > 0 => {
+                ClusterVerdict::Decided(Verdict::Allowed { remaining })
+            }
+            Some((_, wait, _)) => ClusterVerdict::Decided(Verdict::Limited { retry_after: wait }),
+            None => ClusterVerdict::Unavailable,
+        }
+    }
+
+    /// Take up to `want` cells for `key`: `(granted, wait when none, remaining)`, or
+    /// `None` when Redis did not answer in time.
+    pub async fn take(
+        &self,
+        spec: &PolicySpec,
+        key: &str,
+        want: u32,
+    ) -> Option<(u32, Duration, u32)> {
+        let mut conn = self.connection().await?;
         let interval = (spec.period.as_micros() / u128::from(spec.count.max(1))).max(1) as u64;
         let tolerance = interval * u64::from(spec.burst.max(1));
         let redis_key = format!("gw:rl:{}:{key}", spec.name);
         let mut call = self.script.key(redis_key);
-        call.arg(interval).arg(tolerance);
+        call.arg(interval).arg(tolerance).arg(want.max(1));
         let result: Result<Result<(i64, i64, i64), _>, _> =
             tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
-        match result {
-            Ok(Ok((1, _, remaining))) => ClusterVerdict::Decided(Verdict::Allowed {
-                remaining: remaining.max(0) as u32,
-            }),
-            Ok(Ok((_, wait_us, _))) => ClusterVerdict::Decided(Verdict::Limited {
-                retry_after: Duration::from_micros(wait_us.max(0) as u64),
-            }),
-            _ => ClusterVerdict::Unavailable,
-        }
+        let (granted, wait_us, remaining) = result.ok()?.ok()?;
+        Some((
+            granted.max(0) as u32,
+            Duration::from_micros(wait_us.max(0) as u64),
+            remaining.max(0) as u32,
+        ))
     }
+}
+
+/// Batched mode: take `size` cells from Redis at once and spend them locally, for at
+/// most `interval`. Cells are taken in Redis before they are spent, so the cluster never
+/// admits more than the limit (overshoot 0); cells a replica took but did not spend within
+/// `interval` are lost, so the worst case admits fewer:
+/// `limit - replicas x (size - 1)` per key and interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub size: u32,
+    pub interval: Duration,
+}
+
+#[derive(Debug)]
+struct Allowance {
+    cells: u32,
+    fetched: std::time::Instant,
 }
 
 /// A policy's cluster side: the backend, its failure mode, and the local fallback.
@@ -149,6 +181,8 @@ pub struct ClusterPolicy {
     pub backend: Arc<RedisBackend>,
     pub on_failure: FailurePolicy,
     pub fallback: Box<PolicyLimiter>,
+    pub batch: Option<Batch>,
+    allowances: std::sync::Mutex<std::collections::HashMap<String, Allowance>>,
     fallback_active: AtomicBool,
 }
 
@@ -170,12 +204,63 @@ impl ClusterPolicy {
             backend,
             on_failure,
             fallback: Box::new(fallback),
+            batch: None,
+            allowances: std::sync::Mutex::new(std::collections::HashMap::new()),
             fallback_active: AtomicBool::new(false),
         }
     }
 
+    /// Spend one locally held cell, if a fresh allowance has one.
+    fn spend_local(&self, key: &str, batch: &Batch) -> Option<u32> {
+        let mut map = self.allowances.lock().ok()?;
+        let a = map.get_mut(key)?;
+        if a.cells > 0 && a.fetched.elapsed() < batch.interval {
+            a.cells -= 1;
+            Some(a.cells)
+        } else {
+            None
+        }
+    }
+
+    fn keep_allowance(&self, spec: &PolicySpec, key: &str, cells: u32, batch: &Batch) {
+        if let Ok(mut map) = self.allowances.lock() {
+            if map.len() >= spec.max_keys {
+                // Expired allowances are worth nothing: drop them first.
+                map.retain(|_, a| a.fetched.elapsed() < batch.interval);
+            }
+            if map.len() < spec.max_keys {
+                map.insert(
+                    key.to_owned(),
+                    Allowance {
+                        cells,
+                        fetched: std::time::Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    async fn decide(&self, spec: &PolicySpec, key: &str) -> ClusterVerdict {
+        let Some(batch) = self.batch else {
+            return self.backend.check(spec, key).await;
+        };
+        if let Some(left) = self.spend_local(key, &batch) {
+            return ClusterVerdict::Decided(Verdict::Allowed { remaining: left });
+        }
+        match self.backend.take(spec, key, batch.size).await {
+            Some((0, wait, _)) => ClusterVerdict::Decided(Verdict::Limited { retry_after: wait }),
+            Some((granted, _, remaining)) => {
+                self.keep_allowance(spec, key, granted - 1, &batch);
+                ClusterVerdict::Decided(Verdict::Allowed {
+                    remaining: remaining + granted - 1,
+                })
+            }
+            None => ClusterVerdict::Unavailable,
+        }
+    }
+
     pub async fn check(&self, spec: &PolicySpec, key: &str, metrics: &Metrics) -> ClusterOutcome {
-        match self.backend.check(spec, key).await {
+        match self.decide(spec, key).await {
             ClusterVerdict::Decided(v) => {
                 if self.fallback_active.swap(false, Ordering::Relaxed) {
                     tracing::info!(policy = %spec.name, "redis answers again; cluster rate limiting restored");

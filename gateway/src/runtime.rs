@@ -99,11 +99,10 @@ pub fn compile(
             local.cluster = None;
             local.count = policy.count.div_ceil(c.expected_replicas).max(1);
             local.burst = policy.burst.div_ceil(c.expected_replicas).max(1);
-            fresh.cluster = Some(ClusterPolicy::new(
-                Arc::clone(backend),
-                c.on_failure,
-                PolicyLimiter::new(local),
-            ));
+            let mut cluster =
+                ClusterPolicy::new(Arc::clone(backend), c.on_failure, PolicyLimiter::new(local));
+            cluster.batch = c.batch;
+            fresh.cluster = Some(cluster);
             // A different Redis is a different limiter, even for the same policy.
             fresh
                 .fingerprint

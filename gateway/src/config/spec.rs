@@ -14,7 +14,7 @@ use indexmap::IndexMap;
 use super::wire;
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect, RewritePart, Scheme};
 use crate::ratelimit::{ClusterSpec, KeyPart, PolicySpec};
-use crate::ratelimit_cluster::FailurePolicy;
+use crate::ratelimit_cluster::{Batch, FailurePolicy};
 use crate::router::RouteMatch;
 use crate::router::matchers::{
     HeaderMatcher, HostPattern, MethodSet, PathPattern, PathTemplate, QueryMatcher, ValueTest,
@@ -826,10 +826,15 @@ fn rate_limit_policy(
     }
     let cluster = match p.scope.as_deref() {
         None | Some("local") => {
-            if p.on_redis_failure.is_some() || p.expected_replicas.is_some() {
+            if p.on_redis_failure.is_some()
+                || p.expected_replicas.is_some()
+                || p.mode.is_some()
+                || p.batch_size.is_some()
+                || p.batch_interval.is_some()
+            {
                 e.push(
                     path,
-                    "on_redis_failure and expected_replicas need scope: cluster",
+                    "on_redis_failure, expected_replicas, mode and batch settings need scope: cluster",
                 );
             }
             None
@@ -849,10 +854,41 @@ fn rate_limit_policy(
                     "expected_replicas must be at least 1",
                 );
             }
+            let batch = match p.mode.as_deref() {
+                None | Some("strict") => {
+                    if p.batch_size.is_some() || p.batch_interval.is_some() {
+                        e.push(path, "batch_size and batch_interval need mode: batched");
+                    }
+                    None
+                }
+                Some("batched") => {
+                    let size = p.batch_size.unwrap_or(10);
+                    if !(1..=10_000).contains(&size) {
+                        e.push(format!("{path}.batch_size"), "batch_size must be 1-10000");
+                    }
+                    Some(Batch {
+                        size: size.max(1),
+                        interval: opt_duration(
+                            e,
+                            &format!("{path}.batch_interval"),
+                            p.batch_interval.as_deref(),
+                            Duration::from_millis(100),
+                        ),
+                    })
+                }
+                Some(other) => {
+                    e.push(
+                        format!("{path}.mode"),
+                        format!("mode {other:?} must be strict or batched"),
+                    );
+                    None
+                }
+            };
             e.take(format!("{path}.on_redis_failure"), on_failure)
                 .map(|on_failure| ClusterSpec {
                     on_failure,
                     expected_replicas: replicas.max(1),
+                    batch,
                 })
         }
         Some(other) => {

@@ -40,6 +40,12 @@ pub struct RateLimitPolicy {
     pub on_redis_failure: Option<String>,
     /// Cluster scope: replicas sharing the limit (the local fallback allows limit / N).
     pub expected_replicas: Option<u32>,
+    /// Cluster scope: `strict` (default) or `batched`.
+    pub mode: Option<String>,
+    /// Batched mode: cells taken from Redis at once (default 10).
+    pub batch_size: Option<u32>,
+    /// Batched mode: longest a taken allowance is spent locally (default 100ms).
+    pub batch_interval: Option<String>,
 }
 
 /// Process-wide settings; changing them takes a restart.
