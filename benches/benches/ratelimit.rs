@@ -1,5 +1,7 @@
-//! Cost of one local rate-limit decision (key building + GCRA check + header values) for
-//! a key the limiter already tracks. Results: benches/README.md.
+//! Cost of one rate-limit decision for a key the limiter already tracks: local (GCRA in
+//! process), and cluster in Redis, strict (one round trip) and batched (one round trip
+//! per batch). The Redis benchmarks start their own `redis-server` on a free port.
+//! Results: benches/README.md.
 
 // Bench code: a fixture that does not build should fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -63,5 +65,78 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions);
+struct Redis(std::process::Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server() -> Redis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Redis(child, port)
+}
+
+fn cluster(c: &mut Criterion) {
+    use gateway::ratelimit_cluster::{Batch, ClusterPolicy, FailurePolicy, RedisBackend};
+    let redis = redis_server();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = gateway::metrics::Metrics::new().unwrap();
+    let backend = Arc::new(RedisBackend::new(
+        &format!("redis://127.0.0.1:{}", redis.1),
+        Duration::from_secs(1),
+    ));
+    let policy = spec(vec![KeyPart::ClientIp]);
+    let mut group = c.benchmark_group("ratelimit_redis");
+    for (name, batch) in [
+        ("strict", None),
+        (
+            "batched_100",
+            Some(Batch {
+                size: 100,
+                interval: Duration::from_secs(1),
+            }),
+        ),
+    ] {
+        let mut p = ClusterPolicy::new(
+            Arc::clone(&backend),
+            FailurePolicy::FailOpen,
+            PolicyLimiter::new(policy.clone()),
+        );
+        p.batch = batch;
+        rt.block_on(p.check(&policy, "203.0.113.7", &metrics));
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(rt.block_on(p.check(&policy, black_box("203.0.113.7"), &metrics))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, cluster);
 criterion_main!(benches);
