@@ -17,7 +17,7 @@ server: {{redis: {{url: "{redis}", timeout: 100ms}}}}
 listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
 admin: {{address: "127.0.0.1:{{ADMIN}}"}}
 rate_limit_policies:
-  shared: {{rate: 20/m, burst: 20, key: [route], scope: cluster}}
+  shared: {{rate: 20/h, burst: 20, key: [route], scope: cluster}}
   closed: {{rate: 100/m, key: [route], scope: cluster, on_redis_failure: fail_closed}}
   open: {{rate: 1/m, burst: 1, key: [route], scope: cluster, on_redis_failure: fail_open}}
   fallback: {{rate: 4/m, burst: 4, key: [route], scope: cluster, on_redis_failure: local_fallback, expected_replicas: 2}}
@@ -45,7 +45,7 @@ async fn two_replicas_share_one_limit_exactly() {
     let a = std::sync::Arc::new(Gateway::start(&config(&redis.url(), &up)).await);
     let b = std::sync::Arc::new(Gateway::start(&config(&redis.url(), &up)).await);
     // Eight concurrent clients, four per replica, 15 requests each: 120 tries for a
-    // limit of 20 (burst 20, 20/min: nothing meaningful refills during the test).
+    // limit of 20 (burst 20, 20/h: nothing refills during the test).
     let mut clients = Vec::new();
     for i in 0..8 {
         let gw = std::sync::Arc::clone(if i % 2 == 0 { &a } else { &b });
@@ -73,10 +73,68 @@ async fn two_replicas_share_one_limit_exactly() {
     for c in clients {
         admitted += c.await.unwrap();
     }
-    assert!(
-        (20..=21).contains(&admitted),
-        "{admitted} admitted across two replicas"
+    assert_eq!(
+        admitted, 20,
+        "strict mode admits the limit exactly across two replicas"
     );
+}
+
+/// Replica clocks two hours apart (one gateway runs under `faketime`) still share one
+/// limit exactly: strict decisions take their time from Redis `TIME` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_replica_clocks_agree() {
+    let redis = RedisServer::start();
+    let up = echo_upstream("one").await.to_string();
+    let a = Gateway::start(&config(&redis.url(), &up)).await;
+    let b = Gateway::start_wrapped(&config(&redis.url(), &up), &["faketime", "-f", "+2h"]).await;
+    // The wrapper really skews the clock: the gateway's own Date header says so.
+    let r = reqwest::get(b.url("/shared")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let date = r.headers()["date"].to_str().unwrap().to_owned();
+    let skewed = httpdate_secs(&date);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        skewed > now + 3600,
+        "faketime did not skew the gateway's clock: {date}"
+    );
+    let mut admitted = 1; // the request above
+    for i in 0..39 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        if status(gw, "/shared").await == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 20);
+}
+
+/// Seconds since the epoch of an IMF-fixdate ("Fri, 27 Nov 2026 20:25:17 GMT").
+fn httpdate_secs(date: &str) -> u64 {
+    let parts: Vec<&str> = date.split_whitespace().collect();
+    let day: u64 = parts[1].parse().unwrap();
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])
+    .unwrap() as u64
+        + 1;
+    let year: u64 = parts[3].parse().unwrap();
+    let hms: Vec<u64> = parts[4].split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from civil (H. Hinnant), valid for years after 1970.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,4 +209,46 @@ async fn batched_mode_never_overshoots_and_stays_within_its_bound() {
     // Cells are taken in Redis before they are spent: never above the limit (20). Each
     // replica can strand at most batch_size - 1 = 4 cells: never below 20 - 2 x 4.
     assert!((12..=20).contains(&admitted), "{admitted} admitted");
+}
+
+/// Concurrent clients while Redis dies and comes back: only the configured answers
+/// (200, 429, 503 for fail_closed), never a 500, and service continues throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_load_never_gives_500() {
+    let mut redis = RedisServer::start();
+    let up = echo_upstream("one").await.to_string();
+    let gw = std::sync::Arc::new(Gateway::start(&config(&redis.url(), &up)).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (gw, stop) = (std::sync::Arc::clone(&gw), std::sync::Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            let path = ["/closed", "/open", "/fallback", "/batched"][i];
+            let mut seen = std::collections::BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let s = c.get(gw.url(path)).send().await.unwrap().status().as_u16();
+                *seen.entry(s).or_insert(0u32) += 1;
+            }
+            (path, seen)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        let (path, seen) = c.await.unwrap();
+        let allowed: &[u16] = if path == "/closed" {
+            &[200, 429, 503]
+        } else {
+            &[200, 429]
+        };
+        assert!(seen.keys().all(|s| allowed.contains(s)), "{path}: {seen:?}");
+        assert!(seen.get(&200).is_some_and(|n| *n > 0), "{path}: {seen:?}");
+    }
+    gw.wait_metrics(&["gateway_ratelimit_backend_errors_total{policy=\"closed\"}"])
+        .await;
 }

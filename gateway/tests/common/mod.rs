@@ -53,13 +53,26 @@ pub fn write_atomic(path: &Path, text: &str) {
 impl Gateway {
     /// Start the gateway with `template` (see [`render`]) and wait until it is ready.
     pub async fn start(template: &str) -> Gateway {
+        Self::start_wrapped(template, &[]).await
+    }
+
+    /// Like [`Gateway::start`], with the binary run under `wrapper` (e.g. `faketime`).
+    pub async fn start_wrapped(template: &str, wrapper: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
         let config = dir.path().join("gateway.yaml");
         std::fs::write(&config, render(template, port, admin_port)).unwrap();
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_gateway"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_gateway")),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
