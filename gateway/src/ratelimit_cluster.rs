@@ -64,8 +64,12 @@ pub struct RedisBackend {
     url: String,
     timeout: Duration,
     conn: Mutex<Option<ConnectionManager>>,
+    last_connect: std::sync::Mutex<Option<std::time::Instant>>,
     script: redis::Script,
 }
+
+/// Least time between two attempts to open the first connection to Redis.
+const RECONNECT_EVERY: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,14 +101,27 @@ impl RedisBackend {
             url: url.to_owned(),
             timeout,
             conn: Mutex::new(None),
+            last_connect: std::sync::Mutex::new(None),
             script: redis::Script::new(GCRA),
         }
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {
-        let mut guard = self.conn.lock().await;
+        // One task connects at a time; the others wait for it, but never longer than one
+        // timeout, so a request decides (or falls back) within one timeout either way.
+        let mut guard = tokio::time::timeout(self.timeout, self.conn.lock())
+            .await
+            .ok()?;
         if let Some(c) = guard.as_ref() {
             return Some(c.clone());
+        }
+        // While Redis is down, try to connect at most once per `RECONNECT_EVERY`.
+        {
+            let mut last = self.last_connect.lock().ok()?;
+            if last.is_some_and(|t| t.elapsed() < RECONNECT_EVERY) {
+                return None;
+            }
+            *last = Some(std::time::Instant::now());
         }
         let client = redis::Client::open(self.url.as_str()).ok()?;
         let config = ConnectionManagerConfig::new()

@@ -13,7 +13,7 @@ use common::{Gateway, RedisServer, echo_upstream};
 fn config(redis: &str, upstream: &str) -> String {
     format!(
         r#"
-server: {{redis: {{url: "{redis}", timeout: 100ms}}}}
+server: {{redis: {{url: "{redis}", timeout: 250ms}}}}
 listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
 admin: {{address: "127.0.0.1:{{ADMIN}}"}}
 rate_limit_policies:
@@ -44,6 +44,10 @@ async fn two_replicas_share_one_limit_exactly() {
     let up = echo_upstream("one").await.to_string();
     let a = std::sync::Arc::new(Gateway::start(&config(&redis.url(), &up)).await);
     let b = std::sync::Arc::new(Gateway::start(&config(&redis.url(), &up)).await);
+    // Open both replicas' Redis connections first (through another cluster policy), so a
+    // slow first connect under load cannot push decisions onto the local fallback.
+    assert_eq!(status(&a, "/closed").await, 200);
+    assert_eq!(status(&b, "/closed").await, 200);
     // Eight concurrent clients, four per replica, 15 requests each: 120 tries for a
     // limit of 20 (burst 20, 20/h: nothing refills during the test).
     let mut clients = Vec::new();
@@ -87,6 +91,7 @@ async fn skewed_replica_clocks_agree() {
     let up = echo_upstream("one").await.to_string();
     let a = Gateway::start(&config(&redis.url(), &up)).await;
     let b = Gateway::start_wrapped(&config(&redis.url(), &up), &["faketime", "-f", "+2h"]).await;
+    assert_eq!(status(&a, "/closed").await, 200);
     // The wrapper really skews the clock: the gateway's own Date header says so.
     let r = reqwest::get(b.url("/shared")).await.unwrap();
     assert_eq!(r.status(), 200);
