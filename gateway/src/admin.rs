@@ -140,6 +140,12 @@ pub fn describe_route(route: &Route) -> Value {
         "request_headers": ops(&route.request_headers),
         "response_headers": ops(&route.response_headers),
         "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
+        "deadline_ms": route.deadline.map(|t| t.as_millis() as u64),
+        "retry": {
+            "attempts": route.retry.attempts,
+            "non_idempotent": route.retry.non_idempotent,
+        },
+        "rate_limits": route.rate_limits.iter().map(|l| l.spec.name.as_str()).collect::<Vec<_>>(),
         "action": action,
     })
 }

@@ -118,6 +118,24 @@ fn describe_action(route: &Route, out: &mut String) {
     if let Some(t) = route.timeout {
         let _ = writeln!(out, "  timeout: {}", humantime::format_duration(t));
     }
+    if let Some(d) = route.deadline {
+        let _ = writeln!(out, "  deadline: {}", humantime::format_duration(d));
+    }
+    for l in &route.rate_limits {
+        let scope = if l.cluster.is_some() {
+            "cluster"
+        } else {
+            "local"
+        };
+        let _ = writeln!(
+            out,
+            "  rate limit: {} ({} per {}, burst {}, {scope})",
+            l.spec.name,
+            l.spec.count,
+            humantime::format_duration(l.spec.period),
+            l.spec.burst
+        );
+    }
     let ops = [
         ("request", &route.request_headers),
         ("response", &route.response_headers),

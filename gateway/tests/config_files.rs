@@ -99,6 +99,20 @@ fn explain_shows_route_actions_and_near_misses() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["explain", "--config"])
+        .arg(config_dir().join("local.yaml"))
+        .args(["POST", "http://localhost:8080/api/v2/orders"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "result: route orders (routes[3]), proxy to upstream orders as /v2/orders",
+        "rate limit: orders-per-user (30 per 1m, burst 10, local)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["explain", "--config"])
         .arg(config_dir().join("example.yaml"))
         .args(["GET", "/nowhere"])
         .output()
