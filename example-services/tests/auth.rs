@@ -188,12 +188,5 @@ async fn bad_input_and_bad_credentials() {
         Some(r#"{"email": "nope", "password": "short"}"#),
     )
     .await;
-    let v = r.json();
-    let fields: Vec<&str> = v["error"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["email", "password"]);
+    assert_eq!(r.field_errors(), ["email", "password"]);
 }

@@ -222,14 +222,7 @@ async fn bad_input_gets_4xx_json_never_500() {
         Some(r#"{"name": "", "price_cents": -1}"#),
     )
     .await;
-    let v = r.json();
-    let fields: Vec<&str> = v["error"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["name", "price_cents"]);
+    assert_eq!(r.field_errors(), ["name", "price_cents"]);
 }
 
 #[tokio::test]

@@ -40,14 +40,7 @@ async fn profile_lifecycle() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let v = r.json();
-    let fields: Vec<&str> = v["error"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["display_name", "email"]);
+    assert_eq!(r.field_errors(), ["display_name", "email"]);
 
     let r = call(
         &app,

@@ -20,6 +20,16 @@ impl Answer {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
+    /// The `field` of every entry of a 422's `error.fields`, in order.
+    pub fn field_errors(&self) -> Vec<String> {
+        self.json()["error"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["field"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
