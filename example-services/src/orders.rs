@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::{Row, SqlitePool};
 
-use crate::common::error::{ApiError, FieldError, JsonBody};
+use crate::common::error::{ApiError, FieldError, JsonBody, PathParam};
 use crate::common::http::{Metrics, REQUEST_ID, finish};
 use crate::common::identity::Caller;
 
@@ -133,36 +133,8 @@ fn v2(o: &Order) -> Value {
             "subtotal": money(l.unit_price_cents * l.quantity),
         })).collect::<Vec<_>>(),
         "total": money(o.total_cents),
-        "created_at": humantime_rfc3339(created),
+        "created_at": humantime::format_rfc3339_seconds(created).to_string(),
     })
-}
-
-fn humantime_rfc3339(t: SystemTime) -> String {
-    // httpdate gives IMF-fixdate; build RFC 3339 from the unix time instead.
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn validate(input: &OrderInput) -> Result<(), ApiError> {
@@ -347,77 +319,83 @@ fn created(body: Value, location: String) -> Response {
     resp
 }
 
-async fn post_v1(
+/// An API version: each handler below serves every version, rendering with its shape.
+#[derive(Clone, Copy, Debug)]
+enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    const fn of(n: u8) -> Self {
+        if n == 1 { Self::V1 } else { Self::V2 }
+    }
+
+    fn one(self, o: &Order) -> Value {
+        match self {
+            Self::V1 => v1(o),
+            Self::V2 => v2(o),
+        }
+    }
+
+    fn many(self, orders: &[Order]) -> Value {
+        let items: Vec<Value> = orders.iter().map(|o| self.one(o)).collect();
+        match self {
+            Self::V1 => json!({ "orders": items }),
+            Self::V2 => json!({ "data": items, "count": orders.len() }),
+        }
+    }
+
+    fn base(self) -> &'static str {
+        match self {
+            Self::V1 => "/v1/orders",
+            Self::V2 => "/v2/orders",
+        }
+    }
+}
+
+async fn post_order<const V: u8>(
     State(s): State<OrdersState>,
     caller: Caller,
     headers: HeaderMap,
     JsonBody(input): JsonBody<OrderInput>,
 ) -> Result<Response, ApiError> {
+    let version = Version::of(V);
     let order = create(&s, &caller, &headers, input).await?;
-    Ok(created(v1(&order), format!("/v1/orders/{}", order.id)))
+    Ok(created(
+        version.one(&order),
+        format!("{}/{}", version.base(), order.id),
+    ))
 }
 
-async fn post_v2(
-    State(s): State<OrdersState>,
-    caller: Caller,
-    headers: HeaderMap,
-    JsonBody(input): JsonBody<OrderInput>,
-) -> Result<Response, ApiError> {
-    let order = create(&s, &caller, &headers, input).await?;
-    Ok(created(v2(&order), format!("/v2/orders/{}", order.id)))
-}
-
-async fn list_v1(
+async fn list_orders<const V: u8>(
     State(s): State<OrdersState>,
     caller: Caller,
 ) -> Result<axum::Json<Value>, ApiError> {
     let orders = load_orders(&s.db, &caller.user_id, None).await?;
-    Ok(axum::Json(
-        json!({"orders": orders.iter().map(v1).collect::<Vec<_>>()}),
-    ))
+    Ok(axum::Json(Version::of(V).many(&orders)))
 }
 
-async fn list_v2(
+async fn get_order<const V: u8>(
     State(s): State<OrdersState>,
     caller: Caller,
+    PathParam(id): PathParam<i64>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let orders = load_orders(&s.db, &caller.user_id, None).await?;
-    Ok(axum::Json(
-        json!({"data": orders.iter().map(v2).collect::<Vec<_>>(), "count": orders.len()}),
-    ))
-}
-
-async fn one(s: &OrdersState, caller: &Caller, id: i64) -> Result<Order, ApiError> {
-    load_orders(&s.db, &caller.user_id, Some(id))
+    let order = load_orders(&s.db, &caller.user_id, Some(id))
         .await?
         .pop()
-        .ok_or_else(|| ApiError::not_found("order_not_found", format!("no order {id} for you")))
-}
-
-async fn get_v1(
-    State(s): State<OrdersState>,
-    caller: Caller,
-    crate::common::error::PathParam(id): crate::common::error::PathParam<i64>,
-) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(v1(&one(&s, &caller, id).await?)))
-}
-
-async fn get_v2(
-    State(s): State<OrdersState>,
-    caller: Caller,
-    crate::common::error::PathParam(id): crate::common::error::PathParam<i64>,
-) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(v2(&one(&s, &caller, id).await?)))
+        .ok_or_else(|| ApiError::not_found("order_not_found", format!("no order {id} for you")))?;
+    Ok(axum::Json(Version::of(V).one(&order)))
 }
 
 /// The orders router, testable without sockets (catalog calls still need a catalog).
 pub fn app(state: OrdersState, metrics: Arc<Metrics>) -> Router {
     let db = state.db.clone();
     let routes = Router::new()
-        .route("/v1/orders", get(list_v1).post(post_v1))
-        .route("/v1/orders/{id}", get(get_v1))
-        .route("/v2/orders", get(list_v2).post(post_v2))
-        .route("/v2/orders/{id}", get(get_v2))
+        .route("/v1/orders", get(list_orders::<1>).post(post_order::<1>))
+        .route("/v1/orders/{id}", get(get_order::<1>))
+        .route("/v2/orders", get(list_orders::<2>).post(post_order::<2>))
+        .route("/v2/orders/{id}", get(get_order::<2>))
         .with_state(state);
     finish(routes, db, metrics)
 }
@@ -427,9 +405,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc3339_dates() {
-        assert_eq!(humantime_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_709_251_199); // 2024-02-29T23:59:59Z
-        assert_eq!(humantime_rfc3339(t), "2024-02-29T23:59:59Z");
+    fn v2_times_are_rfc3339() {
+        let order = Order {
+            id: 1,
+            status: "placed".into(),
+            total_cents: 0,
+            created_at: 1_709_251_199,
+            lines: Vec::new(),
+        };
+        assert_eq!(v2(&order)["created_at"], "2024-02-29T23:59:59Z");
+        let epoch = Order {
+            created_at: 0,
+            ..order
+        };
+        assert_eq!(v2(&epoch)["created_at"], "1970-01-01T00:00:00Z");
     }
 }

@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Gateway;
 use example_services::stack::{Stack, StackConfig};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 fn any_port() -> std::net::SocketAddr {
@@ -27,6 +28,21 @@ fn local_config(stack: &Stack) -> String {
         .replace("127.0.0.1:3002", &stack.users.to_string())
         .replace("127.0.0.1:3003", &stack.catalog.to_string())
         .replace("127.0.0.1:3004", &stack.orders.to_string())
+}
+
+/// A request carrying the caller's identity the way `config/local.yaml` takes it for now.
+async fn as_user(
+    c: &reqwest::Client,
+    method: Method,
+    url: String,
+    user: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = c.request(method, url).header("x-user-id", user);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap()
 }
 
 fn segment(token: &str, i: usize) -> Value {
@@ -115,45 +131,44 @@ async fn tour_through_the_gateway() {
     assert_eq!(r.status(), 304);
 
     // A profile and an order for the logged-in caller (identity as the token says).
-    let me = [("x-user-id", sub.as_str())];
-    let r = c
-        .put(gw.url("/api/v1/users/me"))
-        .header(me[0].0, me[0].1)
-        .json(&json!({"display_name": "Ada", "email": "ada@example.com"}))
-        .send()
-        .await
-        .unwrap();
+    let r = as_user(
+        &c,
+        Method::PUT,
+        gw.url("/api/v1/users/me"),
+        &sub,
+        Some(json!({"display_name": "Ada", "email": "ada@example.com"})),
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let r = c
-        .post(gw.url("/api/v1/orders"))
-        .header(me[0].0, me[0].1)
-        .json(&json!({"items": [{"product_id": 2, "quantity": 1}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = as_user(
+        &c,
+        Method::POST,
+        gw.url("/api/v1/orders"),
+        &sub,
+        Some(json!({"items": [{"product_id": 2, "quantity": 1}]})),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let order: Value = r.json().await.unwrap();
     assert_eq!(order["total_cents"], 5_900);
     let id = order["id"].as_i64().unwrap();
-    let r: Value = c
-        .get(gw.url("/api/v1/orders"))
-        .header(me[0].0, me[0].1)
-        .send()
+    let r: Value = as_user(&c, Method::GET, gw.url("/api/v1/orders"), &sub, None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(r["orders"][0]["id"], id);
-    let r: Value = c
-        .get(gw.url(&format!("/api/v2/orders/{id}")))
-        .header(me[0].0, me[0].1)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = as_user(
+        &c,
+        Method::GET,
+        gw.url(&format!("/api/v2/orders/{id}")),
+        &sub,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(r["total"]["amount_cents"], 5_900);
 
     // 404s and 400s keep their JSON shape through the gateway.
@@ -164,12 +179,7 @@ async fn tour_through_the_gateway() {
         ("/api/v1/orders/xyz", 400, "invalid_path"),
     ];
     for (path, status, code) in cases {
-        let r = c
-            .get(gw.url(path))
-            .header(me[0].0, me[0].1)
-            .send()
-            .await
-            .unwrap();
+        let r = as_user(&c, Method::GET, gw.url(path), &sub, None).await;
         assert_eq!(r.status().as_u16(), status, "{path}");
         assert_eq!(
             r.json::<Value>().await.unwrap()["error"]["code"],
@@ -177,33 +187,25 @@ async fn tour_through_the_gateway() {
             "{path}"
         );
     }
-    let r = c
-        .post(gw.url("/api/v1/orders"))
-        .header(me[0].0, me[0].1)
-        .json(&json!({"items": []}))
-        .send()
-        .await
-        .unwrap();
+    let r = as_user(
+        &c,
+        Method::POST,
+        gw.url("/api/v1/orders"),
+        &sub,
+        Some(json!({"items": []})),
+    )
+    .await;
     assert_eq!(r.status(), 422);
 
     // The orders route is limited per user (burst 10): the 11th request in a row is
     // refused with the rate-limit headers; another user is unaffected.
+    let orders = gw.url("/api/v1/orders");
     for i in 0..10 {
-        let r = c
-            .get(gw.url("/api/v1/orders"))
-            .header("x-user-id", "busy")
-            .send()
-            .await
-            .unwrap();
+        let r = as_user(&c, Method::GET, orders.clone(), "busy", None).await;
         assert_eq!(r.status(), 200, "request {i}");
         assert!(r.headers().contains_key("ratelimit"));
     }
-    let r = c
-        .get(gw.url("/api/v1/orders"))
-        .header("x-user-id", "busy")
-        .send()
-        .await
-        .unwrap();
+    let r = as_user(&c, Method::GET, orders.clone(), "busy", None).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
@@ -214,13 +216,12 @@ async fn tour_through_the_gateway() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "rate_limited"
     );
-    let r = c
-        .get(gw.url("/api/v1/orders"))
-        .header("x-user-id", "calm")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        as_user(&c, Method::GET, orders, "calm", None)
+            .await
+            .status(),
+        200
+    );
 
     drop(gw);
     stack.stop().await;
