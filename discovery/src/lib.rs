@@ -11,6 +11,13 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+pub mod snapshot;
+
+pub use snapshot::{
+    Backend, PortRef, Service, ServiceKey, ServicePort, Snapshot, SnapshotReceiver, SnapshotSender,
+    for_zone,
+};
+
 /// EndpointSlice conditions exactly as the API carries them: each may be absent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conditions {
