@@ -146,7 +146,21 @@ pub fn describe_route(route: &Route) -> Value {
             "non_idempotent": route.retry.non_idempotent,
         },
         "rate_limits": route.rate_limits.iter().map(|l| l.spec.name.as_str()).collect::<Vec<_>>(),
+        "jwt": route.jwt.as_ref().map(crate::auth::RouteJwt::describe),
         "action": action,
+    })
+}
+
+/// The `/readyz` answer while a JWT provider waits for its first JWKS (within its
+/// start timeout): requests on its routes would only get 503s.
+fn jwks_waiting(rt: &crate::runtime::Runtime) -> Option<Value> {
+    let waiting = rt.jwt.not_ready();
+    (!waiting.is_empty()).then(|| {
+        json!({
+            "status": "starting",
+            "reason": "waiting for the first JWKS fetch of JWT providers",
+            "jwt_providers": waiting,
+        })
     })
 }
 
@@ -166,6 +180,8 @@ impl AdminApp {
                         StatusCode::SERVICE_UNAVAILABLE,
                         &json!({"status": "draining"}),
                     )
+                } else if let Some(waiting) = jwks_waiting(&self.store.load()) {
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, &waiting)
                 } else {
                     let version = self.store.load().version;
                     json_response(
@@ -176,6 +192,7 @@ impl AdminApp {
             }
             "/metrics" => {
                 self.metrics.refresh_upstreams(&self.store.load());
+                self.metrics.refresh_jwt(&self.store.load());
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -214,6 +231,13 @@ impl AdminApp {
                     }),
                 )
             }
+            "/admin/jwt" => {
+                let rt = self.store.load();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"version": rt.version, "providers": rt.jwt.describe()}),
+                )
+            }
             "/admin/routes" => {
                 let rt = self.store.load();
                 json_response(
@@ -226,7 +250,7 @@ impl AdminApp {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes or /admin/upstreams"}}),
+                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes, /admin/upstreams or /admin/jwt"}}),
             ),
         }
     }

@@ -4,8 +4,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::runtime::Runtime;
@@ -32,6 +32,11 @@ pub struct Metrics {
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_in_flight: IntGaugeVec,
     pub endpoint_selected: IntGaugeVec,
+    /// JWT results by provider: valid, cached, forbidden, missing, expired, malformed...
+    pub jwt_validations: IntCounterVec,
+    pub jwks_refresh: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
+    pub jwks_last_success: GaugeVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -155,6 +160,38 @@ impl Metrics {
             &["policy"],
         )?;
         registry.register(Box::new(ratelimit_fallback_active.clone()))?;
+        let jwt_validations = IntCounterVec::new(
+            Opts::new(
+                "gateway_jwt_validations_total",
+                "JWT checks, by provider and result",
+            ),
+            &["provider", "result"],
+        )?;
+        let jwks_refresh = IntCounterVec::new(
+            Opts::new(
+                "gateway_jwks_refresh_total",
+                "JWKS fetches, by provider and result (success, error)",
+            ),
+            &["provider", "result"],
+        )?;
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new(
+                "gateway_jwks_keys",
+                "Keys a provider can verify with right now",
+            ),
+            &["provider"],
+        )?;
+        let jwks_last_success = GaugeVec::new(
+            Opts::new(
+                "gateway_jwks_last_success_timestamp_seconds",
+                "Unix time of the provider's last successful JWKS fetch (0: never)",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(jwt_validations.clone()))?;
+        registry.register(Box::new(jwks_refresh.clone()))?;
+        registry.register(Box::new(jwks_keys.clone()))?;
+        registry.register(Box::new(jwks_last_success.clone()))?;
         for c in [
             &retries,
             &retry_budget_exhausted,
@@ -200,7 +237,28 @@ impl Metrics {
             endpoint_healthy,
             endpoint_in_flight,
             endpoint_selected,
+            jwt_validations,
+            jwks_refresh,
+            jwks_keys,
+            jwks_last_success,
         })
+    }
+
+    /// Set the per-provider key gauges from the running runtime (providers that are
+    /// gone are dropped; stale keys count as none).
+    pub fn refresh_jwt(&self, runtime: &Runtime) {
+        self.jwks_keys.reset();
+        self.jwks_last_success.reset();
+        for p in runtime.jwt.providers.values() {
+            self.jwks_keys
+                .with_label_values(&[&p.name])
+                .set(p.keys.current().keys.len() as i64);
+            if p.keys.is_remote() {
+                self.jwks_last_success
+                    .with_label_values(&[&p.name])
+                    .set(p.keys.last_success_unix());
+            }
+        }
     }
 
     /// Set the per-upstream gauges from the runtime serving requests; upstreams that are

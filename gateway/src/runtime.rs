@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use indexmap::IndexMap;
 
+use crate::auth::{JwtRuntime, RouteJwt};
 use crate::config::{ActionSpec, Spec, SpecError};
 use crate::ratelimit::PolicyLimiter;
 use crate::ratelimit_cluster::{ClusterPolicy, RedisBackend};
@@ -29,6 +30,8 @@ pub struct Runtime {
     /// that changes them is reported as needing a restart.
     pub restart_settings: String,
     pub shutdown_grace_period: Duration,
+    /// JWT providers; their key stores outlive reloads while unchanged.
+    pub jwt: JwtRuntime,
 }
 
 /// The settings that only take effect at process start, as comparable text.
@@ -115,6 +118,7 @@ pub fn compile(
         rate_limiters.insert(name.clone(), limiter);
     }
 
+    let jwt = JwtRuntime::compile(&spec.jwt_providers, previous.map(|p| &p.jwt));
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (index, r) in spec.routes.iter().enumerate() {
         let action = match &r.action {
@@ -145,6 +149,7 @@ pub fn compile(
                 .iter()
                 .filter_map(|n| rate_limiters.get(n).map(Arc::clone))
                 .collect(),
+            jwt: r.jwt.as_ref().map(|j| RouteJwt::compile(j, &jwt)),
         });
     }
     let routes = RouteTable::compile(routes).map_err(|e| {
@@ -164,6 +169,7 @@ pub fn compile(
         max_request_header_bytes: spec.server.max_request_header_bytes,
         restart_settings: restart_settings(spec),
         shutdown_grace_period: spec.server.shutdown_grace_period,
+        jwt,
     })
 }
 

@@ -15,6 +15,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::auth::jwks::JwksService;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -98,6 +99,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(listener = %l.name, address = %l.address, "listening");
     }
 
+    let jwks_metrics = Arc::clone(&metrics);
     let mut admin = Service::new(
         "admin".to_owned(),
         AdminApp::new(Arc::clone(&store), metrics, Arc::clone(&draining)),
@@ -118,6 +120,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         HealthService::new(Arc::clone(&store)),
     ));
     server.add_service(background_service("config-reload", ReloadService(reloader)));
+    server.add_service(background_service(
+        "jwks-refresh",
+        JwksService::new(Arc::clone(&store), Arc::clone(&jwks_metrics)),
+    ));
 
     drain_monitor(Arc::clone(&draining), in_flight);
     server.run(RunArgs {

@@ -13,6 +13,7 @@ use indexmap::IndexMap;
 
 use super::wire;
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect, RewritePart, Scheme};
+use crate::auth::{ProviderSpec, RouteJwtSpec};
 use crate::ratelimit::{ClusterSpec, KeyPart, PolicySpec};
 use crate::ratelimit_cluster::{Batch, FailurePolicy};
 use crate::router::RouteMatch;
@@ -77,6 +78,8 @@ pub struct RouteSpec {
     pub retry: RetryPolicy,
     /// Names of rate-limit policies, all checked.
     pub rate_limits: Vec<String>,
+    /// JWT authentication, checked after the match and before rate limits.
+    pub jwt: Option<RouteJwtSpec>,
 }
 
 #[derive(Debug)]
@@ -104,6 +107,7 @@ pub struct Spec {
     pub routes: Vec<RouteSpec>,
     pub upstreams: IndexMap<String, UpstreamSpec>,
     pub rate_limit_policies: IndexMap<String, PolicySpec>,
+    pub jwt_providers: IndexMap<String, ProviderSpec>,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -212,6 +216,9 @@ fn route_id_ok(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+#[path = "jwt.rs"]
+mod jwt;
+
 impl TryFrom<wire::File> for Spec {
     type Error = Vec<SpecError>;
 
@@ -255,6 +262,14 @@ impl TryFrom<wire::File> for Spec {
                 rate_limit_policies.insert(name.clone(), spec);
             }
         }
+        let mut jwt_providers = IndexMap::new();
+        for (name, p) in &file.jwt_providers {
+            if let Some(spec) =
+                jwt::provider_spec(&mut e, &format!("jwt_providers.{name}"), name, p)
+            {
+                jwt_providers.insert(name.clone(), spec);
+            }
+        }
         for (i, r) in file.routes.iter().enumerate() {
             for (j, name) in r.rate_limits.iter().enumerate() {
                 if !file.rate_limit_policies.contains_key(name) {
@@ -280,7 +295,11 @@ impl TryFrom<wire::File> for Spec {
                     ),
                 );
             }
-            if let Some(spec) = route_spec(&mut e, &path, r, &file.upstreams) {
+            let route_jwt = r.auth.as_ref().and_then(|a| {
+                jwt::route_auth(&mut e, &format!("{path}.auth"), a, &file.jwt_providers)
+            });
+            if let Some(mut spec) = route_spec(&mut e, &path, r, &file.upstreams) {
+                spec.jwt = route_jwt;
                 // Two routes with identical match criteria: the second can never win.
                 let sig = match_signature(&spec.matcher);
                 if let Some(first) = signatures.insert(sig, i) {
@@ -304,6 +323,7 @@ impl TryFrom<wire::File> for Spec {
                 routes,
                 upstreams,
                 rate_limit_policies,
+                jwt_providers,
             })
         } else {
             Err(e.0)
@@ -1389,5 +1409,6 @@ fn route_spec(
         deadline,
         retry,
         rate_limits: r.rate_limits.clone(),
+        jwt: None,
     })
 }

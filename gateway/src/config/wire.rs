@@ -19,6 +19,9 @@ pub struct File {
     pub upstreams: IndexMap<String, Upstream>,
     #[serde(default)]
     pub rate_limit_policies: IndexMap<String, RateLimitPolicy>,
+    /// Named JWT issuers that routes may require (`routes[].auth.jwt.providers`).
+    #[serde(default)]
+    pub jwt_providers: IndexMap<String, JwtProvider>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +114,8 @@ pub struct Route {
     /// Names of `rate_limit_policies`; all must pass.
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    /// Authentication of the caller, checked after the route matched and before rate limits.
+    pub auth: Option<RouteAuth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,4 +294,123 @@ pub struct Limits {
     pub max_connections: Option<u32>,
     pub max_in_flight: Option<u32>,
     pub max_pending: Option<u32>,
+}
+
+/// One JWT issuer: where its keys come from and what a valid token looks like.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProvider {
+    /// Accepted `alg` values, e.g. `[RS256, EdDSA]`; `none` is never accepted.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// HMAC secret, inline (prefer `secret_env`).
+    pub secret: Option<String>,
+    /// Name of an environment variable holding the HMAC secret.
+    pub secret_env: Option<String>,
+    /// A PEM public key (RSA, EC or Ed25519).
+    pub pem_file: Option<String>,
+    /// `kid` of the `secret`/`pem_file` key; tokens with a `kid` must name it.
+    pub key_id: Option<String>,
+    /// A JWKS document on disk.
+    pub jwks_file: Option<String>,
+    /// A JWKS fetched over HTTP(S) and refreshed.
+    pub jwks: Option<Jwks>,
+    /// Accepted `iss`: one string or a list.
+    pub issuer: Option<OneOrMany>,
+    /// Accepted `aud` values; a token passes when it names any of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`; default 30s, at most 5m.
+    pub leeway: Option<String>,
+    /// Default true: tokens without `exp` are refused.
+    pub require_exp: Option<bool>,
+    /// Claims that must be present (and not null).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Longest token accepted, in bytes; default 8192.
+    pub max_token_bytes: Option<usize>,
+    /// Where the token is read from, in order: `bearer` (default), `header:NAME`,
+    /// `cookie:NAME`, `query:NAME` (the last only with `allow_query_token`).
+    #[serde(default)]
+    pub token_sources: Vec<String>,
+    /// Tokens in URLs end up in logs and browser history; off unless asked for.
+    #[serde(default)]
+    pub allow_query_token: bool,
+    /// `realm` of `WWW-Authenticate`; default: the provider name.
+    pub realm: Option<String>,
+    pub cache: Option<JwtCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwks {
+    /// `https://...` (or `http://` for loopback and tests).
+    pub url: String,
+    /// Least time between two fetches (also for unknown-`kid` refreshes); default 30s.
+    pub refresh_min: Option<String>,
+    /// Longest time keys are used before a refresh, whatever `max-age` says; default 1h.
+    pub refresh_max: Option<String>,
+    /// Per fetch; default 5s.
+    pub timeout: Option<String>,
+    /// How long `/readyz` waits for the first fetch; default 10s.
+    pub start_timeout: Option<String>,
+    /// How long the last good keys keep serving while fetches fail; default 24h.
+    pub max_stale: Option<String>,
+    /// How long an unknown `kid` is refused without another fetch; default 30s.
+    pub negative_cache: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCache {
+    /// Verified tokens kept; default 10000, 0 turns the cache off.
+    pub max_entries: Option<usize>,
+    /// Longest an entry lives (it also ends at the token's `exp`); default 5m.
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    pub jwt: Option<RouteJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteJwt {
+    /// Names of `jwt_providers`, tried in order.
+    pub providers: Vec<String>,
+    /// Default true; false lets requests without a token through (a bad token is
+    /// still refused).
+    pub required: Option<bool>,
+    /// Claim requirements; a failed one is 403 `insufficient_scope`.
+    #[serde(default)]
+    pub claims: Vec<ClaimRequirement>,
+    /// Claim -> upstream request header; client-sent headers of these names are
+    /// always removed first.
+    #[serde(default)]
+    pub claims_to_headers: IndexMap<String, String>,
+    /// Remove `Authorization` before forwarding; default false.
+    #[serde(default)]
+    pub strip_authorization: bool,
+}
+
+/// `claim` plus exactly one of `contains`, `any_of`, `equals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequirement {
+    pub claim: String,
+    /// A space-separated string claim (`scope`) or an array holding this value.
+    pub contains: Option<String>,
+    /// The claim (or any element of an array claim) is one of these.
+    pub any_of: Option<Vec<String>>,
+    /// The claim equals this value exactly.
+    pub equals: Option<serde_json::Value>,
 }

@@ -7,6 +7,8 @@
 //! | request id, 431, 400, route match, 404, redirect,    | `request_filter` (`decide`)|
 //! | direct response, split choice, in-flight limit (503),|                            |
 //! | retry-budget deposit, deadline                       |                            |
+//! | JWT auth (401/403/503), claims to headers (client    | `request_filter` (`auth`), |
+//! | copies removed), strip Authorization                 | before rate limits         |
 //! | sticky cookie, endpoint selection, retry backoff,    | `upstream_peer`            |
 //! | per-try timeout                                      |                            |
 //! | retry on connect failure, passive failure            | `fail_to_connect`          |
@@ -33,6 +35,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::auth::{self, AuthOutcome, RouteJwt};
 use crate::metrics::{Metrics, method_label, status_class};
 use crate::ratelimit;
 use crate::reload::RuntimeStore;
@@ -115,6 +118,8 @@ pub struct RequestCtx {
     upstream_elapsed: Option<Duration>,
     /// Stable code of a reply the gateway made itself, for the access log.
     reply_code: Option<&'static str>,
+    /// Claims of the request's verified JWT (routes with `auth.jwt`).
+    pub(crate) jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     _in_flight: InFlight,
 }
 
@@ -194,6 +199,63 @@ async fn send_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -
     send(session, reply.status, &all, body).await
 }
 
+impl Gateway {
+    /// Run the route's JWT check and rewrite the identity headers. `Ok(true)`: a
+    /// rejection was sent.
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: usize,
+        jwt: &RouteJwt,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let outcome = auth::authenticate(jwt, &req.headers, req.uri.query(), &self.metrics).await;
+        let req = session.req_header_mut();
+        // Always, even without a token: a client must never choose its own identity.
+        for (_, name) in &jwt.claims_to_headers {
+            req.remove_header(name);
+        }
+        if jwt.strip_authorization {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+        match outcome {
+            AuthOutcome::Anonymous => Ok(false),
+            AuthOutcome::Verified { claims, .. } => {
+                for (name, value) in jwt.identity_headers(&claims) {
+                    req.insert_header(name, value)?;
+                }
+                ctx.jwt_claims = Some(claims);
+                Ok(false)
+            }
+            AuthOutcome::Rejected(rejection) => {
+                ctx.route = Some(route);
+                let reply = reply::for_rejection(&rejection);
+                ctx.reply_code = Some(reply.code);
+                let body = reply.body(&ctx.request_id);
+                let www = rejection.www_authenticate();
+                let retry = match rejection {
+                    auth::Rejection::Unavailable { retry_after } => Some(retry_after.to_string()),
+                    _ => None,
+                };
+                let mut headers = vec![
+                    ("content-type", "application/json"),
+                    ("cache-control", "no-store"),
+                    (X_REQUEST_ID, ctx.request_id.as_str()),
+                ];
+                if let Some(w) = www.as_deref() {
+                    headers.push(("www-authenticate", w));
+                }
+                if let Some(r) = retry.as_deref() {
+                    headers.push(("retry-after", r));
+                }
+                send(session, reply.status, &headers, body).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -217,6 +279,7 @@ impl ProxyHttp for Gateway {
             rate_headers: Vec::new(),
             upstream_elapsed: None,
             reply_code: None,
+            jwt_claims: None,
             _in_flight: InFlight::enter(&self.in_flight),
         }
     }
@@ -226,6 +289,15 @@ impl ProxyHttp for Gateway {
         ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
         let runtime = Arc::clone(&ctx.runtime);
         let decision = decide::decide(&runtime, req);
+        // JWT auth of the matched route, before rate limits, so that header-keyed limits
+        // and consistent hashing see the verified identity.
+        if let Some(route) = decision.route().and_then(|r| runtime.routes.get(r))
+            && let Some(jwt) = &route.jwt
+            && self.authenticate(session, ctx, route.index, jwt).await?
+        {
+            return Ok(true);
+        }
+        let req = session.req_header();
         // Rate limits of the matched route, before it acts.
         if let Some(route) = decision.route().and_then(|r| runtime.routes.get(r))
             && !route.rate_limits.is_empty()

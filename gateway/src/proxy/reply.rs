@@ -70,6 +70,43 @@ pub const DEADLINE: Reply = Reply {
     code: "deadline_exceeded",
     message: "the route's deadline passed before the upstream answered",
 };
+pub const UNAUTHENTICATED: Reply = Reply {
+    status: 401,
+    code: "unauthenticated",
+    message: "this route needs a bearer token",
+};
+pub const INSUFFICIENT_SCOPE: Reply = Reply {
+    status: 403,
+    code: "insufficient_scope",
+    message: "the token does not grant access to this route",
+};
+pub const AUTH_UNAVAILABLE: Reply = Reply {
+    status: 503,
+    code: "auth_unavailable",
+    message: "the keys to verify tokens are unavailable; retry after the time in Retry-After",
+};
+
+/// 401 for a token that failed verification; `message` says why in the words of
+/// [`crate::auth::validate::Failure::description`] (static, JSON-safe).
+pub fn invalid_token(message: &'static str) -> Reply {
+    Reply {
+        status: 401,
+        code: "invalid_token",
+        message,
+    }
+}
+
+/// The reply for an auth rejection.
+pub fn for_rejection(r: &crate::auth::Rejection) -> Reply {
+    use crate::auth::Rejection;
+    match r {
+        Rejection::Missing { .. } => UNAUTHENTICATED,
+        Rejection::Invalid { failure, .. } => invalid_token(failure.description()),
+        Rejection::Forbidden { .. } => INSUFFICIENT_SCOPE,
+        Rejection::Unavailable { .. } => AUTH_UNAVAILABLE,
+    }
+}
+
 pub const INTERNAL: Reply = Reply {
     status: 500,
     code: "internal_error",
