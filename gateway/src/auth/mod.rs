@@ -8,6 +8,8 @@
 pub mod cache;
 pub mod jwks;
 pub mod keys;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod testkeys;
 pub mod validate;
 
 use std::sync::Arc;
