@@ -17,28 +17,35 @@ fn any_port() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// The `iss` of local.yaml's provider (and of `.ci/local`'s auth service): a name in
+/// tokens, not an address, so the port rewrite below leaves it alone.
+const ISSUER: &str = "http://127.0.0.1:8080/auth";
+
 /// config/local.yaml with the stack's real addresses and the gateway's test ports.
 fn local_config(stack: &Stack) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/local.yaml"))
             .unwrap();
-    text.replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
+    assert!(text.contains(ISSUER), "local.yaml trusts {ISSUER}");
+    text.replace(ISSUER, "{ISSUER}")
+        .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
         .replace("127.0.0.1:9901", "127.0.0.1:{ADMIN}")
         .replace("127.0.0.1:3001", &stack.auth.to_string())
         .replace("127.0.0.1:3002", &stack.users.to_string())
         .replace("127.0.0.1:3003", &stack.catalog.to_string())
         .replace("127.0.0.1:3004", &stack.orders.to_string())
+        .replace("{ISSUER}", ISSUER)
 }
 
-/// A request carrying the caller's identity the way `config/local.yaml` takes it for now.
+/// A request with the caller's access token.
 async fn as_user(
     c: &reqwest::Client,
     method: Method,
     url: String,
-    user: &str,
+    token: &str,
     body: Option<Value>,
 ) -> reqwest::Response {
-    let mut req = c.request(method, url).header("x-user-id", user);
+    let mut req = c.request(method, url).bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -50,24 +57,9 @@ fn segment(token: &str, i: usize) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tour_through_the_gateway() {
-    let stack = Stack::start(StackConfig {
-        auth: any_port(),
-        users: any_port(),
-        catalog: any_port(),
-        orders: any_port(),
-        data_dir: None,
-        issuer: "http://127.0.0.1/auth".into(),
-        admin_emails: vec!["admin@example.com".into()],
-    })
-    .await
-    .unwrap();
-    let gw = Gateway::start(&local_config(&stack)).await;
-    let c = reqwest::Client::new();
-
-    // Register and log in through /auth.
-    let creds = json!({"email": "ada@example.com", "password": "correct horse"});
+/// Register `email` through the gateway and log in; returns the access token.
+async fn login(c: &reqwest::Client, gw: &Gateway, email: &str) -> String {
+    let creds = json!({"email": email, "password": "correct horse"});
     let r = c
         .post(gw.url("/auth/v1/register"))
         .json(&creds)
@@ -82,10 +74,30 @@ async fn tour_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let token = r.json::<Value>().await.unwrap()["access_token"]
+    r.json::<Value>().await.unwrap()["access_token"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tour_through_the_gateway() {
+    let stack = Stack::start(StackConfig {
+        auth: any_port(),
+        users: any_port(),
+        catalog: any_port(),
+        orders: any_port(),
+        data_dir: None,
+        issuer: ISSUER.into(),
+        admin_emails: vec!["admin@example.com".into()],
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(&local_config(&stack)).await;
+    let c = reqwest::Client::new();
+
+    // Register and log in through /auth.
+    let token = login(&c, &gw, "ada@example.com").await;
     let header = segment(&token, 0);
     let claims = segment(&token, 1);
     let kid = header["kid"].as_str().expect("kid in the token header");
@@ -130,21 +142,60 @@ async fn tour_through_the_gateway() {
         .unwrap();
     assert_eq!(r.status(), 304);
 
-    // A profile and an order for the logged-in caller (identity as the token says).
+    // A profile and an order for the logged-in caller: the gateway verified the token and
+    // handed the service its `sub` as X-User-Id.
     let r = as_user(
         &c,
         Method::PUT,
         gw.url("/api/v1/users/me"),
-        &sub,
+        &token,
         Some(json!({"display_name": "Ada", "email": "ada@example.com"})),
     )
     .await;
     assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["user_id"], sub.as_str());
+
+    // A client-sent X-User-Id never reaches the service: replaced with the token's...
+    let r = c
+        .get(gw.url("/api/v1/users/me"))
+        .bearer_auth(&token)
+        .header("x-user-id", "mallory")
+        .header("x-user-roles", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["user_id"], sub.as_str());
+    // ...and without a token the request is refused before it gets there.
+    for path in ["/api/v1/users/me", "/api/v1/orders"] {
+        let r = c
+            .get(gw.url(path))
+            .header("x-user-id", "mallory")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"auth-service\"");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthenticated");
+        assert!(body["error"]["request_id"].is_string());
+    }
+    // A forged token (valid shape, wrong signature) is 401 invalid_token.
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let r = as_user(&c, Method::GET, gw.url("/api/v1/orders"), &forged, None).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+
     let r = as_user(
         &c,
         Method::POST,
         gw.url("/api/v1/orders"),
-        &sub,
+        &token,
         Some(json!({"items": [{"product_id": 2, "quantity": 1}]})),
     )
     .await;
@@ -152,7 +203,7 @@ async fn tour_through_the_gateway() {
     let order: Value = r.json().await.unwrap();
     assert_eq!(order["total_cents"], 5_900);
     let id = order["id"].as_i64().unwrap();
-    let r: Value = as_user(&c, Method::GET, gw.url("/api/v1/orders"), &sub, None)
+    let r: Value = as_user(&c, Method::GET, gw.url("/api/v1/orders"), &token, None)
         .await
         .json()
         .await
@@ -162,7 +213,7 @@ async fn tour_through_the_gateway() {
         &c,
         Method::GET,
         gw.url(&format!("/api/v2/orders/{id}")),
-        &sub,
+        &token,
         None,
     )
     .await
@@ -179,7 +230,7 @@ async fn tour_through_the_gateway() {
         ("/api/v1/orders/xyz", 400, "invalid_path"),
     ];
     for (path, status, code) in cases {
-        let r = as_user(&c, Method::GET, gw.url(path), &sub, None).await;
+        let r = as_user(&c, Method::GET, gw.url(path), &token, None).await;
         assert_eq!(r.status().as_u16(), status, "{path}");
         assert_eq!(
             r.json::<Value>().await.unwrap()["error"]["code"],
@@ -191,21 +242,24 @@ async fn tour_through_the_gateway() {
         &c,
         Method::POST,
         gw.url("/api/v1/orders"),
-        &sub,
+        &token,
         Some(json!({"items": []})),
     )
     .await;
     assert_eq!(r.status(), 422);
 
-    // The orders route is limited per user (burst 10): the 11th request in a row is
-    // refused with the rate-limit headers; another user is unaffected.
+    // The orders route is limited per user (burst 10, keyed on the X-User-Id the gateway
+    // set from the token): the 11th request in a row is refused with the rate-limit
+    // headers; another user is unaffected.
+    let busy = login(&c, &gw, "busy@example.com").await;
+    let calm = login(&c, &gw, "calm@example.com").await;
     let orders = gw.url("/api/v1/orders");
     for i in 0..10 {
-        let r = as_user(&c, Method::GET, orders.clone(), "busy", None).await;
+        let r = as_user(&c, Method::GET, orders.clone(), &busy, None).await;
         assert_eq!(r.status(), 200, "request {i}");
         assert!(r.headers().contains_key("ratelimit"));
     }
-    let r = as_user(&c, Method::GET, orders.clone(), "busy", None).await;
+    let r = as_user(&c, Method::GET, orders.clone(), &busy, None).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
@@ -217,7 +271,7 @@ async fn tour_through_the_gateway() {
         "rate_limited"
     );
     assert_eq!(
-        as_user(&c, Method::GET, orders, "calm", None)
+        as_user(&c, Method::GET, orders, &calm, None)
             .await
             .status(),
         200
