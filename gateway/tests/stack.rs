@@ -175,7 +175,10 @@ async fn tour_through_the_gateway() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401, "{path}");
-        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"auth-service\"");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"auth-service\""
+        );
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthenticated");
         assert!(body["error"]["request_id"].is_string());
@@ -271,9 +274,7 @@ async fn tour_through_the_gateway() {
         "rate_limited"
     );
     assert_eq!(
-        as_user(&c, Method::GET, orders, &calm, None)
-            .await
-            .status(),
+        as_user(&c, Method::GET, orders, &calm, None).await.status(),
         200
     );
 

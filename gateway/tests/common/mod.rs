@@ -58,6 +58,13 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with the binary run under `wrapper` (e.g. `faketime`).
     pub async fn start_wrapped(template: &str, wrapper: &[&str]) -> Gateway {
+        let gw = Self::launch(template, wrapper);
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Start the gateway without waiting for it to be ready (see [`Gateway::wait_ready`]).
+    pub fn launch(template: &str, wrapper: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -80,15 +87,13 @@ impl Gateway {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        let gw = Gateway {
+        Gateway {
             child,
             dir,
             config,
             port,
             admin_port,
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -103,7 +108,7 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
-    async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
