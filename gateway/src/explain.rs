@@ -121,6 +121,21 @@ fn describe_action(route: &Route, out: &mut String) {
     if let Some(d) = route.deadline {
         let _ = writeln!(out, "  deadline: {}", humantime::format_duration(d));
     }
+    if let Some(jwt) = &route.jwt {
+        let names: Vec<&str> = jwt.providers.iter().map(|p| &*p.name).collect();
+        let _ = writeln!(
+            out,
+            "  jwt: {} token from [{}], {} claim requirement(s), headers from claims: [{}]",
+            if jwt.required { "required" } else { "optional" },
+            names.join(", "),
+            jwt.claims.len(),
+            jwt.claims_to_headers
+                .iter()
+                .map(|(c, h)| format!("{c} -> {h}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     for l in &route.rate_limits {
         let scope = if l.cluster.is_some() {
             "cluster"

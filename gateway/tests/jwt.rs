@@ -515,3 +515,25 @@ async fn rfc_6750_answers_and_identity_headers() {
     assert_eq!(routes["routes"][0]["jwt"]["providers"], json!(["hmac"]));
     assert_eq!(routes["routes"][0]["jwt"]["strip_authorization"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_keys() {
+    let issuer = Issuer::start().await;
+    let up = identity_upstream().await;
+    let template = jwks_config(&issuer.jwks_url(), up, "10s");
+    let gw = Gateway::start(&template).await;
+    let token = issuer.token("ada@example.com").await;
+    assert_eq!(get(&gw, &token).await.status(), 200);
+    assert_eq!(issuer.fetches(), 1);
+
+    // Change the provider's validation rules (not its key source) and add a route.
+    let changed = template.replace("audiences: [api]", "audiences: [api, other]")
+        + "  - id: ping\n    match: {path: {exact: /ping}}\n    direct_response: {status: 200}\n";
+    common::write_atomic(
+        &gw.config,
+        &common::render(&changed, gw.port, gw.admin_port),
+    );
+    gw.wait_config("reload", |v| v["version"] == 2).await;
+    assert_eq!(get(&gw, &token).await.status(), 200);
+    assert_eq!(issuer.fetches(), 1, "the reloaded provider kept its keys");
+}

@@ -447,10 +447,6 @@ pub async fn authenticate(
     metrics: &Metrics,
 ) -> AuthOutcome {
     let now = unix_now();
-    let realm = route
-        .providers
-        .first()
-        .map_or_else(|| "gateway".to_owned(), |p| p.realm.clone());
     let mut first_failure: Option<(String, Failure)> = None;
     let mut unavailable: Option<u64> = None;
     for provider in &route.providers {
@@ -499,12 +495,14 @@ pub async fn authenticate(
         return AuthOutcome::Rejected(Rejection::Invalid { realm, failure });
     }
     if route.required {
-        if let Some(p) = route.providers.first() {
+        let first = route.providers.first();
+        if let Some(p) = first {
             metrics
                 .jwt_validations
                 .with_label_values(&[&p.name, "missing"])
                 .inc();
         }
+        let realm = first.map_or_else(|| "gateway".to_owned(), |p| p.realm.clone());
         return AuthOutcome::Rejected(Rejection::Missing { realm });
     }
     AuthOutcome::Anonymous
