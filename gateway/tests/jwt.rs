@@ -218,6 +218,10 @@ async fn rotation_costs_exactly_one_extra_fetch() {
     assert_eq!(p["name"], "idp");
     assert_eq!(p["key_ids"].as_array().unwrap().len(), 3);
     assert!(p["last_fetch"]["succeeded_at"].is_string());
+    // The next refresh follows the JWKS's `Cache-Control: max-age=300` (within the
+    // default bounds of 30s..1h).
+    let next = p["last_fetch"]["next_in_seconds"].as_u64().unwrap();
+    assert!((250..=300).contains(&next), "{next}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

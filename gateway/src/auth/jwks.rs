@@ -243,14 +243,23 @@ impl KeyStore {
     fn client(&self) -> Result<&reqwest::Client, String> {
         self.client
             .get_or_init(|| {
-                reqwest::Client::builder()
-                    // Fetches are rare and may come from any of Pingora's runtimes: a
-                    // pooled connection would be tied to the runtime that opened it.
-                    .pool_max_idle_per_host(0)
-                    .redirect(reqwest::redirect::Policy::limited(3))
-                    .user_agent("gateway-jwks")
-                    .build()
-                    .map_err(|e| format!("cannot build the HTTP client: {e}"))
+                let builder = || {
+                    reqwest::Client::builder()
+                        // Fetches are rare and may come from any of Pingora's runtimes: a
+                        // pooled connection would be tied to the runtime that opened it.
+                        .pool_max_idle_per_host(0)
+                        .redirect(reqwest::redirect::Policy::limited(3))
+                        .user_agent("gateway-jwks")
+                };
+                builder().build().or_else(|e| {
+                    // No usable system CA store (a bare container): plain-HTTP JWKS still
+                    // work; HTTPS ones fail their fetches, visibly, until CAs are installed.
+                    tracing::warn!(error = %e, "no system root certificates; HTTPS JWKS URLs cannot be verified");
+                    builder()
+                        .tls_built_in_native_certs(false)
+                        .build()
+                        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+                })
             })
             .as_ref()
             .map_err(Clone::clone)
