@@ -195,21 +195,33 @@ impl KeyStore {
                     n.clear();
                 }
             }
-            n.insert(kid.to_owned(), Instant::now());
+            // Keep the first refusal's time: repeats must not stretch the entry, or a
+            // kid published a moment later would stay refused while traffic lasts.
+            let now = Instant::now();
+            n.entry(kid.to_owned())
+                .and_modify(|at| {
+                    if at.elapsed() >= spec.negative_ttl {
+                        *at = now;
+                    }
+                })
+                .or_insert(now);
         }
     }
 
     /// A request met `kid`, which the keys it saw (after `seen` fetches) do not hold.
     /// Fetch once if no fetch happened meanwhile, none happened within `refresh_min`, and
-    /// the kid is not remembered as unknown. Concurrent callers share one fetch.
-    pub async fn refresh_for_unknown_kid(&self, kid: &str, seen: u64, metrics: &Metrics) {
-        let Some(spec) = &self.remote else { return };
+    /// the kid is not remembered as unknown. Concurrent callers share one fetch. Returns
+    /// whether the keys may have changed since the caller looked (worth a second look).
+    pub async fn refresh_for_unknown_kid(&self, kid: &str, seen: u64, metrics: &Metrics) -> bool {
+        let Some(spec) = &self.remote else {
+            return false;
+        };
         if self.is_negative(kid) {
-            return;
+            return false;
         }
         let _one = self.fetch_lock.lock().await;
         if self.fetch_count() != seen {
-            return;
+            return true;
         }
         let recent = self
             .state
@@ -218,9 +230,10 @@ impl KeyStore {
             .and_then(|s| s.last_attempt)
             .is_some_and(|at| at.elapsed() < spec.refresh_min);
         if recent {
-            return;
+            return false;
         }
         self.fetch(spec, metrics).await;
+        true
     }
 
     /// Fetch if the refresh schedule says so and no fetch is running (background task).
@@ -484,6 +497,32 @@ impl BackgroundService for JwksService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_do_not_stretch_a_negative_entry() {
+        let ttl = Duration::from_millis(200);
+        let store = KeyStore::remote(
+            "p".into(),
+            "f".into(),
+            JwksSpec {
+                url: "http://127.0.0.1:1/jwks.json".into(),
+                refresh_min: Duration::from_secs(1),
+                refresh_max: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                start_timeout: Duration::from_secs(1),
+                max_stale: Duration::from_secs(1),
+                negative_ttl: ttl,
+            },
+        );
+        store.remember_unknown("k");
+        assert!(store.is_negative("k"));
+        std::thread::sleep(ttl * 6 / 10);
+        store.remember_unknown("k");
+        std::thread::sleep(ttl * 6 / 10);
+        // 1.2 x ttl after the first refusal: expired, however often it was repeated.
+        assert!(!store.is_negative("k"));
+        assert!(!store.is_negative("other"));
+    }
 
     #[test]
     fn cache_control() {

@@ -418,9 +418,10 @@ pub async fn verify(
         && let Ok(parsed) = validate::parse(token, &provider.policy)
         && let Some(kid) = parsed.kid.as_deref()
     {
-        store.refresh_for_unknown_kid(kid, seen, metrics).await;
-        keys = store.current();
-        result = validate::validate(token, &provider.policy, &keys, now);
+        if store.refresh_for_unknown_kid(kid, seen, metrics).await {
+            keys = store.current();
+            result = validate::validate(token, &provider.policy, &keys, now);
+        }
         if result.as_ref().err() == Some(&Failure::UnknownKid) {
             store.remember_unknown(kid);
         }
