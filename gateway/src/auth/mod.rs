@@ -408,7 +408,9 @@ pub async fn verify(
     let store = &provider.keys;
     let seen = store.fetch_count();
     let mut keys = store.current();
+    // No keys (never fetched, or stale past `max_stale`): nothing may pass, cached or not.
     if token.len() <= provider.policy.max_token_bytes
+        && !keys.keys.is_empty()
         && let Some(claims) = provider.cache.get(token, keys.generation, now)
     {
         return Ok((claims, true));
