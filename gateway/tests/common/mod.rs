@@ -79,6 +79,9 @@ impl Gateway {
             }
             None => Command::new(env!("CARGO_BIN_EXE_gateway")),
         };
+        // Its own process group, so that dropping the harness also stops a process a
+        // wrapper (such as `faketime`, which forks) started underneath it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .args(["run", "--config"])
             .arg(&config)
@@ -214,6 +217,11 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
