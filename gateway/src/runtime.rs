@@ -32,6 +32,10 @@ pub struct Runtime {
     pub shutdown_grace_period: Duration,
     /// JWT providers; their key stores outlive reloads while unchanged.
     pub jwt: JwtRuntime,
+    /// Every header some route sets from verified claims (`claims_to_headers`). A client
+    /// never supplies these on any route: a service behind a route without auth must not
+    /// believe an identity the gateway did not verify.
+    pub identity_headers: Vec<http::HeaderName>,
 }
 
 /// The settings that only take effect at process start, as comparable text.
@@ -152,6 +156,14 @@ pub fn compile(
             jwt: r.jwt.as_ref().map(|j| RouteJwt::compile(j, &jwt)),
         });
     }
+    let mut identity_headers: Vec<http::HeaderName> = spec
+        .routes
+        .iter()
+        .filter_map(|r| r.jwt.as_ref())
+        .flat_map(|j| j.claims_to_headers.iter().map(|(_, h)| h.clone()))
+        .collect();
+    identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    identity_headers.dedup();
     let routes = RouteTable::compile(routes).map_err(|e| {
         vec![SpecError {
             path: "routes".into(),
@@ -170,6 +182,7 @@ pub fn compile(
         restart_settings: restart_settings(spec),
         shutdown_grace_period: spec.server.shutdown_grace_period,
         jwt,
+        identity_headers,
     })
 }
 

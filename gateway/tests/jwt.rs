@@ -353,6 +353,9 @@ routes:
     match: {{path: {{prefix: /public}}}}
     auth: {{jwt: {{providers: [hmac], required: false, claims_to_headers: {{sub: X-User-Id}}}}}}
     upstream: app
+  - id: open
+    match: {{path: {{prefix: /open}}}}
+    upstream: app
 "#
     )
 }
@@ -498,6 +501,20 @@ async fn rfc_6750_answers_and_identity_headers() {
     let seen: Value = r.json().await.unwrap();
     assert_eq!(seen["x-user-id"], json!(["u-42"]));
     assert_eq!(seen["authorization"], true);
+
+    // A route without auth: identity headers that any route derives from tokens are
+    // still never taken from the client, and no token is looked at.
+    let r = c
+        .get(gw.url("/open"))
+        .header("x-user-id", "mallory")
+        .header("X-User-Roles", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["x-user-id"], json!([]));
+    assert_eq!(seen["x-user-roles"], json!([]));
 
     gw.wait_metrics(&[
         "gateway_jwt_validations_total{provider=\"hmac\",result=\"missing\"} 1",

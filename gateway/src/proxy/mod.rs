@@ -285,9 +285,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let runtime = Arc::clone(&ctx.runtime);
+        // Identity headers are the gateway's to set, on every route (see `Runtime`), and
+        // removed before matching so a client cannot steer routing with them either.
+        if !runtime.identity_headers.is_empty() {
+            let req = session.req_header_mut();
+            for name in &runtime.identity_headers {
+                req.remove_header(name);
+            }
+        }
         let req = session.req_header();
         ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
-        let runtime = Arc::clone(&ctx.runtime);
         let decision = decide::decide(&runtime, req);
         // JWT auth of the matched route, before rate limits, so that header-keyed limits
         // and consistent hashing see the verified identity.
