@@ -32,6 +32,8 @@ pub struct Metrics {
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_in_flight: IntGaugeVec,
     pub endpoint_selected: IntGaugeVec,
+    /// Response cache counters (see `crate::cache::stats`).
+    pub cache: crate::cache::stats::CacheMetrics,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -174,6 +176,7 @@ impl Metrics {
         ] {
             registry.register(Box::new(g.clone()))?;
         }
+        let cache = crate::cache::stats::CacheMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -200,6 +203,7 @@ impl Metrics {
             endpoint_healthy,
             endpoint_in_flight,
             endpoint_selected,
+            cache,
         })
     }
 
@@ -256,6 +260,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.cache.refresh();
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -29,17 +29,20 @@ pub struct Runtime {
     /// that changes them is reported as needing a restart.
     pub restart_settings: String,
     pub shutdown_grace_period: Duration,
+    /// `server.cache`; the storage itself lives outside the runtime (see `cache`).
+    pub cache: crate::cache::CacheSettings,
 }
 
 /// The settings that only take effect at process start, as comparable text.
 pub fn restart_settings(spec: &Spec) -> String {
     format!(
-        "listeners={:?} admin={:?} threads={} grace={:?} debounce={:?}",
+        "listeners={:?} admin={:?} threads={} grace={:?} debounce={:?} cache={:?}",
         spec.listeners,
         spec.admin.address,
         spec.server.threads,
         spec.server.shutdown_grace_period,
-        spec.server.reload_debounce
+        spec.server.reload_debounce,
+        spec.server.cache
     )
 }
 
@@ -145,6 +148,7 @@ pub fn compile(
                 .iter()
                 .filter_map(|n| rate_limiters.get(n).map(Arc::clone))
                 .collect(),
+            cache: r.cache.clone(),
         });
     }
     let routes = RouteTable::compile(routes).map_err(|e| {
@@ -164,6 +168,7 @@ pub fn compile(
         max_request_header_bytes: spec.server.max_request_header_bytes,
         restart_settings: restart_settings(spec),
         shutdown_grace_period: spec.server.shutdown_grace_period,
+        cache: spec.server.cache.clone(),
     })
 }
 

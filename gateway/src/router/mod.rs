@@ -82,6 +82,8 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// All must pass before the route acts.
     pub rate_limits: Vec<Arc<crate::ratelimit::PolicyLimiter>>,
+    /// Response caching, when enabled on the route.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 /// The parts of a request that routing looks at. `host` is lower case without a port
