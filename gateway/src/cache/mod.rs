@@ -113,6 +113,8 @@ pub struct CacheCtx {
     pub vary_seen: bool,
     pub upstream_status: Option<u16>,
     pub outcome: Option<(Outcome, bool)>,
+    /// The origin's 304 for a stale entry, merged whole into the stored headers.
+    pub not_modified: Option<Box<ResponseHeader>>,
 }
 
 fn cacheable_method(m: &Method) -> bool {
@@ -174,24 +176,45 @@ pub fn hit_filter(req: &RequestHeader, meta: &CacheMeta) -> Option<ForcedFreshne
         .then_some(ForcedFreshness::ForceMiss)
 }
 
-/// `response_cache_filter`.
+/// `response_cache_filter`. After a 304, `resp` is Pingora's merge of the stored
+/// headers; the 304 kept in `ctx` completes it.
 pub fn response_cacheable(
     req: &RequestHeader,
     resp: &ResponseHeader,
     route: &RouteCache,
+    ctx: &mut CacheCtx,
 ) -> pingora::cache::RespCacheable {
+    let merged = ctx
+        .not_modified
+        .take()
+        .map(|nm| policy::merge_not_modified(resp, &nm));
     policy::response_cacheable(
-        resp,
+        merged.as_ref().unwrap_or(resp),
         req.headers.contains_key(header::AUTHORIZATION),
         &route.rules(),
         SystemTime::now(),
     )
 }
 
+/// `upstream_response_filter`: remember the origin's answer; keep a 304 that
+/// validates a stale entry for [`response_cacheable`].
+pub fn upstream_response(session: &Session, resp: &ResponseHeader, ctx: &mut CacheCtx) {
+    ctx.upstream_status = Some(resp.status.as_u16());
+    if resp.status == http::StatusCode::NOT_MODIFIED
+        && session.cache.phase() == pingora::cache::CachePhase::Stale
+    {
+        ctx.not_modified = Some(Box::new(resp.clone()));
+    }
+}
+
 /// `should_serve_stale`: during revalidation (`error: None`) whenever the entry's
 /// `stale-while-revalidate` window allows (Pingora checks the window first); on an
 /// origin failure, a 5xx or a timeout, within `stale-if-error`.
-pub fn should_serve_stale(error: Option<&Error>) -> bool {
+pub fn should_serve_stale(error: Option<&Error>, ctx: &mut CacheCtx) -> bool {
+    if let Some(ErrorType::HTTPStatus(code)) = error.map(|e| e.etype()) {
+        // The 5xx never reached `upstream_response_filter`; keep it for `fwd-status`.
+        ctx.upstream_status = Some(*code);
+    }
     match error {
         None => true,
         Some(e) => {

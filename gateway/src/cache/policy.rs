@@ -175,6 +175,46 @@ pub fn response_cacheable(
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, created, swr, sie, header))
 }
 
+/// Fields a 304 never replaces in the stored response (RFC 9111 section 3.2): the
+/// stored body's framing and encoding, the variant selection, and cookies.
+const NOT_FROM_304: [&str; 6] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+    "vary",
+    "set-cookie",
+];
+
+/// RFC 9111 section 4.3.4: freshen a stored response with every field of the 304 that
+/// validated it (Pingora's own merge copies only the freshness fields and `ETag`).
+pub fn merge_not_modified(
+    stored: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> ResponseHeader {
+    let mut merged = stored.clone();
+    let skip = hop_by_hop_names(&not_modified.headers);
+    let mut replaced: Vec<&HeaderName> = Vec::new();
+    for (name, value) in &not_modified.headers {
+        if NOT_FROM_304.contains(&name.as_str()) || skip.contains(name) {
+            continue;
+        }
+        // First value of a field replaces the stored ones; later values are appended.
+        let result = if replaced.contains(&name) {
+            merged
+                .append_header(name.clone(), value.clone())
+                .map(|_| ())
+        } else {
+            replaced.push(name);
+            merged.insert_header(name.clone(), value.clone())
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "could not merge a 304 header");
+        }
+    }
+    merged
+}
+
 /// The lower-cased header names in `Vary`; `None` for `Vary: *` (never served from cache).
 pub fn vary_names(headers: &HeaderMap) -> Option<Vec<String>> {
     let mut names = Vec::new();
@@ -283,7 +323,14 @@ mod tests {
     #[test]
     fn storage_matrix() {
         let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
-        let cases: &[(u16, &[(&str, &str)], bool, &StoreRules, Option<i64>)] = &[
+        type Case<'a> = (
+            u16,
+            &'a [(&'a str, &'a str)],
+            bool,
+            &'a StoreRules,
+            Option<i64>,
+        );
+        let cases: &[Case] = &[
             (
                 200,
                 &[("cache-control", "max-age=10")],
@@ -448,8 +495,17 @@ mod tests {
                 ("x-keep", "yes"),
             ],
         );
-        // `private="x-user"` is a qualified private: pingora treats any private as no-store.
-        assert!(!response_cacheable(&r, false, &STRIP, SystemTime::now()).is_cacheable());
+        // A qualified `private="x-user"` (RFC 9111 section 5.2.2.7) allows a shared
+        // cache to store the response without the named field.
+        let RespCacheable::Cacheable(meta) =
+            response_cacheable(&r, false, &STRIP, SystemTime::now())
+        else {
+            panic!("qualified private is storable without its fields");
+        };
+        assert!(!meta.response_header().headers.contains_key("x-user"));
+        // An unqualified private is never stored.
+        let r2 = resp(200, &[("cache-control", "max-age=10, private")]);
+        assert!(!response_cacheable(&r2, false, &STRIP, SystemTime::now()).is_cacheable());
         let r = resp(
             200,
             &[
@@ -481,7 +537,10 @@ mod tests {
         let req = |pairs: &[(&str, &str)]| {
             let mut h = HeaderMap::new();
             for (k, v) in pairs {
-                h.append(*k, v.parse().unwrap());
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
             }
             h
         };
@@ -497,6 +556,39 @@ mod tests {
         let mut star = HeaderMap::new();
         star.append("vary", "accept, *".parse().unwrap());
         assert_eq!(vary_names(&star), None);
+    }
+
+    #[test]
+    fn not_modified_refreshes_stored_fields() {
+        let stored = resp(
+            200,
+            &[
+                ("content-length", "10"),
+                ("x-version", "1"),
+                ("x-old", "o"),
+                ("vary", "accept"),
+            ],
+        );
+        let nm = resp(
+            304,
+            &[
+                ("x-version", "2"),
+                ("x-multi", "a"),
+                ("x-multi", "b"),
+                ("content-length", "0"),
+                ("vary", "*"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+            ],
+        );
+        let m = merge_not_modified(&stored, &nm);
+        assert_eq!(m.status, 200);
+        assert_eq!(m.headers["x-version"], "2");
+        assert_eq!(m.headers["x-old"], "o");
+        assert_eq!(m.headers.get_all("x-multi").iter().count(), 2);
+        assert_eq!(m.headers["content-length"], "10");
+        assert_eq!(m.headers["vary"], "accept");
+        assert!(!m.headers.contains_key("x-hop"));
     }
 
     #[test]

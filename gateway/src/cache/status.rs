@@ -172,7 +172,8 @@ mod tests {
 
     #[test]
     fn renders_rfc_9211() {
-        let cases: &[(Outcome, Option<i64>, Option<u16>, bool, &str)] = &[
+        type Case = (Outcome, Option<i64>, Option<u16>, bool, &'static str);
+        let cases: &[Case] = &[
             (Outcome::Hit, Some(30), None, false, "gw; hit; ttl=30"),
             (
                 Outcome::Miss {

@@ -284,6 +284,16 @@ impl TryFrom<wire::File> for Spec {
                 );
             }
             if let Some(spec) = route_spec(&mut e, &path, r, &file.upstreams) {
+                let mut spec = spec;
+                if let Some(c) = spec.cache.as_mut()
+                    && r.cache
+                        .as_ref()
+                        .is_some_and(|w| w.max_object_size.is_none())
+                {
+                    // The default never exceeds a small cache's cap.
+                    let c = Arc::make_mut(c);
+                    c.max_object_size = c.max_object_size.min(server.cache.max_bytes);
+                }
                 if let Some(c) = &spec.cache
                     && c.max_object_size > server.cache.max_bytes
                 {

@@ -444,19 +444,24 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(match ctx.route().and_then(|r| r.cache.as_deref()) {
-            Some(policy) => crate::cache::response_cacheable(session.req_header(), resp, policy),
-            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
-        })
+        let Some(policy) = ctx.route().and_then(|r| r.cache.clone()) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        Ok(crate::cache::response_cacheable(
+            session.req_header(),
+            resp,
+            &policy,
+            &mut ctx.cache,
+        ))
     }
 
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        crate::cache::should_serve_stale(error)
+        crate::cache::should_serve_stale(error, &mut ctx.cache)
     }
 
     async fn proxy_upstream_filter(
@@ -683,9 +688,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.upstream_elapsed = ctx.attempt.as_ref().map(Attempt::response_head);
         let status = upstream_response.status.as_u16();
-        ctx.cache.upstream_status = Some(status);
         if status != 101 && ctx.route().is_some_and(|r| r.cache.is_some()) {
             crate::cache::strip_hop_by_hop_response(upstream_response);
+            crate::cache::upstream_response(session, upstream_response, &mut ctx.cache);
         }
         ctx.record_outcome(status >= 500, &self.metrics);
         if matches!(status, 502..=504)
