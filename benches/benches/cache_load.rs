@@ -4,7 +4,8 @@
 //!
 //! Needs the release gateway next to this bench binary:
 //! `cargo build --release -p gateway && cargo bench -p benches --bench cache_load`.
-//! Optional arguments: `--seconds N` per scenario (default 3), `--connections N` (32).
+//! Optional arguments: `--seconds N` per scenario (default 3), `--connections N` (32);
+//! `GATEWAY_BIN` names another gateway binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,8 +34,12 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The release `gateway` binary: bench binaries live in `<target>/release/deps/`.
+/// The release `gateway` binary: `$GATEWAY_BIN`, else next to this bench binary
+/// (bench binaries live in `<target>/release/deps/`).
 fn gateway_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
     let release = exe.parent().and_then(|d| d.parent()).unwrap();
     let bin = release.join("gateway");
