@@ -514,6 +514,18 @@ async fn behaviour_matrix() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    gw.wait_metrics(&[
+        r#"gateway_cache_requests_total{outcome="hit",route="cached"}"#,
+        r#"gateway_cache_requests_total{outcome="miss",route="cached"}"#,
+        r#"gateway_cache_requests_total{outcome="uncacheable",route="cached"}"#,
+        r#"gateway_cache_requests_total{outcome="revalidated",route="cached"}"#,
+        r#"gateway_cache_requests_total{outcome="expired",route="cached"}"#,
+        r#"gateway_cache_requests_total{outcome="bypass",route="cached"}"#,
+        r#"gateway_cache_revalidations_total{result="not_modified",route="cached"}"#,
+        "gateway_cache_stored_bytes",
+    ])
+    .await;
+
     // The stripped cookie never reached a client.
     let r = c.get(gw.url("/cookie/strip")).send().await.unwrap();
     assert!(r.headers().get("set-cookie").is_none());
@@ -789,6 +801,8 @@ async fn stale_while_revalidate_and_stale_if_error() {
     );
     let r = c.get(gw.url("/c/sie-timeout")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{}", cache_status(&r));
+    // The failed origin request costs the client its connection, and it is told so.
+    assert_eq!(r.headers()["connection"], "close");
     assert!(
         cache_status(&r).contains("stale-if-error"),
         "{}",

@@ -266,10 +266,18 @@ async fn cache_step(c: &reqwest::Client, gw: &Gateway, stack: &Stack) {
     purge_catalog(c, gw).await;
     let products = gw.url("/api/v1/catalog/products");
     let r = c.get(&products).send().await.unwrap();
-    assert!(cache_status(&r).contains("fwd=uri-miss"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
     let before = price_of_2(r).await;
     let r = c.get(&products).send().await.unwrap();
-    assert!(cache_status(&r).contains("gateway; hit"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("gateway; hit"),
+        "{}",
+        cache_status(&r)
+    );
     assert_eq!(price_of_2(r).await, before);
 
     let r = c
@@ -288,6 +296,10 @@ async fn cache_step(c: &reqwest::Client, gw: &Gateway, stack: &Stack) {
 
     assert!(purge_catalog(c, gw).await >= 1);
     let r = c.get(&products).send().await.unwrap();
-    assert!(cache_status(&r).contains("fwd=uri-miss"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
     assert_eq!(price_of_2(r).await, before + 100);
 }

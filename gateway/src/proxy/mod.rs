@@ -710,6 +710,11 @@ impl ProxyHttp for Gateway {
         if ctx.route().is_some_and(|r| r.cache.is_some()) {
             let (outcome, status) = crate::cache::outcome(session, &ctx.cache);
             ctx.cache.outcome = Some((outcome, session.cache.lock_duration().is_some()));
+            if outcome == crate::cache::Outcome::StaleIfError {
+                // After a failed origin request Pingora does not reuse the client's
+                // connection: say so, or a keepalive client sends into a closed socket.
+                session.set_keepalive(None);
+            }
             crate::cache::strip_tags(response);
             response.insert_header("cache-status", status)?;
             let removed =
