@@ -825,6 +825,22 @@ async fn stale_while_revalidate_and_stale_if_error() {
     );
     let r = c.get(gw.url("/c/no-sie")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(cache_status(&r).contains("fwd="), "{}", cache_status(&r));
+    // The gateway's own 504 on a caching route carries Cache-Status too.
+    origin.set(
+        "/c/slow",
+        Answer {
+            delay: Duration::from_secs(3),
+            ..Answer::ok(&[("cache-control", "max-age=60")], "late")
+        },
+    );
+    let r = c.get(gw.url("/c/slow")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        cache_status(&r).starts_with("gateway; fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
 
     gw.wait_metrics(&[
         r#"gateway_cache_stale_served_total{reason="stale_while_revalidate",route="cached"} 1"#,

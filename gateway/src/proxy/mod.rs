@@ -205,10 +205,18 @@ async fn send_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -
         ("cache-control", "no-store"),
         (X_REQUEST_ID, ctx.request_id.as_str()),
     ];
+    // A caching route's request that went to the origin and failed still says so.
+    let cache_status = (ctx.cache.looked_up && ctx.route().is_some_and(|r| r.cache.is_some()))
+        .then(|| {
+            let (outcome, text) = crate::cache::outcome(session, &ctx.cache);
+            ctx.cache.outcome = Some((outcome, session.cache.lock_duration().is_some()));
+            text
+        });
     let all: Vec<(&'static str, &str)> = headers
         .into_iter()
         .chain(retry_after)
         .chain(ctx.rate_headers.iter().map(|(k, v)| (*k, v.as_str())))
+        .chain(cache_status.as_deref().map(|v| ("cache-status", v)))
         .collect();
     send(session, reply.status, &all, body).await
 }
