@@ -308,7 +308,7 @@ impl AdminApp {
         }
         match crate::cache::parse_purge(&body) {
             Ok(what) => {
-                let purged = crate::cache::purge(&what).await;
+                let purged = crate::cache::purge(&what);
                 self.metrics.cache.purged.inc_by(purged as u64);
                 tracing::info!(?what, purged, "cache purge");
                 json_response(StatusCode::OK, &json!({"purged": purged}))

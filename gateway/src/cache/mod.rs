@@ -303,7 +303,7 @@ pub async fn invalidate_after_unsafe(req: &RequestHeader, resp: &ResponseHeader)
     }
     let mut removed = 0;
     for t in &targets {
-        removed += STORAGE.purge_matching(t).await;
+        removed += STORAGE.purge_matching(t);
     }
     removed
 }
@@ -386,8 +386,8 @@ pub fn parse_purge(body: &[u8]) -> Result<Purge, String> {
 }
 
 /// Run a purge; returns the number of stored responses removed.
-pub async fn purge(what: &Purge) -> usize {
-    STORAGE.purge_matching(what).await
+pub fn purge(what: &Purge) -> usize {
+    STORAGE.purge_matching(what)
 }
 
 /// A JSON summary for `GET /admin/cache`.

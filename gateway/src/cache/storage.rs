@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use pingora::cache::eviction::EvictionManager;
@@ -16,7 +17,6 @@ use pingora::cache::{
     PurgeOutcome, PurgeTarget, PurgeType, Storage,
 };
 use pingora::prelude::Result;
-use tokio::sync::Mutex;
 
 use super::policy;
 
@@ -42,6 +42,10 @@ struct Index {
     entries: HashMap<String, Entry>,
     by_path: HashMap<String, HashSet<String>>,
     by_tag: HashMap<String, HashSet<String>>,
+    /// Fills in progress per storage hash.
+    writing: HashMap<String, usize>,
+    /// Hashes purged while a fill was in progress: removed when the last fill ends.
+    pending: HashSet<String>,
 }
 
 impl Index {
@@ -146,7 +150,32 @@ pub enum Purge {
     All,
 }
 
+/// Run one of the in-memory store's operations to completion right here. They are
+/// `async` only to fit the `Storage` trait and never suspend, so this lets them run
+/// under the (synchronous) index lock, which is what orders purges against fills.
+/// Should one ever suspend, the caller gets an error instead of a wrong answer.
+fn now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn suspended<T>() -> Result<T> {
+    pingora::Error::e_explain(
+        pingora::ErrorType::InternalError,
+        "in-memory cache operation suspended",
+    )
+}
+
 /// Pingora's `MemCache` plus the index; one per process (see `super::STORAGE`).
+///
+/// `MemCache` removes an in-progress fill together with the stored entry when purging,
+/// and its fill then panics on finishing. So a purge (or eviction) of a key that is
+/// being filled is deferred: the fill is discarded instead of committed, and the stored
+/// entry is removed once no fill for it is left.
 pub struct TrackedStorage {
     inner: MemCache,
     index: Mutex<Index>,
@@ -173,6 +202,11 @@ impl TrackedStorage {
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding the lock leaves consistent-enough maps; keep serving.
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Entries removed to stay under the byte cap, since start.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
@@ -184,30 +218,43 @@ impl TrackedStorage {
     }
 
     /// Remove what `what` selects; returns how many stored responses were removed.
-    pub async fn purge_matching(&'static self, what: &Purge) -> usize {
-        let victims = self.index.lock().await.select(what);
-        let span = Span::inactive();
-        let handle = span.handle();
+    pub fn purge_matching(&'static self, what: &Purge) -> usize {
+        let mut index = self.lock();
+        let victims = index.select(what);
         let mut removed = 0;
-        for (_, compact) in victims {
-            match self
-                .purge(
-                    PurgeTarget::Active(&compact),
-                    PurgeType::Invalidation,
-                    &handle,
-                )
-                .await
-            {
-                Ok(PurgeOutcome::Purged(_)) => {
-                    self.eviction
-                        .remove(CacheEntryKeyRef::from_entry_id(&compact, None));
-                    removed += 1;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cache purge failed"),
+        for (hash, compact) in victims {
+            if self.remove_locked(&mut index, &hash, &compact, PurgeType::Invalidation) {
+                self.eviction
+                    .remove(CacheEntryKeyRef::from_entry_id(&compact, None));
+                removed += 1;
             }
         }
         removed
+    }
+
+    /// Remove one committed entry, or defer it while a fill for the key is running.
+    /// True when the entry is (or will be) gone.
+    fn remove_locked(
+        &'static self,
+        index: &mut Index,
+        hash: &str,
+        compact: &CompactCacheKey,
+        why: PurgeType,
+    ) -> bool {
+        if index.writing.get(hash).is_some_and(|n| *n > 0) {
+            index.pending.insert(hash.to_owned());
+            let known = index.remove(hash);
+            self.objects.store(index.entries.len(), Ordering::Relaxed);
+            return known;
+        }
+        let span = Span::inactive();
+        let outcome = now(self
+            .inner
+            .purge(PurgeTarget::Active(compact), why, &span.handle()));
+        let purged = matches!(outcome, Some(Ok(PurgeOutcome::Purged(_))));
+        let known = index.remove(hash);
+        self.objects.store(index.entries.len(), Ordering::Relaxed);
+        purged || known
     }
 }
 
@@ -227,6 +274,7 @@ impl Storage for TrackedStorage {
         streaming_write_tag: Option<&[u8]>,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        // Only the filling request reads its own fill this way, while its fill exists.
         self.inner
             .lookup_streaming_write(key, streaming_write_tag, trace)
             .await
@@ -238,7 +286,6 @@ impl Storage for TrackedStorage {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let inner = self.inner.get_miss_handler(key, meta, trace).await?;
         // Headers count towards the byte cap too, not only the body.
         let header_bytes = meta
             .headers()
@@ -246,10 +293,20 @@ impl Storage for TrackedStorage {
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
             + 64;
+        let hash = key.combined();
+        let inner = {
+            let mut index = self.lock();
+            let Some(inner) = now(self.inner.get_miss_handler(key, meta, trace)) else {
+                return suspended();
+            };
+            let inner = inner?;
+            *index.writing.entry(hash.clone()).or_default() += 1;
+            inner
+        };
         Ok(Box::new(TrackedMiss {
             inner: Some(inner),
             storage: self,
-            hash: key.combined(),
+            hash,
             entry: Some(Entry {
                 compact: key.to_compact(),
                 url: key.extensions.get::<EntryUrl>().cloned(),
@@ -263,18 +320,20 @@ impl Storage for TrackedStorage {
         &'static self,
         target: PurgeTarget<'_>,
         purge_type: PurgeType,
-        trace: &SpanHandle,
+        _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let mut index = self.index.lock().await;
-        let outcome = self.inner.purge(target, purge_type, trace).await?;
-        if matches!(outcome, PurgeOutcome::Purged(_)) {
-            index.remove(&target.key().combined());
-            self.objects.store(index.entries.len(), Ordering::Relaxed);
-            if matches!(purge_type, PurgeType::Eviction) {
-                self.evictions.fetch_add(1, Ordering::Relaxed);
-            }
+        let compact = target.key();
+        let hash = compact.combined();
+        let mut index = self.lock();
+        let removed = self.remove_locked(&mut index, &hash, compact, purge_type);
+        if removed && matches!(purge_type, PurgeType::Eviction) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(outcome)
+        Ok(if removed {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
     }
 
     async fn expire(
@@ -282,8 +341,8 @@ impl Storage for TrackedStorage {
         target: PurgeTarget<'_>,
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let _index = self.index.lock().await;
-        self.inner.expire(target, trace).await
+        let _index = self.lock();
+        now(self.inner.expire(target, trace)).unwrap_or_else(suspended)
     }
 
     async fn update_meta(
@@ -293,12 +352,12 @@ impl Storage for TrackedStorage {
         trace: &SpanHandle,
     ) -> Result<bool> {
         // The in-memory store panics on a missing entry; a purge or eviction may have
-        // removed it while this revalidation was in flight. The index lock orders the two.
-        let index = self.index.lock().await;
+        // removed it while this revalidation was in flight. The index lock orders them.
+        let index = self.lock();
         if !index.entries.contains_key(&key.combined()) {
             return Ok(false);
         }
-        self.inner.update_meta(key, meta, trace).await
+        now(self.inner.update_meta(key, meta, trace)).unwrap_or_else(suspended)
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -317,6 +376,33 @@ struct TrackedMiss {
     hash: String,
     entry: Option<Entry>,
     header_bytes: usize,
+}
+
+impl TrackedMiss {
+    /// This fill is over (finished or dropped): if it was the last one for its key and a
+    /// purge waited for it, remove the stored entry now.
+    fn end_fill(&self, index: &mut Index) {
+        let left = match index.writing.get_mut(&self.hash) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left > 0 {
+            return;
+        }
+        index.writing.remove(&self.hash);
+        if index.pending.remove(&self.hash)
+            && let Some(entry) = &self.entry
+        {
+            let storage = self.storage;
+            storage.remove_locked(index, &self.hash, &entry.compact, PurgeType::Invalidation);
+            storage
+                .eviction
+                .remove(CacheEntryKeyRef::from_entry_id(&entry.compact, None));
+        }
+    }
 }
 
 #[async_trait]
@@ -338,11 +424,26 @@ impl HandleMiss for TrackedMiss {
                 "cache write finished twice",
             );
         };
-        let mut index = self.storage.index.lock().await;
-        let finished = inner.finish().await?;
+        let storage = self.storage;
+        let mut index = storage.lock();
+        if index.pending.contains(&self.hash) {
+            // Purged while filling: this response may predate the purge; drop it.
+            drop(inner);
+            self.end_fill(&mut index);
+            return pingora::Error::e_explain(
+                pingora::ErrorType::InternalError,
+                "cache entry purged while it was being filled",
+            );
+        }
+        let finished = match now(inner.finish()) {
+            Some(r) => r,
+            None => suspended(),
+        };
+        self.end_fill(&mut index);
+        let finished = finished?;
         if let Some(entry) = self.entry.take() {
-            index.insert(std::mem::take(&mut self.hash), entry);
-            self.storage
+            index.insert(self.hash.clone(), entry);
+            storage
                 .objects
                 .store(index.entries.len(), Ordering::Relaxed);
         }
@@ -361,6 +462,19 @@ impl HandleMiss for TrackedMiss {
     }
 }
 
+impl Drop for TrackedMiss {
+    fn drop(&mut self) {
+        // Abandoned before finishing (client gone, origin failed): the fill is over.
+        if let Some(inner) = self.inner.take() {
+            let storage = self.storage;
+            let mut index = storage.lock();
+            // Drop the store's fill first, so a deferred purge cannot meet it.
+            drop(inner);
+            self.end_fill(&mut index);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +489,86 @@ mod tests {
             }),
             tags: tags.iter().map(|t| t.to_string()).collect(),
         }
+    }
+
+    fn storage() -> &'static TrackedStorage {
+        let eviction: &'static pingora::cache::eviction::lru::Manager<1> = Box::leak(Box::new(
+            pingora::cache::eviction::lru::Manager::with_capacity(1 << 20, 16),
+        ));
+        Box::leak(Box::new(TrackedStorage::new(eviction)))
+    }
+
+    fn meta() -> CacheMeta {
+        let now = std::time::SystemTime::now();
+        let header = pingora::http::ResponseHeader::build(200, None).unwrap();
+        CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    fn key(path: &str) -> CacheKey {
+        let mut k = CacheKey::new(format!("r\nh\n{path}"), "");
+        k.extensions.insert(EntryUrl {
+            host: "h".into(),
+            path: path.into(),
+            query: None,
+        });
+        k
+    }
+
+    async fn fill(s: &'static TrackedStorage, k: &CacheKey, body: &'static str) -> MissHandler {
+        let span = Span::inactive();
+        let mut h = s
+            .get_miss_handler(k, &meta(), &span.handle())
+            .await
+            .unwrap();
+        h.write_body(bytes::Bytes::from_static(body.as_bytes()), true)
+            .await
+            .unwrap();
+        h
+    }
+
+    async fn stored(s: &'static TrackedStorage, k: &CacheKey) -> bool {
+        let span = Span::inactive();
+        s.lookup(k, &span.handle()).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn purge_during_a_fill_is_deferred_not_a_panic() {
+        let s = storage();
+        let k = key("/a");
+        // A committed entry, then a refill in progress when the purge arrives.
+        fill(s, &k, "v1").await.finish().await.unwrap();
+        assert_eq!(s.objects(), 1);
+        let refill = fill(s, &k, "v2").await;
+        assert_eq!(s.purge_matching(&Purge::All), 1);
+        // The fill that may predate the purge is discarded, and the old entry goes too.
+        assert!(refill.finish().await.is_err());
+        assert!(!stored(s, &k).await);
+        assert_eq!(s.objects(), 0);
+
+        // A fill abandoned after a purge of its key also removes the stored entry.
+        fill(s, &k, "v3").await.finish().await.unwrap();
+        let abandoned = fill(s, &k, "v4").await;
+        let span = Span::inactive();
+        let out = s
+            .purge(
+                PurgeTarget::Active(&k.to_compact()),
+                PurgeType::Eviction,
+                &span.handle(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, PurgeOutcome::Purged(None));
+        assert_eq!(s.evictions(), 1);
+        drop(abandoned);
+        assert!(!stored(s, &k).await);
+
+        // Without a purge, a refill replaces the entry; update_meta of a gone entry is a no-op.
+        fill(s, &k, "v5").await.finish().await.unwrap();
+        fill(s, &k, "v6").await.finish().await.unwrap();
+        assert_eq!(s.objects(), 1);
+        assert!(s.update_meta(&k, &meta(), &span.handle()).await.unwrap());
+        s.purge_matching(&Purge::All);
+        assert!(!s.update_meta(&k, &meta(), &span.handle()).await.unwrap());
     }
 
     #[test]
