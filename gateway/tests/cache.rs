@@ -444,6 +444,20 @@ async fn behaviour_matrix() {
             origin_hits: 1,
         },
         Row {
+            name: "a HEAD miss fetches and stores the full GET",
+            path: "/c/head-first",
+            answer: ok(&[("cache-control", "max-age=60")], "body"),
+            steps: vec![
+                Step {
+                    method: Method::HEAD,
+                    headers: &[],
+                    status: "stored",
+                },
+                get("hit"),
+            ],
+            origin_hits: 1,
+        },
+        Row {
             name: "POST is forwarded, never stored",
             path: "/c/post",
             answer: ok(&[("cache-control", "max-age=60")], "a"),
