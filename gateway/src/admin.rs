@@ -1,5 +1,6 @@
-//! Owns the admin listener: health, readiness, Prometheus metrics, and read-only views
-//! of the running config and compiled routes. Bound to 127.0.0.1 by default.
+//! Owns the admin listener: health, readiness, Prometheus metrics, read-only views
+//! of the running config and compiled routes, and cache purges
+//! (`POST /admin/cache/purge`). Bound to 127.0.0.1 by default.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,6 +148,20 @@ pub fn describe_route(route: &Route) -> Value {
         },
         "rate_limits": route.rate_limits.iter().map(|l| l.spec.name.as_str()).collect::<Vec<_>>(),
         "jwt": route.jwt.as_ref().map(crate::auth::RouteJwt::describe),
+        "cache": route.cache.as_ref().map(|c| json!({
+            "default_ttl_s": c.default_ttl.map(|t| t.as_secs()),
+            "max_object_size": c.max_object_size,
+            "key": {
+                "query": match &c.key.query {
+                    crate::cache::QueryKey::All => json!("all"),
+                    crate::cache::QueryKey::None => json!("none"),
+                    crate::cache::QueryKey::Names(n) => json!(n),
+                },
+                "headers": c.key.headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                "claims": &c.key.claims,
+            },
+            "set_cookie": format!("{:?}", c.set_cookie).to_lowercase(),
+        })),
         "action": action,
     })
 }
@@ -169,7 +184,7 @@ impl AdminApp {
         if method != http::Method::GET && method != http::Method::HEAD {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": {"code": "method_not_allowed", "message": "the admin API is read-only: use GET"}}),
+                &json!({"error": {"code": "method_not_allowed", "message": "use GET (POST only for /admin/cache/purge)"}}),
             );
         }
         match path {
@@ -250,7 +265,7 @@ impl AdminApp {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes, /admin/upstreams or /admin/jwt"}}),
+                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes, /admin/upstreams, /admin/jwt, /admin/cache or POST /admin/cache/purge"}}),
             ),
         }
     }
@@ -261,6 +276,68 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
-        self.handle(&method, &path)
+        match path.as_str() {
+            "/admin/cache/purge" => self.purge(session, &method).await,
+            "/admin/cache" if method == http::Method::GET => {
+                self.metrics.cache.refresh();
+                json_response(StatusCode::OK, &crate::cache::describe())
+            }
+            _ => self.handle(&method, &path),
+        }
+    }
+}
+
+/// Largest purge request body read.
+const MAX_PURGE_BODY: usize = 64 * 1024;
+
+impl AdminApp {
+    /// `POST /admin/cache/purge` with `{"url"|"prefix"|"tag": "..."}` or `{"all": true}`;
+    /// answers `{"purged": N}`.
+    async fn purge(&self, session: &mut ServerSession, method: &http::Method) -> Response<Vec<u8>> {
+        let error = |status: StatusCode, code: &str, message: String| {
+            json_response(
+                status,
+                &json!({"error": {"code": code, "message": message}}),
+            )
+        };
+        if method != http::Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "purge with POST and a JSON body".into(),
+            );
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_PURGE_BODY {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "body_too_large",
+                            format!("purge bodies are at most {MAX_PURGE_BODY} bytes"),
+                        );
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        format!("could not read the body: {e}"),
+                    );
+                }
+            }
+        }
+        match crate::cache::parse_purge(&body) {
+            Ok(what) => {
+                let purged = crate::cache::purge(&what);
+                self.metrics.cache.purged.inc_by(purged as u64);
+                tracing::info!(?what, purged, "cache purge");
+                json_response(StatusCode::OK, &json!({"purged": purged}))
+            }
+            Err(message) => error(StatusCode::BAD_REQUEST, "bad_purge", message),
+        }
     }
 }

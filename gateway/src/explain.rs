@@ -151,6 +151,25 @@ fn describe_action(route: &Route, out: &mut String) {
             l.spec.burst
         );
     }
+    if let Some(c) = &route.cache {
+        let query = match &c.key.query {
+            crate::cache::QueryKey::All => "all".to_owned(),
+            crate::cache::QueryKey::None => "none".to_owned(),
+            crate::cache::QueryKey::Names(n) => format!("[{}]", n.join(", ")),
+        };
+        let headers: Vec<&str> = c.key.headers.iter().map(|h| h.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "  cache: default ttl {}, max object {} bytes, key query {query}, headers [{}], claims [{}]",
+            c.default_ttl.map_or_else(
+                || "none".to_owned(),
+                |t| humantime::format_duration(t).to_string()
+            ),
+            c.max_object_size,
+            headers.join(", "),
+            c.key.claims.join(", ")
+        );
+    }
     let ops = [
         ("request", &route.request_headers),
         ("response", &route.response_headers),

@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod explain;
 pub mod metrics;

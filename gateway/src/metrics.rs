@@ -37,6 +37,8 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_last_success: GaugeVec,
+    /// Response cache counters (see `crate::cache::stats`).
+    pub cache: crate::cache::stats::CacheMetrics,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -211,6 +213,7 @@ impl Metrics {
         ] {
             registry.register(Box::new(g.clone()))?;
         }
+        let cache = crate::cache::stats::CacheMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -241,6 +244,7 @@ impl Metrics {
             jwks_refresh,
             jwks_keys,
             jwks_last_success,
+            cache,
         })
     }
 
@@ -314,6 +318,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.cache.refresh();
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

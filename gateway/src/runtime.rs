@@ -36,17 +36,20 @@ pub struct Runtime {
     /// never supplies these on any route: a service behind a route without auth must not
     /// believe an identity the gateway did not verify.
     pub identity_headers: Vec<http::HeaderName>,
+    /// `server.cache`; the storage itself lives outside the runtime (see `cache`).
+    pub cache: crate::cache::CacheSettings,
 }
 
 /// The settings that only take effect at process start, as comparable text.
 pub fn restart_settings(spec: &Spec) -> String {
     format!(
-        "listeners={:?} admin={:?} threads={} grace={:?} debounce={:?}",
+        "listeners={:?} admin={:?} threads={} grace={:?} debounce={:?} cache={:?}",
         spec.listeners,
         spec.admin.address,
         spec.server.threads,
         spec.server.shutdown_grace_period,
-        spec.server.reload_debounce
+        spec.server.reload_debounce,
+        spec.server.cache
     )
 }
 
@@ -154,6 +157,7 @@ pub fn compile(
                 .filter_map(|n| rate_limiters.get(n).map(Arc::clone))
                 .collect(),
             jwt: r.jwt.as_ref().map(|j| RouteJwt::compile(j, &jwt)),
+            cache: r.cache.clone(),
         });
     }
     let mut identity_headers: Vec<http::HeaderName> = spec
@@ -183,6 +187,7 @@ pub fn compile(
         shutdown_grace_period: spec.server.shutdown_grace_period,
         jwt,
         identity_headers,
+        cache: spec.server.cache.clone(),
     })
 }
 

@@ -64,6 +64,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         anyhow::anyhow!("{}", lines.join("\n"))
     })?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    crate::cache::configure(&spec.server.cache);
     let store = Arc::new(RuntimeStore::new(
         runtime,
         config_path,

@@ -278,6 +278,127 @@ async fn tour_through_the_gateway() {
         200
     );
 
+    cache_step(&c, &gw, &stack).await;
+
+    // Admin actions through the gateway need an admin's token: a client claiming the
+    // admin role by header gets nowhere (the gateway removes it), an admin token works.
+    let product = json!({"name": "Lamp", "description": "A desk lamp", "price_cents": 2_500});
+    let r = c
+        .post(gw.url("/api/v1/catalog/products"))
+        .header("x-user-id", "mallory")
+        .header("x-user-roles", "admin")
+        .json(&product)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = as_user(
+        &c,
+        Method::POST,
+        gw.url("/api/v1/catalog/products"),
+        &token,
+        Some(product.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), 403, "a customer is not an admin");
+    let admin = login(&c, &gw, "admin@example.com").await;
+    let r = as_user(
+        &c,
+        Method::POST,
+        gw.url("/api/v1/catalog/products"),
+        &admin,
+        Some(product),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let r = c
+        .post(gw.url("/auth/v1/admin/rotate"))
+        .header("x-user-id", "mallory")
+        .header("x-user-roles", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "key rotation is not open to a spoofed header"
+    );
+
     drop(gw);
     stack.stop().await;
+}
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+async fn purge_catalog(c: &reqwest::Client, gw: &Gateway) -> u64 {
+    let r = c
+        .post(gw.admin_url("/admin/cache/purge"))
+        .json(&json!({"prefix": "/api/v1/catalog/"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["purged"].as_u64().unwrap()
+}
+
+async fn price_of_2(r: reqwest::Response) -> i64 {
+    let v: Value = r.json().await.unwrap();
+    v["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == 2)
+        .unwrap()["price_cents"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Response caching (issue 6): the catalog list is served from the gateway's cache,
+/// and a purge after an admin change shows the new data. The update goes straight to
+/// the catalog's admin API, so only the purge can make the gateway see it.
+async fn cache_step(c: &reqwest::Client, gw: &Gateway, stack: &Stack) {
+    purge_catalog(c, gw).await;
+    let products = gw.url("/api/v1/catalog/products");
+    let r = c.get(&products).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    let before = price_of_2(r).await;
+    let r = c.get(&products).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("gateway; hit"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(price_of_2(r).await, before);
+
+    let r = c
+        .put(format!("http://{}/v1/products/2", stack.catalog))
+        .header("x-user-id", "catalog-admin")
+        .header("x-user-roles", "admin")
+        .json(&json!({"price_cents": before + 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Still fresh in the cache: the old price.
+    let r = c.get(&products).send().await.unwrap();
+    assert!(cache_status(&r).contains("hit"));
+    assert_eq!(price_of_2(r).await, before);
+
+    assert!(purge_catalog(c, gw).await >= 1);
+    let r = c.get(&products).send().await.unwrap();
+    assert!(
+        cache_status(&r).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(price_of_2(r).await, before + 100);
 }

@@ -44,6 +44,7 @@ pub struct ServerSpec {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `(url, per-call timeout)` for cluster rate limits.
     pub redis: Option<(String, Duration)>,
+    pub cache: crate::cache::CacheSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub struct RouteSpec {
     pub rate_limits: Vec<String>,
     /// JWT authentication, checked after the match and before rate limits.
     pub jwt: Option<RouteJwtSpec>,
+    /// Response caching, when enabled.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 #[derive(Debug)]
@@ -300,6 +303,26 @@ impl TryFrom<wire::File> for Spec {
             });
             if let Some(mut spec) = route_spec(&mut e, &path, r, &file.upstreams) {
                 spec.jwt = route_jwt;
+                if let Some(c) = spec.cache.as_mut()
+                    && r.cache
+                        .as_ref()
+                        .is_some_and(|w| w.max_object_size.is_none())
+                {
+                    // The default never exceeds a small cache's cap.
+                    let c = Arc::make_mut(c);
+                    c.max_object_size = c.max_object_size.min(server.cache.max_bytes);
+                }
+                if let Some(c) = &spec.cache
+                    && c.max_object_size > server.cache.max_bytes
+                {
+                    e.push(
+                        format!("{path}.cache.max_object_size"),
+                        format!(
+                            "max_object_size {} is larger than server.cache.max_bytes {}",
+                            c.max_object_size, server.cache.max_bytes
+                        ),
+                    );
+                }
                 // Two routes with identical match criteria: the second can never win.
                 let sig = match_signature(&spec.matcher);
                 if let Some(first) = signatures.insert(sig, i) {
@@ -412,7 +435,134 @@ fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
             s.reload_debounce.as_deref(),
             Duration::from_millis(200),
         ),
+        cache: server_cache(e, s.cache.as_ref()),
     }
+}
+
+fn server_cache(e: &mut Errors, c: Option<&wire::ServerCache>) -> crate::cache::CacheSettings {
+    let mut settings = crate::cache::CacheSettings::default();
+    let Some(c) = c else {
+        return settings;
+    };
+    match c.max_bytes {
+        Some(n) if n < 65_536 => {
+            e.push("server.cache.max_bytes", "max_bytes must be at least 65536")
+        }
+        Some(n) => settings.max_bytes = usize::try_from(n).unwrap_or(usize::MAX),
+        None => {}
+    }
+    settings.lock_timeout = opt_duration(
+        e,
+        "server.cache.lock_timeout",
+        c.lock_timeout.as_deref(),
+        settings.lock_timeout,
+    );
+    settings
+}
+
+/// Longest `default_ttl`: a year, as for `max-age` in practice.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn route_cache(
+    e: &mut Errors,
+    path: &str,
+    c: &wire::RouteCache,
+) -> Option<Arc<crate::cache::RouteCache>> {
+    use crate::cache::{KeySpec, QueryKey, SetCookie};
+    let before = e.0.len();
+    let default_ttl = c.default_ttl.as_deref().and_then(|raw| {
+        let parsed = humantime::parse_duration(raw.trim())
+            .map_err(|err| format!("invalid duration {raw:?}: {err} (write e.g. 30s, 5m, 1h)"))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err(format!("default_ttl {raw:?} must be greater than zero"))
+                } else if d > MAX_TTL {
+                    Err(format!("default_ttl {raw:?} is longer than a year"))
+                } else {
+                    Ok(d)
+                }
+            });
+        e.take(format!("{path}.default_ttl"), parsed)
+    });
+    let max_object_size = match c.max_object_size {
+        Some(0) => {
+            e.push(
+                format!("{path}.max_object_size"),
+                "max_object_size must be at least 1",
+            );
+            0
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => crate::cache::DEFAULT_MAX_OBJECT_SIZE,
+    };
+    let query = match &c.key.query {
+        None => QueryKey::All,
+        Some(wire::CacheKeyQuery::Mode(m)) if m == "all" => QueryKey::All,
+        Some(wire::CacheKeyQuery::Mode(m)) if m == "none" => QueryKey::None,
+        Some(wire::CacheKeyQuery::Mode(m)) => {
+            e.push(
+                format!("{path}.key.query"),
+                format!("unknown query mode {m:?}: use all, none or a list of parameter names"),
+            );
+            QueryKey::All
+        }
+        Some(wire::CacheKeyQuery::Names(names)) => {
+            for (i, n) in names.iter().enumerate() {
+                if n.is_empty() {
+                    e.push(
+                        format!("{path}.key.query[{i}]"),
+                        "parameter name must not be empty",
+                    );
+                }
+            }
+            if names.is_empty() {
+                e.push(
+                    format!("{path}.key.query"),
+                    "an empty list keys on no parameter: write none",
+                );
+            }
+            QueryKey::Names(names.clone())
+        }
+    };
+    let headers = c
+        .key
+        .headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| e.take(format!("{path}.key.headers[{i}]"), header_name(h)))
+        .collect();
+    for (i, claim) in c.key.claims.iter().enumerate() {
+        if claim.is_empty() {
+            e.push(
+                format!("{path}.key.claims[{i}]"),
+                "claim name must not be empty",
+            );
+        }
+    }
+    let set_cookie = match c.set_cookie.as_deref() {
+        None | Some("bypass") => SetCookie::Bypass,
+        Some("strip") => SetCookie::Strip,
+        Some(other) => {
+            e.push(
+                format!("{path}.set_cookie"),
+                format!("unknown set_cookie mode {other:?}: use bypass or strip"),
+            );
+            SetCookie::Bypass
+        }
+    };
+    if e.0.len() != before || c.enabled == Some(false) {
+        return None;
+    }
+    Some(Arc::new(crate::cache::RouteCache {
+        default_ttl,
+        max_object_size,
+        key: KeySpec {
+            query,
+            headers,
+            claims: c.key.claims.clone(),
+        },
+        set_cookie,
+    }))
 }
 
 fn listener_specs(e: &mut Errors, listeners: &[wire::Listener]) -> Vec<ListenerSpec> {
@@ -1320,6 +1470,10 @@ fn route_spec(
         .as_deref()
         .and_then(|t| e.take(format!("{path}.deadline"), duration(t)));
     let retry = retry_policy(e, &format!("{path}.retry"), r.retry.as_ref());
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| route_cache(e, &format!("{path}.cache"), c));
 
     let known = |e: &mut Errors, p: String, name: &str| {
         if !upstreams.contains_key(name) {
@@ -1395,6 +1549,12 @@ fn route_spec(
             "rewrite, request_headers, timeout, deadline and retry only apply to routes with upstream or split",
         );
     }
+    if !proxies && r.cache.is_some() {
+        e.push(
+            format!("{path}.cache"),
+            "cache only applies to routes with upstream or split",
+        );
+    }
     if e.0.len() != before {
         return None;
     }
@@ -1410,5 +1570,6 @@ fn route_spec(
         retry,
         rate_limits: r.rate_limits.clone(),
         jwt: None,
+        cache,
     })
 }

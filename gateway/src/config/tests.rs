@@ -204,3 +204,100 @@ routes:
         "{no_listener:?}"
     );
 }
+
+#[test]
+fn cache_blocks_parse_into_policies() {
+    use crate::cache::{QueryKey, SetCookie};
+    let spec = parse(
+        "
+server: {cache: {max_bytes: 1048576, lock_timeout: 2s}}
+listeners: [{name: main, address: '0.0.0.0:8080'}]
+upstreams: {u: {endpoints: [{address: '127.0.0.1:3001'}]}}
+routes:
+  - id: a
+    match: {path: {prefix: /a}}
+    upstream: u
+    cache:
+      default_ttl: 2h
+      max_object_size: 1000
+      set_cookie: strip
+      key: {query: [page], headers: [X-Tenant], claims: [sub]}
+  - id: b
+    match: {path: {prefix: /b}}
+    upstream: u
+    cache: {key: {query: none}}
+  - id: off
+    match: {path: {prefix: /off}}
+    upstream: u
+    cache: {enabled: false}
+",
+        "gw.yaml",
+    )
+    .unwrap();
+    assert_eq!(spec.server.cache.max_bytes, 1_048_576);
+    assert_eq!(
+        spec.server.cache.lock_timeout,
+        std::time::Duration::from_secs(2)
+    );
+    let a = spec.routes[0].cache.as_deref().unwrap();
+    assert_eq!(a.default_ttl, Some(std::time::Duration::from_secs(7200)));
+    assert_eq!(a.max_object_size, 1000);
+    assert_eq!(a.set_cookie, SetCookie::Strip);
+    assert_eq!(a.key.query, QueryKey::Names(vec!["page".into()]));
+    assert_eq!(a.key.headers[0].as_str(), "x-tenant");
+    assert_eq!(a.key.claims, ["sub"]);
+    let b = spec.routes[1].cache.as_deref().unwrap();
+    assert_eq!(b.key.query, QueryKey::None);
+    // The default object size never exceeds a small cache's cap.
+    assert_eq!(b.max_object_size, 1_048_576);
+    assert!(spec.routes[2].cache.is_none());
+}
+
+#[test]
+fn cache_errors_have_paths() {
+    let errs = errors(
+        "
+server: {cache: {max_bytes: 10, lock_timeout: soon}}
+listeners: [{name: main, address: '0.0.0.0:8080'}]
+upstreams: {u: {endpoints: [{address: '127.0.0.1:3001'}]}}
+routes:
+  - id: a
+    match: {path: {prefix: /a}}
+    upstream: u
+    cache:
+      default_ttl: 0s
+      max_object_size: 0
+      set_cookie: keep
+      key: {query: some, headers: ['bad header'], claims: ['']}
+  - id: d
+    match: {path: {exact: /d}}
+    direct_response: {status: 200}
+    cache: {}
+",
+    )
+    .join("\n");
+    for want in [
+        "server.cache.max_bytes",
+        "server.cache.lock_timeout",
+        "routes[0].cache.default_ttl",
+        "routes[0].cache.max_object_size",
+        "routes[0].cache.set_cookie",
+        "routes[0].cache.key.query",
+        "routes[0].cache.key.headers[0]",
+        "routes[0].cache.key.claims[0]",
+        "routes[1].cache",
+    ] {
+        assert!(errs.contains(want), "missing {want} in:\n{errs}");
+    }
+    let errs = errors(
+        "
+server: {cache: {max_bytes: 100000}}
+listeners: [{name: main, address: '0.0.0.0:8080'}]
+upstreams: {u: {endpoints: [{address: '127.0.0.1:3001'}]}}
+routes:
+  - {id: a, match: {path: {prefix: /a}}, upstream: u, cache: {max_object_size: 200000}}
+",
+    )
+    .join("\n");
+    assert!(errs.contains("routes[0].cache.max_object_size"), "{errs}");
+}

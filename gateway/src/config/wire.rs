@@ -68,6 +68,53 @@ pub struct Server {
     pub trusted_proxies: Vec<String>,
     /// Redis for `scope: cluster` rate limits.
     pub redis: Option<Redis>,
+    /// The process-wide response cache (used by routes with `cache:`).
+    pub cache: Option<ServerCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCache {
+    /// Bytes (headers and bodies) the cache may hold; default 256 MiB. LRU eviction.
+    pub max_bytes: Option<u64>,
+    /// Longest wait for another request filling the same entry; default 5s.
+    pub lock_timeout: Option<String>,
+}
+
+/// Per-route response caching (RFC 9111).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCache {
+    /// Default true: a `cache:` block turns caching on.
+    pub enabled: Option<bool>,
+    /// Freshness for responses that declare none; default: such responses are not stored.
+    pub default_ttl: Option<String>,
+    /// Largest response stored, in bytes; default 8 MiB.
+    pub max_object_size: Option<u64>,
+    #[serde(default)]
+    pub key: CacheKey,
+    /// `bypass` (default: responses with Set-Cookie are not stored) or `strip`.
+    pub set_cookie: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheKey {
+    /// `all` (default), `none`, or a list of parameter names.
+    pub query: Option<CacheKeyQuery>,
+    /// Request headers whose values are part of the key.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Verified JWT claims whose values are part of the key.
+    #[serde(default)]
+    pub claims: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CacheKeyQuery {
+    Mode(String),
+    Names(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +163,8 @@ pub struct Route {
     pub rate_limits: Vec<String>,
     /// Authentication of the caller, checked after the route matched and before rate limits.
     pub auth: Option<RouteAuth>,
+    /// Response caching; off unless present.
+    pub cache: Option<RouteCache>,
 }
 
 #[derive(Debug, Deserialize)]

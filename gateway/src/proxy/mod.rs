@@ -19,6 +19,15 @@
 //! | response headers, sticky Set-Cookie, X-Request-Id    | `response_filter`          |
 //! | 502 / 503 / 504 JSON errors                          | `fail_to_proxy`            |
 //! | metrics and access log                               | `logging`                  |
+//! | cache on/off, key, lookup, Authorization hits,       | `request_cache_filter`,    |
+//! | Vary variants, storability, stale serving            | `cache_key_callback`,      |
+//! | (all in `crate::cache`)                              | `cache_hit_filter`,        |
+//! |                                                      | `cache_vary_filter`,       |
+//! |                                                      | `response_cache_filter`,   |
+//! |                                                      | `should_serve_stale`       |
+//! | upstream in-flight slot on a cache miss              | `proxy_upstream_filter`    |
+//! | revalidation headers, hop-by-hop stripping           | `upstream_request_filter`  |
+//! | `Cache-Status`, unsafe-method invalidation           | `response_filter`          |
 
 pub mod decide;
 pub mod reply;
@@ -30,6 +39,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -118,9 +131,14 @@ pub struct RequestCtx {
     upstream_elapsed: Option<Duration>,
     /// Stable code of a reply the gateway made itself, for the access log.
     reply_code: Option<&'static str>,
-    /// Claims of the request's verified JWT (routes with `auth.jwt`).
+    /// Claims of the request's verified JWT (routes with `auth.jwt`); the cache key may
+    /// use them.
     pub(crate) jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     _in_flight: InFlight,
+    /// What the cache phases learned, for `Cache-Status` and metrics.
+    cache: crate::cache::CacheCtx,
+    /// A caching route takes its upstream in-flight slot only on a miss.
+    slot_deferred: bool,
 }
 
 impl RequestCtx {
@@ -191,10 +209,18 @@ async fn send_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -
         ("cache-control", "no-store"),
         (X_REQUEST_ID, ctx.request_id.as_str()),
     ];
+    // A caching route's request that went to the origin and failed still says so.
+    let cache_status = (ctx.cache.looked_up && ctx.route().is_some_and(|r| r.cache.is_some()))
+        .then(|| {
+            let (outcome, text) = crate::cache::outcome(session, &ctx.cache);
+            ctx.cache.outcome = Some((outcome, session.cache.lock_duration().is_some()));
+            text
+        });
     let all: Vec<(&'static str, &str)> = headers
         .into_iter()
         .chain(retry_after)
         .chain(ctx.rate_headers.iter().map(|(k, v)| (*k, v.as_str())))
+        .chain(cache_status.as_deref().map(|v| ("cache-status", v)))
         .collect();
     send(session, reply.status, &all, body).await
 }
@@ -281,6 +307,8 @@ impl ProxyHttp for Gateway {
             reply_code: None,
             jwt_claims: None,
             _in_flight: InFlight::enter(&self.in_flight),
+            cache: crate::cache::CacheCtx::default(),
+            slot_deferred: false,
         }
     }
 
@@ -410,6 +438,13 @@ impl ProxyHttp for Gateway {
                     .and_then(|r| r.deadline)
                     .map(|d| ctx.started + d);
                 ctx.upstream_target = upstream_target;
+                if runtime.routes.get(route).is_some_and(|r| r.cache.is_some()) {
+                    // A cache hit never reaches the upstream: the in-flight slot and the
+                    // retry-budget deposit wait for a miss (`proxy_upstream_filter`).
+                    ctx.pool = Some(pool);
+                    ctx.slot_deferred = true;
+                    return Ok(false);
+                }
                 let limits = pool.limits;
                 match pool
                     .state
@@ -436,6 +471,119 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
         }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(policy) = ctx.route().and_then(|r| r.cache.as_deref()) {
+            crate::cache::enable(session, policy, &ctx.runtime.cache);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let Some(route) = ctx.route() else {
+            return Error::e_explain(InternalError, "cache key without a route");
+        };
+        let Some(policy) = route.cache.as_deref() else {
+            return Error::e_explain(InternalError, "cache key on a route without cache");
+        };
+        Ok(crate::cache::cache_key(
+            session.req_header(),
+            &route.id,
+            policy,
+            ctx.jwt_claims.as_deref(),
+        ))
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        ctx.cache.looked_up = true;
+        session.cache.cache_miss();
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(crate::cache::hit_filter(session.req_header(), meta))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let variance = crate::cache::policy::variance(meta.headers(), &req.headers);
+        if !ctx.cache.looked_up && variance.is_some() && variance != meta.variance() {
+            ctx.cache.vary_seen = true;
+        }
+        variance
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(policy) = ctx.route().and_then(|r| r.cache.clone()) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        Ok(crate::cache::response_cacheable(
+            session.req_header(),
+            resp,
+            &policy,
+            &mut ctx.cache,
+        ))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        crate::cache::should_serve_stale(error, &mut ctx.cache)
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        ctx.cache.looked_up = true;
+        if !std::mem::take(&mut ctx.slot_deferred) {
+            return Ok(true);
+        }
+        let Some(pool) = ctx.pool.clone() else {
+            return Ok(true);
+        };
+        let limits = pool.limits;
+        match pool
+            .state
+            .acquire(
+                limits.max_in_flight,
+                limits.max_pending,
+                pool.connect_timeout,
+            )
+            .await
+        {
+            Ok(slot) => ctx._slot = Some(slot),
+            Err(_) => {
+                self.metrics
+                    .overloaded
+                    .with_label_values(&[&pool.name])
+                    .inc();
+                send_reply(session, ctx, reply::OVERLOADED).await?;
+                return Ok(false);
+            }
+        }
+        pool.state.budget.deposit();
+        Ok(true)
     }
 
     async fn upstream_peer(
@@ -602,6 +750,19 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route() {
             route.request_headers.apply(upstream);
         }
+        if ctx.route().is_some_and(|r| r.cache.is_some()) {
+            if !upstream.headers.contains_key(http::header::UPGRADE) {
+                crate::cache::strip_hop_by_hop_request(upstream);
+            }
+            if session.cache.enabled() {
+                // Fetch the whole response to store (no Range, no client conditionals);
+                // for a stale entry, ask with its validators instead.
+                pingora::cache::filters::upstream::request_filter(
+                    upstream,
+                    session.cache.maybe_cache_meta(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -613,6 +774,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.upstream_elapsed = ctx.attempt.as_ref().map(Attempt::response_head);
         let status = upstream_response.status.as_u16();
+        if status != 101 && ctx.route().is_some_and(|r| r.cache.is_some()) {
+            crate::cache::strip_hop_by_hop_response(upstream_response);
+            crate::cache::upstream_response(session, upstream_response, &mut ctx.cache);
+        }
         ctx.record_outcome(status >= 500, &self.metrics);
         if matches!(status, 502..=504)
             && ctx.may_retry(session, RetryOn::GatewayError, &self.metrics)
@@ -624,10 +789,24 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.route().is_some_and(|r| r.cache.is_some()) {
+            let (outcome, status) = crate::cache::outcome(session, &ctx.cache);
+            ctx.cache.outcome = Some((outcome, session.cache.lock_duration().is_some()));
+            if outcome == crate::cache::Outcome::StaleIfError {
+                // After a failed origin request Pingora does not reuse the client's
+                // connection: say so, or a keepalive client sends into a closed socket.
+                session.set_keepalive(None);
+            }
+            crate::cache::strip_tags(response);
+            response.insert_header("cache-status", status)?;
+            let removed =
+                crate::cache::invalidate_after_unsafe(session.req_header(), response).await;
+            self.metrics.cache.purged.inc_by(removed as u64);
+        }
         if let Some(route) = ctx.route() {
             route.response_headers.apply(response);
         }
@@ -687,6 +866,9 @@ impl ProxyHttp for Gateway {
             .request_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
+        if let Some((outcome, collapsed)) = ctx.cache.outcome {
+            self.metrics.cache.observe(route, outcome, collapsed);
+        }
         if let (Some(pool), Some(up)) = (&ctx.pool, ctx.upstream_elapsed) {
             self.metrics
                 .upstream_duration

@@ -84,6 +84,8 @@ pub struct Route {
     pub rate_limits: Vec<Arc<crate::ratelimit::PolicyLimiter>>,
     /// JWT authentication, checked before the rate limits.
     pub jwt: Option<crate::auth::RouteJwt>,
+    /// Response caching, when enabled on the route.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 /// The parts of a request that routing looks at. `host` is lower case without a port
