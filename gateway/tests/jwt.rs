@@ -356,6 +356,11 @@ routes:
   - id: open
     match: {{path: {{prefix: /open}}}}
     upstream: app
+  - id: cached
+    match: {{path: {{prefix: /cached}}}}
+    auth: {{jwt: {{providers: [hmac], required: false, claims_to_headers: {{sub: X-User-Id}}, strip_authorization: true}}}}
+    cache: {{default_ttl: 60s}}
+    upstream: app
 "#
     )
 }
@@ -557,4 +562,63 @@ async fn a_reload_keeps_the_keys() {
     gw.wait_config("reload", |v| v["version"] == 2).await;
     assert_eq!(get(&gw, &token).await.status(), 200);
     assert_eq!(issuer.fetches(), 1, "the reloaded provider kept its keys");
+}
+
+/// A caching route behind JWT auth that strips `Authorization`: the shared cache still
+/// treats the request as authorized (RFC 9111 section 3.5), whether the token came in
+/// `Authorization` or a cookie, so one caller's answer never reaches another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_keep_answers_out_of_the_shared_cache() {
+    let up = identity_upstream().await;
+    let gw = Gateway::start(&hmac_config(up)).await;
+    let c = reqwest::Client::new();
+    let token = |sub: &str| hs256(json!({"iss": ISS, "sub": sub, "exp": now() + 600}));
+    let seen = |r: reqwest::Response| async move {
+        let status = r
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body: Value = r.json().await.unwrap();
+        (body["x-user-id"].clone(), status)
+    };
+
+    // Anonymous answers are shared: the route really caches.
+    let (_, first) = seen(c.get(gw.url("/cached/a")).send().await.unwrap()).await;
+    let (_, second) = seen(c.get(gw.url("/cached/a")).send().await.unwrap()).await;
+    assert!(
+        first.contains("fwd=") && first.contains("stored"),
+        "{first}"
+    );
+    assert!(second.contains("hit"), "{second}");
+
+    // Authorized answers are neither stored nor served from the cache.
+    for sub in ["u-1", "u-2"] {
+        let r = c
+            .get(gw.url("/cached/b"))
+            .bearer_auth(token(sub))
+            .send()
+            .await
+            .unwrap();
+        let (who, status) = seen(r).await;
+        assert_eq!(who, json!([sub]), "{status}");
+    }
+    for sub in ["u-3", "u-4"] {
+        let r = c
+            .get(gw.url("/cached/c"))
+            .header("cookie", format!("session={}", token(sub)))
+            .send()
+            .await
+            .unwrap();
+        let (who, status) = seen(r).await;
+        assert_eq!(who, json!([sub]), "{status}");
+    }
+    // And an authorized request is not answered with the anonymous entry either.
+    let r = c
+        .get(gw.url("/cached/a"))
+        .bearer_auth(token("u-5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen(r).await.0, json!(["u-5"]));
 }

@@ -169,17 +169,18 @@ pub fn cache_key(
     key
 }
 
-/// `cache_hit_filter`: a request with `Authorization` is answered from the cache only
-/// when the stored response allows it; otherwise it goes to the origin.
-pub fn hit_filter(req: &RequestHeader, meta: &CacheMeta) -> Option<ForcedFreshness> {
-    (req.headers.contains_key(header::AUTHORIZATION) && !policy::may_serve_authorized(meta))
-        .then_some(ForcedFreshness::ForceMiss)
+/// `cache_hit_filter`: a request that carried credentials (`authorized`: the client's
+/// `Authorization`, even if JWT auth stripped it before forwarding, or a token verified
+/// from any source) is answered from the cache only when the stored response allows it;
+/// otherwise it goes to the origin.
+pub fn hit_filter(authorized: bool, meta: &CacheMeta) -> Option<ForcedFreshness> {
+    (authorized && !policy::may_serve_authorized(meta)).then_some(ForcedFreshness::ForceMiss)
 }
 
 /// `response_cache_filter`. After a 304, `resp` is Pingora's merge of the stored
-/// headers; the 304 kept in `ctx` completes it.
+/// headers; the 304 kept in `ctx` completes it. `authorized` as for [`hit_filter`].
 pub fn response_cacheable(
-    req: &RequestHeader,
+    authorized: bool,
     resp: &ResponseHeader,
     route: &RouteCache,
     ctx: &mut CacheCtx,
@@ -190,7 +191,7 @@ pub fn response_cacheable(
         .map(|nm| policy::merge_not_modified(resp, &nm));
     policy::response_cacheable(
         merged.as_ref().unwrap_or(resp),
-        req.headers.contains_key(header::AUTHORIZATION),
+        authorized,
         &route.rules(),
         SystemTime::now(),
     )

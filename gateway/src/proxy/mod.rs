@@ -134,6 +134,9 @@ pub struct RequestCtx {
     /// Claims of the request's verified JWT (routes with `auth.jwt`); the cache key may
     /// use them.
     pub(crate) jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The client sent `Authorization` (noted before JWT auth may strip it), so the
+    /// shared cache treats the request as authorized.
+    sent_authorization: bool,
     _in_flight: InFlight,
     /// What the cache phases learned, for `Cache-Status` and metrics.
     cache: crate::cache::CacheCtx,
@@ -142,6 +145,13 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Credentials came with the request: `Authorization`, or a verified token from any
+    /// source (a cookie is a credential too). Such requests get shared-cache answers only
+    /// when the stored response allows it (RFC 9111 section 3.5).
+    fn sent_credentials(&self) -> bool {
+        self.sent_authorization || self.jwt_claims.is_some()
+    }
+
     fn route(&self) -> Option<&Route> {
         self.route.and_then(|r| self.runtime.routes.get(r))
     }
@@ -306,6 +316,7 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             reply_code: None,
             jwt_claims: None,
+            sent_authorization: false,
             _in_flight: InFlight::enter(&self.in_flight),
             cache: crate::cache::CacheCtx::default(),
             slot_deferred: false,
@@ -314,6 +325,10 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = Arc::clone(&ctx.runtime);
+        ctx.sent_authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
         // Identity headers are the gateway's to set, on every route (see `Runtime`), and
         // removed before matching so a client cannot steer routing with them either.
         if !runtime.identity_headers.is_empty() {
@@ -502,13 +517,13 @@ impl ProxyHttp for Gateway {
 
     async fn cache_hit_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         _is_fresh: bool,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(crate::cache::hit_filter(session.req_header(), meta))
+        Ok(crate::cache::hit_filter(ctx.sent_credentials(), meta))
     }
 
     fn cache_vary_filter(
@@ -526,7 +541,7 @@ impl ProxyHttp for Gateway {
 
     fn response_cache_filter(
         &self,
-        session: &Session,
+        _session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
@@ -534,7 +549,7 @@ impl ProxyHttp for Gateway {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
         Ok(crate::cache::response_cacheable(
-            session.req_header(),
+            ctx.sent_credentials(),
             resp,
             &policy,
             &mut ctx.cache,
