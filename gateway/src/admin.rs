@@ -68,6 +68,7 @@ pub fn describe_pool(pool: &UpstreamPool) -> Value {
     let now = crate::upstream::state::now_ns();
     json!({
         "name": &*pool.name,
+        "source": crate::kubernetes::describe_source(pool),
         "load_balancing": pool.load_balancing.as_str(),
         "consistent_hash": hash_on,
         "in_flight": pool.state.in_flight(),
@@ -167,15 +168,28 @@ impl AdminApp {
                         &json!({"status": "draining"}),
                     )
                 } else {
-                    let version = self.store.load().version;
+                    let rt = self.store.load();
+                    if rt.discovery.waiting {
+                        return json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({
+                                "status": "not_ready",
+                                "reason": "waiting_for_discovery",
+                                "message": "a route uses a kubernetes upstream and the first discovery snapshot has not arrived",
+                                "config_version": rt.version,
+                            }),
+                        );
+                    }
                     json_response(
                         StatusCode::OK,
-                        &json!({"status": "ready", "config_version": version}),
+                        &json!({"status": "ready", "config_version": rt.version}),
                     )
                 }
             }
             "/metrics" => {
-                self.metrics.refresh_upstreams(&self.store.load());
+                let rt = self.store.load();
+                self.metrics.refresh_upstreams(&rt);
+                self.metrics.refresh_discovery(&rt);
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -210,6 +224,7 @@ impl AdminApp {
                     StatusCode::OK,
                     &json!({
                         "version": rt.version,
+                        "discovery": crate::kubernetes::describe(&rt.discovery),
                         "upstreams": rt.upstreams.values().map(|p| describe_pool(p)).collect::<Vec<_>>(),
                     }),
                 )

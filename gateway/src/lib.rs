@@ -8,6 +8,7 @@ pub mod actions;
 pub mod admin;
 pub mod config;
 pub mod explain;
+pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
