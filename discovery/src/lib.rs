@@ -11,6 +11,8 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod snapshot;
 
 pub use snapshot::{
