@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 pub mod engine;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod snapshot;
 pub mod watcher;
 
