@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 pub mod client;
 pub mod config;
 pub mod engine;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
