@@ -15,11 +15,15 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+pub mod client;
+pub mod config;
 pub mod engine;
-pub mod metrics;
-pub mod model;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod metrics;
+pub mod model;
+pub mod protocol;
+pub mod server;
 pub mod snapshot;
 pub mod watcher;
 
