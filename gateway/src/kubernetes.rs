@@ -6,18 +6,28 @@
 
 use std::time::SystemTime;
 
-use discovery::Snapshot;
+use discovery::metrics::DiscoveryMetrics;
+use discovery::watcher::{self, Coalesce, MassDeletionGuard, WatchConfig, WatchHandle};
+use discovery::{Snapshot, SnapshotReceiver};
 use serde_json::{Value, json};
 
-use crate::config::{KubernetesUpstreamSpec, Spec};
+use crate::config::{
+    ApiSource, DiscoverySource, DiscoverySpec, KubernetesUpstreamSpec, KubernetesWatchSpec, Spec,
+    TokenSource,
+};
 use crate::router::{RouteAction, RouteTable};
 use crate::upstream::UpstreamPool;
 use crate::upstream::policy::EndpointSpec;
 
 /// The endpoints of one `kubernetes` upstream in `snapshot`: the backends of its
 /// Service port, narrowed by zone hints when they apply; none before the first
-/// snapshot or while the Service has no backends. Terminating-but-serving backends
-/// come through as draining: they finish what they have and take nothing new.
+/// snapshot or while the Service has no backends.
+///
+/// Terminating-but-serving backends come through as draining (they finish what they
+/// have and take nothing new) while any other backend is left. When they are all
+/// there is (the model's fallback when no endpoint is ready), they take traffic, as
+/// kube-proxy does: a pool of only draining endpoints would answer 503 while the pods
+/// still serve.
 pub fn endpoints(
     snapshot: Option<&Snapshot>,
     upstream: &KubernetesUpstreamSpec,
@@ -26,12 +36,14 @@ pub fn endpoints(
     let Some(service) = snapshot.and_then(|s| s.services.get(&upstream.service)) else {
         return Vec::new();
     };
-    discovery::for_zone(service.resolve(&upstream.port), zone)
+    let backends = discovery::for_zone(service.resolve(&upstream.port), zone);
+    let only_draining = backends.iter().all(|b| b.draining);
+    backends
         .into_iter()
         .map(|b| EndpointSpec {
             address: b.address.to_string(),
             weight: 1,
-            draining: b.draining,
+            draining: b.draining && !only_draining,
         })
         .collect()
 }
@@ -95,5 +107,151 @@ pub fn describe_source(pool: &UpstreamPool) -> Value {
             "port": k.port.to_string(),
         }),
         None => json!({"kind": "static"}),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("discovery: cannot start its runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("discovery: {0}")]
+    Metrics(#[from] discovery::metrics::MetricsError),
+    #[error("discovery: cannot read kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error(
+        "discovery: no Kubernetes config (not in a cluster, no KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Infer(String),
+    #[error("discovery: cannot build the Kubernetes client: {0}")]
+    Client(String),
+    #[error("discovery: cannot read the control-plane token from {what}: {reason}")]
+    Token { what: String, reason: String },
+}
+
+/// A running snapshot source. It lives on a Tokio runtime of its own, apart from
+/// Pingora's per-service runtimes, for as long as this value: the whole process.
+pub struct DiscoveryRunner {
+    /// `None` until the source's first full sync, then every published snapshot.
+    pub snapshots: SnapshotReceiver,
+    watch: Option<WatchHandle>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for DiscoveryRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoveryRunner")
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DiscoveryRunner {
+    fn drop(&mut self) {
+        drop(self.watch.take());
+        if let Some(rt) = self.runtime.take() {
+            // Never block process exit on an in-flight watch request.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Start the source `spec` names: the embedded watcher (Kubernetes client from the
+/// configured kubeconfig, else in-cluster config or `KUBECONFIG`) or a control-plane
+/// subscription (reconnecting with backoff and resuming). Its metrics register in
+/// `registry`. Fails fast on what start-up can know: an unreadable kubeconfig or token.
+pub fn start(
+    spec: &DiscoverySpec,
+    registry: &prometheus::Registry,
+) -> Result<DiscoveryRunner, StartError> {
+    let metrics = DiscoveryMetrics::new(registry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("discovery")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let (snapshots, watch) = match &spec.source {
+        DiscoverySource::Kubernetes(k) => {
+            let client = runtime.block_on(kube_client(k))?;
+            // kube's client and the watcher tasks are spawned on this runtime.
+            let _guard = runtime.enter();
+            let (rx, handle) = watcher::spawn(client, watch_config(k, metrics));
+            (rx, Some(handle))
+        }
+        DiscoverySource::ControlPlane { url, token } => {
+            let mut config = discovery::client::ClientConfig::new(url.clone(), metrics);
+            config.token = read_token(token)?;
+            let _guard = runtime.enter();
+            (discovery::client::spawn(config), None)
+        }
+    };
+    tracing::info!(
+        mode = spec.mode(),
+        "discovery started; waiting for the first snapshot"
+    );
+    Ok(DiscoveryRunner {
+        snapshots,
+        watch,
+        runtime: Some(runtime),
+    })
+}
+
+fn watch_config(k: &KubernetesWatchSpec, metrics: DiscoveryMetrics) -> WatchConfig {
+    let mut config = WatchConfig::new(metrics);
+    config.source = match k.source {
+        ApiSource::EndpointSlices => watcher::Source::EndpointSlices,
+        ApiSource::Endpoints => watcher::Source::Endpoints,
+    };
+    config.namespaces = k.namespaces.clone();
+    config.label_selector = k.label_selector.clone();
+    config.coalesce = Coalesce {
+        quiet: k.quiet,
+        max_delay: k.max_delay,
+    };
+    config.mass_deletion = MassDeletionGuard {
+        max_removed_share: f64::from(k.max_removed_percent) / 100.0,
+        ..MassDeletionGuard::default()
+    };
+    config
+}
+
+async fn kube_client(k: &KubernetesWatchSpec) -> Result<kube::Client, StartError> {
+    let config = match &k.kubeconfig {
+        Some(path) => {
+            let bad = |reason: String| StartError::Kubeconfig {
+                path: path.display().to_string(),
+                reason,
+            };
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| bad(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| StartError::Infer(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| StartError::Client(e.to_string()))
+}
+
+fn read_token(token: &TokenSource) -> Result<Option<String>, StartError> {
+    match token {
+        TokenSource::None => Ok(None),
+        TokenSource::File(path) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| StartError::Token {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        TokenSource::Env(var) => std::env::var(var)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| StartError::Token {
+                what: format!("${var}"),
+                reason: e.to_string(),
+            }),
     }
 }

@@ -93,6 +93,9 @@ pub enum ReloadOutcome {
 struct DiscoveryInput {
     snapshots: SnapshotReceiver,
     spec: Mutex<Arc<Spec>>,
+    /// The snapshot the running runtime was compiled with. Compared by pointer, not
+    /// version: a restarted control plane numbers its snapshots afresh.
+    applied: Mutex<Option<Arc<discovery::Snapshot>>>,
 }
 
 /// The single writer of the `RuntimeStore`.
@@ -125,6 +128,7 @@ impl Reloader {
         self.discovery = Some(DiscoveryInput {
             snapshots,
             spec: Mutex::new(spec),
+            applied: Mutex::new(None),
         });
         self
     }
@@ -146,10 +150,14 @@ impl Reloader {
         let Some(snapshot) = input.snapshots.borrow().clone() else {
             return ReloadOutcome::Unchanged;
         };
-        let current = self.store.load();
-        if current.discovery.snapshot_version == Some(snapshot.version) {
+        let already = input
+            .applied
+            .lock()
+            .is_ok_and(|a| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, &snapshot)));
+        if already {
             return ReloadOutcome::Unchanged;
         }
+        let current = self.store.load();
         let Ok(spec) = input.spec.lock().map(|s| Arc::clone(&s)) else {
             return ReloadOutcome::Unchanged;
         };
@@ -157,6 +165,9 @@ impl Reloader {
         match runtime::compile_with(&spec, Some(&snapshot), version, Some(&current)) {
             Ok(rt) => {
                 self.store.current.store(Arc::new(rt));
+                if let Ok(mut a) = input.applied.lock() {
+                    *a = Some(Arc::clone(&snapshot));
+                }
                 let metrics = &self.store.metrics;
                 metrics.config_version.set(version as i64);
                 metrics.discovery_updates.inc();
@@ -238,10 +249,13 @@ impl Reloader {
         if let Ok(mut t) = self.last_text.lock() {
             *t = text;
         }
-        if let Some(input) = &self.discovery
-            && let Ok(mut s) = input.spec.lock()
-        {
-            *s = Arc::new(spec);
+        if let Some(input) = &self.discovery {
+            if let Ok(mut s) = input.spec.lock() {
+                *s = Arc::new(spec);
+            }
+            if let Ok(mut a) = input.applied.lock() {
+                *a = snapshot;
+            }
         }
         self.store.record(|s| {
             s.last_attempt = Some(attempt.clone());
@@ -477,9 +491,17 @@ routes: [{id: o, upstream: orders}]
             "least_outstanding"
         );
         assert_eq!(metrics.discovery_updates.get(), 2);
+        // A restarted control plane numbers afresh: the same version with other
+        // content is still a new snapshot.
+        tx.send_replace(snapshot(3, &[1004]));
+        assert_eq!(
+            reloader.apply_snapshot(),
+            ReloadOutcome::Swapped { version: 5 }
+        );
+        assert_eq!(ports(&store), [1004]);
         // A bad reload keeps serving the last snapshot's endpoints.
         std::fs::write(&path, "listeners: [").unwrap();
         assert_eq!(reloader.reload(false), ReloadOutcome::Rejected);
-        assert_eq!(ports(&store), [1003]);
+        assert_eq!(ports(&store), [1004]);
     }
 }

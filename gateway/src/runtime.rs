@@ -342,6 +342,29 @@ routes:
                     "10.0.0.1:8080"
                 );
             }
+            // Nothing ready, only serving-while-terminating backends: they are all
+            // there is, so they serve (a pool of only draining endpoints would 503).
+            let terminating = service(
+                "http",
+                vec![backend(1, 8080, true, &[]), backend(2, 8080, true, &[])],
+            );
+            let catalog = service("", vec![]);
+            let rt = compile_with(
+                &spec,
+                Some(&snapshot(2, terminating, catalog)),
+                2,
+                Some(&rt),
+            )
+            .unwrap();
+            assert_eq!(
+                addresses(&rt, "orders"),
+                [
+                    ("10.0.0.1:8080".into(), false),
+                    ("10.0.0.2:8080".into(), false)
+                ]
+            );
+            assert!(rt.upstreams["orders"].select(None, &[]).is_some());
+            assert!(rt.upstreams["catalog"].select(None, &[]).is_none());
         }
 
         #[test]

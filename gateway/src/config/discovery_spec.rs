@@ -24,7 +24,7 @@ pub enum ApiSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenSource {
     None,
-    /// Read at every (re)connect, so a rotated projected token is picked up.
+    /// Read once at start.
     File(PathBuf),
     Env(String),
 }

@@ -58,7 +58,7 @@ pub struct KubernetesDiscovery {
 pub struct ControlPlane {
     /// `http://host:port` of a `discovery` server.
     pub url: String,
-    /// Bearer token read from this file (re-read on every reconnect)...
+    /// Bearer token read from this file at start...
     pub token_file: Option<String>,
     /// ...or from this environment variable.
     pub token_env: Option<String>,
