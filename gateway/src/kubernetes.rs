@@ -159,6 +159,7 @@ impl Drop for DiscoveryRunner {
 /// configured kubeconfig, else in-cluster config or `KUBECONFIG`) or a control-plane
 /// subscription (reconnecting with backoff and resuming). Its metrics register in
 /// `registry`. Fails fast on what start-up can know: an unreadable kubeconfig or token.
+/// Blocks while it builds the Kubernetes client, so call it outside async code.
 pub fn start(
     spec: &DiscoverySpec,
     registry: &prometheus::Registry,
