@@ -3,6 +3,7 @@
 //! relists, outages, bursts and mass deletions.
 //!
 //! Waits are bounded condition waits; no assertion depends on how long something took.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::sync::Arc;
