@@ -15,6 +15,7 @@
 //!
 //! Time is `tokio::time`, so tests drive it with a paused clock.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -77,17 +78,18 @@ pub struct Status {
     /// The first snapshot was published.
     pub synced: bool,
     pub version: u64,
-    /// When the source was last known healthy (a successful API response).
+    /// When the API server last answered successfully.
     pub last_contact: Option<Instant>,
-    /// Since when the source has been failing; `None` while healthy.
-    pub failing_since: Option<Instant>,
+    /// Since when each failing resource URL has been failing; empty while healthy.
+    pub failing: HashMap<String, Instant>,
     pub held: Option<HeldDeletion>,
 }
 
 impl Status {
-    /// How long the current outage has lasted.
+    /// How long the current outage has lasted: since the oldest failure of a resource
+    /// that has not answered successfully since.
     pub fn outage(&self) -> Option<Duration> {
-        self.failing_since.map(|t| t.elapsed())
+        self.failing.values().min().map(|t| t.elapsed())
     }
 }
 

@@ -148,24 +148,22 @@ fn observed_client(client: kube::Client, status: SharedStatus) -> kube::Client {
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
         let client = client.clone();
         let status = status.clone();
+        // Health is kept per resource URL (the path without its query), so one
+        // resource answering does not hide another one failing.
+        let path = req.uri().path().to_owned();
         async move {
             let response = client.send(req);
             tokio::pin!(response);
             let result = tokio::select! {
                 r = &mut response => r,
                 () = tokio::time::sleep(CONTACT_TIMEOUT) => {
-                    mark_failing(&status);
+                    mark_failing(&status, &path);
                     response.await
                 }
             };
             match &result {
-                Ok(r) if is_contact(r.status()) => {
-                    with_status(&status, |s| {
-                        s.last_contact = Some(Instant::now());
-                        s.failing_since = None;
-                    });
-                }
-                _ => mark_failing(&status),
+                Ok(r) if is_contact(r.status()) => mark_contact(&status, &path),
+                _ => mark_failing(&status, &path),
             }
             result
         }
@@ -179,9 +177,18 @@ fn is_contact(status: http::StatusCode) -> bool {
     status.is_success() || status == http::StatusCode::GONE
 }
 
-fn mark_failing(status: &SharedStatus) {
+fn mark_contact(status: &SharedStatus, path: &str) {
     with_status(status, |s| {
-        s.failing_since.get_or_insert_with(Instant::now);
+        s.last_contact = Some(Instant::now());
+        s.failing.remove(path);
+    });
+}
+
+fn mark_failing(status: &SharedStatus, path: &str) {
+    with_status(status, |s| {
+        if !s.failing.contains_key(path) {
+            s.failing.insert(path.to_owned(), Instant::now());
+        }
     });
 }
 
@@ -281,6 +288,7 @@ async fn run_stream<K>(api: Api<K>, ctx: StreamCtx, resource: &'static str, stri
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    let url = api.resource_url().to_owned();
     let mut events = watcher(api, ctx.config.clone()).default_backoff().boxed();
     let mut relist: Option<Vec<Object>> = None;
     let count = |kind: &str| {
@@ -290,6 +298,10 @@ where
             .inc()
     };
     while let Some(event) = events.next().await {
+        if event.is_ok() {
+            // An event is the API server answering, as much as a response is.
+            mark_contact(&ctx.status, &url);
+        }
         let update = match event {
             Ok(Event::Init) => {
                 count("init");
@@ -325,7 +337,7 @@ where
                     .watch_errors
                     .with_label_values(&[resource])
                     .inc();
-                mark_failing(&ctx.status);
+                mark_failing(&ctx.status, &url);
                 tracing::warn!(%error, resource, "discovery: watch failed; keeping the last snapshot and retrying with backoff");
                 continue;
             }
