@@ -368,6 +368,21 @@ routes:
         }
 
         #[test]
+        fn changing_the_discovery_section_needs_a_restart() {
+            let spec = crate::config::parse(CONFIG, "t.yaml").unwrap();
+            let other = crate::config::parse(
+                &CONFIG.replace("kubernetes: {}}", "kubernetes: {namespaces: [shop]}}"),
+                "t.yaml",
+            )
+            .unwrap();
+            assert_ne!(restart_settings(&spec), restart_settings(&other));
+            let same =
+                crate::config::parse(&CONFIG.replace("prefix: /c}", "prefix: /d}"), "t.yaml")
+                    .unwrap();
+            assert_eq!(restart_settings(&spec), restart_settings(&same));
+        }
+
+        #[test]
         fn before_the_first_snapshot_pools_are_empty_and_the_runtime_waits() {
             let spec = crate::config::parse(CONFIG, "t.yaml").unwrap();
             let rt = compile_with(&spec, None, 1, None).unwrap();
