@@ -536,3 +536,47 @@ discovery:
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(ok > 50, "{ok}");
 }
+
+#[test]
+fn an_unreadable_kubeconfig_fails_start_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-kubeconfig");
+    let config = dir.path().join("gateway.yaml");
+    let text = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:{}"}}]
+admin: {{address: "127.0.0.1:{}"}}
+discovery:
+  kubernetes: {{kubeconfig: "{}"}}
+{ROUTES}"#,
+        free_port(),
+        free_port(),
+        missing.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway kept running without its kubeconfig");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("cannot read kubeconfig") && stderr.contains("no-such-kubeconfig"),
+        "{stderr}"
+    );
+}
