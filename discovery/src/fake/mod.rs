@@ -56,6 +56,11 @@ pub enum Fault {
     Delay(Duration),
 }
 
+/// Why [`FakeApiServer::try_apply`] refused an object.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApplyError(String);
+
 /// How much change history is kept for watches and paginated lists by default.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
@@ -202,20 +207,24 @@ preferences: {{}}
     /// resourceVersion (unchanged, with no event, when the content is identical).
     ///
     /// # Panics
-    /// When the object has no apiVersion, kind or metadata.name, or is of a kind
-    /// the fake does not serve: a broken test fixture, not a runtime condition.
+    /// When [`try_apply`](Self::try_apply) fails: the object has no apiVersion, kind
+    /// or metadata.name, or is of a kind the fake does not serve. That is a broken
+    /// test fixture, not a runtime condition.
     pub fn apply(&self, object: Value) -> u64 {
-        let key = match object_key(&object) {
-            Ok(key) => key,
-            Err(why) => panic!("FakeApiServer::apply: {why}: {object}"),
-        };
+        match self.try_apply(object) {
+            Ok(rv) => rv,
+            Err(e) => panic!("FakeApiServer::apply: {e}"),
+        }
+    }
+
+    /// [`apply`](Self::apply) for objects that come from outside a test (files).
+    pub fn try_apply(&self, object: Value) -> Result<u64, ApplyError> {
+        let key = object_key(&object).map_err(|why| ApplyError(format!("{why}: {object}")))?;
         let result = self.shared().lock().store.write(key, object, false, false);
         self.shared().notify();
-        match result {
-            Ok((rv, _)) => rv,
-            // An upsert has no precondition that can fail.
-            Err(e) => panic!("FakeApiServer::apply: {e:?}"),
-        }
+        result
+            .map(|(rv, _)| rv)
+            .map_err(|e| ApplyError(format!("{e:?}")))
     }
 
     /// Deletes one object and emits DELETED; false when it did not exist.
