@@ -730,3 +730,84 @@ async fn kubectl_lists_filters_and_watches() {
     child.kill().await.unwrap();
     assert!(server.requests("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?") >= 2);
 }
+
+#[tokio::test]
+async fn dev_binary_serves_loaded_objects_through_its_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects.yaml");
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: orders, namespace: shop}\n\
+         spec: {ports: [{name: http, port: 80}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: orders-a, namespace: shop, labels: {kubernetes.io/service-name: orders}}\n\
+         addressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\n",
+    )
+    .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+        .args(["--port", "0", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg(&objects)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The kubeconfig is written once the objects are loaded; stderr then names the URL.
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("the binary did not start")
+            .unwrap()
+            .expect("the binary exited");
+        if line.starts_with("fake Kubernetes API server on http://127.0.0.1:") {
+            break;
+        }
+    }
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&text).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let api: Api<EndpointSlice> = Api::default_namespaced(kube::Client::try_from(config).unwrap());
+    // The kubeconfig's default namespace is `default`: empty there, the slice in `shop`.
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let shop: Api<EndpointSlice> = Api::namespaced(api.into_client(), "shop");
+    assert_eq!(
+        names(&shop.list(&ListParams::default()).await.unwrap().items),
+        set(&["orders-a"])
+    );
+    child.kill().await.unwrap();
+
+    // An object of a kind the fake does not serve is an error, not a panic.
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n",
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+            .args(["--port", "0"])
+            .arg(&objects)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not serve v1 Widget"), "{stderr}");
+}
