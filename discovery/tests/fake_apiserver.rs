@@ -698,8 +698,52 @@ async fn kubectl_lists_filters_and_watches() {
             .await,
         "service/y\n"
     );
+    // Server-side printing: the real API server's columns.
     let table = kubectl.run(&["get", "svc", "-n", "x", "-l", "app=y"]).await;
-    assert!(table.contains('y') && !table.contains('z'), "{table}");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{table}"
+    );
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(
+        rows[1][..5],
+        ["y", "ClusterIP", "<none>", "<none>", "80/TCP"],
+        "{table}"
+    );
+    let table = kubectl.run(&["get", "endpointslices", "-A"]).await;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAMESPACE",
+            "NAME",
+            "ADDRESSTYPE",
+            "PORTS",
+            "ENDPOINTS",
+            "AGE"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        rows[1][..5],
+        ["shop", "orders-a", "IPv4", "8080", "10.0.0.1"],
+        "{table}"
+    );
 
     // `get -w` sees a change made after it started watching.
     let mut child = kubectl

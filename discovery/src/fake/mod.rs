@@ -17,7 +17,9 @@
 //!   selector turns objects leaving or entering it into DELETED/ADDED as the watch
 //!   cache does; an expired version gets an in-stream `ERROR` with a 410 `Status`;
 //!   `timeoutSeconds` ends the stream cleanly;
-//! - errors as `Status` objects with the API's reasons (`NotFound`, `Expired`...).
+//! - errors as `Status` objects with the API's reasons (`NotFound`, `Expired`...);
+//! - server-side printing (`Table`) for `kubectl get`, with the real columns for
+//!   EndpointSlices, Services and Endpoints and Name/Age for the other kinds.
 //!
 //! Writes made by the test through [`FakeApiServer::apply`] and
 //! [`FakeApiServer::delete`] go through the same store and history as HTTP writes.
@@ -26,6 +28,7 @@ mod resources;
 mod selector;
 mod server;
 mod store;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
