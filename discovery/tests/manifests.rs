@@ -144,6 +144,19 @@ fn manifests_parse_and_name_every_object() {
     }
     // The namespace is created before anything is put in it (files apply in name order).
     let first = &objects[0].1;
+    // Sample services and the namespaced RBAC variant are opt-in: in subdirectories,
+    // which `kubectl apply -f manifests/` does not descend into.
+    for (file, v) in &objects {
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
+        if ns == "shop" || v["kind"] == "Namespace" && v["metadata"]["name"] == "shop" {
+            assert_ne!(
+                file.parent().unwrap(),
+                manifests_dir(),
+                "{}",
+                file.display()
+            );
+        }
+    }
     assert_eq!(first["kind"], "Namespace");
     assert_eq!(first["metadata"]["name"], "gateway-system");
 }
@@ -297,8 +310,14 @@ fn assert_secret_file(deployment: &Value, file: &str, secret: &str) {
 #[test]
 fn deployments_are_probed_hardened_sized_and_wired() {
     let objects = objects();
-    for name in ["discovery", "gateway"] {
-        let deployment = one(&objects, "Deployment", name);
+    let deployments: Vec<&Value> = objects
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == "Deployment")
+        .collect();
+    assert!(deployments.len() >= 2);
+    for deployment in &deployments {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
         let pod = &deployment["spec"]["template"]["spec"];
         let labels = &deployment["spec"]["template"]["metadata"]["labels"];
         for (k, v) in deployment["spec"]["selector"]["matchLabels"]
@@ -311,7 +330,7 @@ fn deployments_are_probed_hardened_sized_and_wired() {
         let containers = pod["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 1);
         let c = &containers[0];
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+        assert!(c["readinessProbe"]["httpGet"]["path"].is_string(), "{name}");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{name}");
         container_port(c, &c["readinessProbe"]["httpGet"]["port"]);
         container_port(c, &c["livenessProbe"]["httpGet"]["port"]);
@@ -329,12 +348,31 @@ fn deployments_are_probed_hardened_sized_and_wired() {
             c["resources"]["limits"]["memory"].is_string(),
             "{name}: memory limit"
         );
+    }
+    for name in ["discovery", "gateway"] {
+        let c = &one(&objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+    }
 
-        // Its Service selects these pods and targets a declared port.
-        let service = one(&objects, "Service", name);
-        for (k, v) in service["spec"]["selector"].as_object().unwrap() {
-            assert_eq!(&labels[k], v, "{name}: Service selector");
-        }
+    // Every Service selects the pods of a Deployment in its namespace and targets a
+    // port those pods declare.
+    for service in objects
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == "Service")
+    {
+        let name = &service["metadata"]["name"];
+        let selector = service["spec"]["selector"].as_object().unwrap();
+        let target = deployments
+            .iter()
+            .find(|d| {
+                d["metadata"]["namespace"] == service["metadata"]["namespace"]
+                    && selector
+                        .iter()
+                        .all(|(k, v)| d["spec"]["template"]["metadata"]["labels"][k] == *v)
+            })
+            .unwrap_or_else(|| panic!("Service {name} selects no Deployment"));
+        let c = &target["spec"]["template"]["spec"]["containers"][0];
         for port in service["spec"]["ports"].as_array().unwrap() {
             container_port(c, &port["targetPort"]);
         }
@@ -386,13 +424,21 @@ fn deployments_are_probed_hardened_sized_and_wired() {
         control["token_file"].as_str().unwrap(),
         "discovery-token",
     );
+    // Every upstream is a Service port that the manifests (examples/shop.yaml) define.
     for (name, upstream) in config["upstreams"].as_object().unwrap() {
         let k = &upstream["kubernetes"];
+        let service = find(&objects, "Service", k["service"].as_str().unwrap())
+            .into_iter()
+            .find(|s| s["metadata"]["namespace"] == k["namespace"])
+            .unwrap_or_else(|| panic!("upstream {name}: no Service {k}"));
+        let ports = service["spec"]["ports"].as_array().unwrap();
         assert!(
-            k["namespace"].is_string() && k["service"].is_string(),
-            "{name}"
+            ports
+                .iter()
+                .any(|p| p["name"] == k["port"] || p["port"] == k["port"]),
+            "upstream {name}: Service has no port {}",
+            k["port"]
         );
-        assert!(k["port"].is_string() || k["port"].is_u64(), "{name}");
     }
     // Admin (probes, metrics) stays off the public Service.
     let public = one(&objects, "Service", "gateway");
