@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
             if value.is_null() {
                 continue;
             }
-            server.apply(value);
+            server
+                .try_apply(value)
+                .with_context(|| format!("loading {}", file.display()))?;
         }
     }
     if let Some(path) = &args.kubeconfig {

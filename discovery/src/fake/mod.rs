@@ -17,7 +17,9 @@
 //!   selector turns objects leaving or entering it into DELETED/ADDED as the watch
 //!   cache does; an expired version gets an in-stream `ERROR` with a 410 `Status`;
 //!   `timeoutSeconds` ends the stream cleanly;
-//! - errors as `Status` objects with the API's reasons (`NotFound`, `Expired`...).
+//! - errors as `Status` objects with the API's reasons (`NotFound`, `Expired`...);
+//! - server-side printing (`Table`) for `kubectl get`, with the real columns for
+//!   EndpointSlices, Services and Endpoints and Name/Age for the other kinds.
 //!
 //! Writes made by the test through [`FakeApiServer::apply`] and
 //! [`FakeApiServer::delete`] go through the same store and history as HTTP writes.
@@ -26,6 +28,7 @@ mod resources;
 mod selector;
 mod server;
 mod store;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +58,11 @@ pub enum Fault {
     /// Answer each new request only after this delay.
     Delay(Duration),
 }
+
+/// Why [`FakeApiServer::try_apply`] refused an object.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApplyError(String);
 
 /// How much change history is kept for watches and paginated lists by default.
 pub const DEFAULT_HISTORY: usize = 10_000;
@@ -202,20 +210,24 @@ preferences: {{}}
     /// resourceVersion (unchanged, with no event, when the content is identical).
     ///
     /// # Panics
-    /// When the object has no apiVersion, kind or metadata.name, or is of a kind
-    /// the fake does not serve: a broken test fixture, not a runtime condition.
+    /// When [`try_apply`](Self::try_apply) fails: the object has no apiVersion, kind
+    /// or metadata.name, or is of a kind the fake does not serve. That is a broken
+    /// test fixture, not a runtime condition.
     pub fn apply(&self, object: Value) -> u64 {
-        let key = match object_key(&object) {
-            Ok(key) => key,
-            Err(why) => panic!("FakeApiServer::apply: {why}: {object}"),
-        };
+        match self.try_apply(object) {
+            Ok(rv) => rv,
+            Err(e) => panic!("FakeApiServer::apply: {e}"),
+        }
+    }
+
+    /// [`apply`](Self::apply) for objects that come from outside a test (files).
+    pub fn try_apply(&self, object: Value) -> Result<u64, ApplyError> {
+        let key = object_key(&object).map_err(|why| ApplyError(format!("{why}: {object}")))?;
         let result = self.shared().lock().store.write(key, object, false, false);
         self.shared().notify();
-        match result {
-            Ok((rv, _)) => rv,
-            // An upsert has no precondition that can fail.
-            Err(e) => panic!("FakeApiServer::apply: {e:?}"),
-        }
+        result
+            .map(|(rv, _)| rv)
+            .map_err(|e| ApplyError(format!("{e:?}")))
     }
 
     /// Deletes one object and emits DELETED; false when it did not exist.

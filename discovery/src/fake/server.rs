@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::resources::{self, RESOURCES, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Event, EventType, Key, WriteError};
+use super::table::{self, Include};
 use super::{Fault, Shared};
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -310,8 +311,15 @@ async fn resource_request(
     let resource = &RESOURCES[target.resource_index];
     let watch = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
     let method = req.method().clone();
+    // `kubectl get` asks for server-side printing; kube-rs never does.
+    let as_table = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wanted)
+        .then(|| Include::parse(query.get("includeObject").map(String::as_str)));
     match (&method, &target.name) {
-        (&Method::GET, None) if watch => start_watch(shared, &target, &query),
+        (&Method::GET, None) if watch => start_watch(shared, &target, &query, as_table),
         (&Method::GET, Some(name)) if watch => {
             // Watching one object is a watch on its collection narrowed to its name.
             let mut query = query;
@@ -324,9 +332,9 @@ async fn resource_request(
                 name: None,
                 ..target
             };
-            start_watch(shared, &target, &query)
+            start_watch(shared, &target, &query, as_table)
         }
-        (&Method::GET, None) => list(&shared, &target, &query),
+        (&Method::GET, None) => list(&shared, &target, &query, as_table),
         (&Method::GET, Some(name)) => {
             let key = key(&target, name);
             match shared.lock().store.get(&key) {
@@ -452,7 +460,12 @@ fn decode_continue(token: &str) -> Option<(u64, String, String)> {
     ))
 }
 
-fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Response<Body> {
+fn list(
+    shared: &Shared,
+    target: &Target,
+    query: &HashMap<String, String>,
+    as_table: Option<Include>,
+) -> Response<Body> {
     let resource = &RESOURCES[target.resource_index];
     let (labels, fields) = match selectors(query) {
         Ok(s) => s,
@@ -523,6 +536,10 @@ fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Re
             meta.insert("continue".into(), json!(encode_continue(rv, last)));
             meta.insert("remainingItemCount".into(), json!(remaining));
         }
+    }
+    if let Some(include) = as_table {
+        let objects = matching.iter().map(|(_, v)| v.as_ref());
+        return ok(&table::table(resource, objects, metadata, include));
     }
     let items: Vec<Value> = matching.iter().map(|(_, v)| list_item(v)).collect();
     ok(&json!({
@@ -783,6 +800,8 @@ struct WatchSpec {
     bookmarks: bool,
     timeout: Option<Duration>,
     start: Start,
+    /// Events carry one-row Tables instead of objects (`kubectl get -w`).
+    as_table: Option<Include>,
 }
 
 type Chunk = Result<Frame<Bytes>, std::io::Error>;
@@ -791,6 +810,7 @@ fn start_watch(
     shared: Arc<Shared>,
     target: &Target,
     query: &HashMap<String, String>,
+    as_table: Option<Include>,
 ) -> Response<Body> {
     let (labels, fields) = match selectors(query) {
         Ok(s) => s,
@@ -834,6 +854,7 @@ fn start_watch(
         bookmarks,
         timeout,
         start,
+        as_table,
     };
     let (tx, rx) = mpsc::channel::<Chunk>(256);
     tokio::spawn(run_watch(shared, spec, tx));
@@ -866,6 +887,21 @@ fn bookmark(resource: &Resource, rv: u64, initial_end: bool) -> Bytes {
 }
 
 impl WatchSpec {
+    /// One watch event line for `object`, as this watch renders objects.
+    fn event(&self, kind: &str, object: &Value) -> Bytes {
+        match self.as_table {
+            None => line(kind, object),
+            Some(include) => {
+                let resource = &RESOURCES[self.resource_index];
+                let metadata = json!({"resourceVersion": object
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or_default()});
+                line(kind, &table::table(resource, [object], metadata, include))
+            }
+        }
+    }
+
     fn selects(&self, key: &Key, object: &Value) -> bool {
         key.resource == self.resource_index
             && in_scope(key, &self.namespace)
@@ -892,7 +928,7 @@ impl WatchSpec {
             (EventType::Deleted, true, _) => EventType::Deleted,
             _ => return None,
         };
-        Some(line(kind.as_str(), &event.object))
+        Some(self.event(kind.as_str(), &event.object))
     }
 }
 
@@ -953,7 +989,7 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Chunk>
                     .unwrap_or_default()
                 {
                     if spec.selects(&key, &object) {
-                        first.push(line("ADDED", &object));
+                        first.push(spec.event("ADDED", &object));
                     }
                 }
                 if end_bookmark {

@@ -232,7 +232,9 @@ impl Store {
         if rv < self.compacted {
             return None;
         }
-        Some(self.history.iter().filter(|e| e.rv > rv).cloned().collect())
+        // Versions increase along the history: find the first later one directly.
+        let start = self.history.partition_point(|e| e.rv <= rv);
+        Some(self.history.range(start..).cloned().collect())
     }
 
     /// Every object of `resource` as it was at version `rv` (current objects with the
