@@ -22,6 +22,8 @@ pub struct AdminApp {
     metrics: Arc<Metrics>,
     /// Set when shutdown starts, so `/readyz` fails and load balancers stop sending.
     draining: Arc<AtomicBool>,
+    /// The running discovery source, when the config has one.
+    discovery: Option<crate::kubernetes::DiscoveryControl>,
 }
 
 impl AdminApp {
@@ -30,6 +32,31 @@ impl AdminApp {
             store,
             metrics,
             draining,
+            discovery: None,
+        }
+    }
+
+    /// Show the discovery source's health and allow confirming a held mass deletion.
+    pub fn with_discovery(mut self, control: crate::kubernetes::DiscoveryControl) -> Self {
+        self.discovery = Some(control);
+        self
+    }
+
+    /// `POST /admin/discovery/confirm-mass-deletion`: the one admin action, for the
+    /// embedded watcher's mass-deletion guard (the control plane has its own).
+    fn confirm_mass_deletion(&self) -> Response<Vec<u8>> {
+        let Some(control) = &self.discovery else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": {"code": "no_discovery", "message": "this gateway has no discovery section"}}),
+            );
+        };
+        match control.confirm_mass_deletion() {
+            Ok(held) => json_response(StatusCode::OK, &json!({"confirmed": held})),
+            Err(e) => json_response(
+                StatusCode::CONFLICT,
+                &json!({"error": {"code": "confirm_on_control_plane", "message": e.to_string()}}),
+            ),
         }
     }
 }
@@ -153,6 +180,9 @@ pub fn describe_route(route: &Route) -> Value {
 
 impl AdminApp {
     fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        if method == http::Method::POST && path == "/admin/discovery/confirm-mass-deletion" {
+            return self.confirm_mass_deletion();
+        }
         if method != http::Method::GET && method != http::Method::HEAD {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -224,7 +254,7 @@ impl AdminApp {
                     StatusCode::OK,
                     &json!({
                         "version": rt.version,
-                        "discovery": crate::kubernetes::describe(&rt.discovery),
+                        "discovery": crate::kubernetes::describe(&rt.discovery, self.discovery.as_ref()),
                         "upstreams": rt.upstreams.values().map(|p| describe_pool(p)).collect::<Vec<_>>(),
                     }),
                 )

@@ -4,6 +4,7 @@
 //! for the first snapshot), and starting the snapshot source the config names (the
 //! embedded watcher or a control-plane subscription) on a runtime of its own.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use discovery::metrics::DiscoveryMetrics;
@@ -87,13 +88,14 @@ impl DiscoveryState {
     }
 }
 
-/// `/admin/upstreams`: where discovery stands.
-pub fn describe(d: &DiscoveryState) -> Value {
+/// `/admin/upstreams`: where discovery stands (and the running source's health).
+pub fn describe(d: &DiscoveryState, control: Option<&DiscoveryControl>) -> Value {
     json!({
         "mode": d.mode,
         "snapshot_version": d.snapshot_version,
         "snapshot_applied_at": d.snapshot_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "waiting_for_first_snapshot": d.waiting,
+        "source": control.map(DiscoveryControl::status),
     })
 }
 
@@ -133,21 +135,72 @@ pub enum StartError {
 pub struct DiscoveryRunner {
     /// `None` until the source's first full sync, then every published snapshot.
     pub snapshots: SnapshotReceiver,
-    watch: Option<WatchHandle>,
+    control: DiscoveryControl,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// What the admin API may see and do about the running source: the embedded
+/// watcher's health, and confirming a change its mass-deletion guard holds.
+#[derive(Clone, Debug)]
+pub struct DiscoveryControl {
+    mode: &'static str,
+    watch: Option<Arc<WatchHandle>>,
+}
+
+/// Why a held mass deletion cannot be confirmed here.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    #[error(
+        "this gateway subscribes to a control plane: confirm there (POST /v1/mass-deletion/confirm)"
+    )]
+    ControlPlane,
+}
+
+impl DiscoveryControl {
+    /// The embedded watcher's health; just the mode for a control-plane subscriber
+    /// (the control plane reports its own at `/v1/status`).
+    pub fn status(&self) -> Value {
+        let Some(watch) = &self.watch else {
+            return json!({"mode": self.mode});
+        };
+        let s = watch.status();
+        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+        json!({
+            "mode": self.mode,
+            "synced": s.synced,
+            "version": s.version,
+            "last_contact_age_seconds": secs(s.last_contact_age),
+            "api_outage_seconds": secs(s.outage),
+            "held_mass_deletion": s.held_mass_deletion.map(|h| json!({
+                "removed_endpoints": h.removed_endpoints,
+                "total_endpoints": h.total_endpoints,
+                "held_seconds": h.since.elapsed().as_secs_f64(),
+            })),
+        })
+    }
+
+    /// Publish the change the mass-deletion guard holds. Returns whether one was held.
+    pub fn confirm_mass_deletion(&self) -> Result<bool, ConfirmError> {
+        let watch = self.watch.as_ref().ok_or(ConfirmError::ControlPlane)?;
+        let held = watch.status().held_mass_deletion.is_some();
+        if held {
+            tracing::warn!("discovery: held mass deletion confirmed through the admin API");
+            watch.confirm_mass_deletion();
+        }
+        Ok(held)
+    }
 }
 
 impl std::fmt::Debug for DiscoveryRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiscoveryRunner")
-            .field("watch", &self.watch)
+            .field("control", &self.control)
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for DiscoveryRunner {
     fn drop(&mut self) {
-        drop(self.watch.take());
         if let Some(rt) = self.runtime.take() {
             // Never block process exit on an in-flight watch request.
             rt.shutdown_background();
@@ -192,9 +245,19 @@ pub fn start(
     );
     Ok(DiscoveryRunner {
         snapshots,
-        watch,
+        control: DiscoveryControl {
+            mode: spec.mode(),
+            watch: watch.map(Arc::new),
+        },
         runtime: Some(runtime),
     })
+}
+
+impl DiscoveryRunner {
+    /// A handle for the admin API.
+    pub fn control(&self) -> DiscoveryControl {
+        self.control.clone()
+    }
 }
 
 fn watch_config(k: &KubernetesWatchSpec, metrics: DiscoveryMetrics) -> WatchConfig {

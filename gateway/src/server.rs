@@ -108,10 +108,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(listener = %l.name, address = %l.address, "listening");
     }
 
-    let mut admin = Service::new(
-        "admin".to_owned(),
-        AdminApp::new(Arc::clone(&store), metrics, Arc::clone(&draining)),
-    );
+    let mut admin_app = AdminApp::new(Arc::clone(&store), metrics, Arc::clone(&draining));
+    if let Some(d) = &discovery {
+        admin_app = admin_app.with_discovery(d.control());
+    }
+    let mut admin = Service::new("admin".to_owned(), admin_app);
     admin.add_tcp(&spec.admin.address.to_string());
     tracing::info!(address = %spec.admin.address, "admin listening");
 

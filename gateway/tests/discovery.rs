@@ -97,14 +97,23 @@ async fn wait_pool(gw: &Gateway, port: u16, want: &[(u8, bool)]) -> Value {
         .iter()
         .map(|(n, d)| (format!("127.0.0.{n}:{port}"), *d))
         .collect();
+    wait_pool_exactly(gw, want).await
+}
+
+async fn upstreams(gw: &Gateway) -> Value {
+    reqwest::get(gw.admin_url("/admin/upstreams"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_pool_exactly(gw: &Gateway, mut want: Vec<(String, bool)>) -> Value {
+    want.sort();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let v: Value = reqwest::get(gw.admin_url("/admin/upstreams"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = upstreams(gw).await;
         let pool = v["upstreams"]
             .as_array()
             .unwrap()
@@ -508,6 +517,13 @@ discovery:
     let gw = Gateway::start(&config).await;
     let upstreams = wait_pool(&gw, port, &[(1, false)]).await;
     assert_eq!(upstreams["discovery"]["mode"], "control_plane");
+    // The control plane's mass-deletion guard is confirmed there, not here.
+    let r = reqwest::Client::new()
+        .post(gw.admin_url("/admin/discovery/confirm-mass-deletion"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
 
     let load = Load::start(gw.url("/echo"), 3);
     load.expect(MUST_SUCCEED);
@@ -579,4 +595,86 @@ discovery:
         stderr.contains("cannot read kubeconfig") && stderr.contains("no-such-kubeconfig"),
         "{stderr}"
     );
+}
+
+/// A slice of `n` ready endpoints 10.1.0.1..n (nothing listens there: this test sends
+/// no traffic, it watches the routing table).
+fn wide_slice(n: u8) -> Value {
+    let endpoints: Vec<Value> = (1..=n)
+        .map(|i| json!({"addresses": [format!("10.1.0.{i}")], "conditions": {"ready": true}}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "echo-wide", "namespace": NAMESPACE,
+                     "labels": {"kubernetes.io/service-name": SERVICE}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+fn wide(n: u8) -> Vec<(String, bool)> {
+    (1..=n)
+        .map(|i| (format!("10.1.0.{i}:8080"), false))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_mass_deletion_waits_for_confirmation_on_the_admin_api() {
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.apply(service(8080));
+    fake.apply(wide_slice(12));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig_yaml()).unwrap();
+    let config = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+discovery:
+  kubernetes: {{kubeconfig: "{}", quiet: 20ms, max_delay: 200ms, max_removed_percent: 50}}
+{ROUTES}"#,
+        kubeconfig.display()
+    );
+    let gw = Gateway::start(&config).await;
+    wait_pool_exactly(&gw, wide(12)).await;
+    let confirm = || async {
+        let r = reqwest::Client::new()
+            .post(gw.admin_url("/admin/discovery/confirm-mass-deletion"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(confirm().await, (200, json!({"confirmed": false})));
+
+    // 12 -> 2 removes 83% of all endpoints: held, the table keeps all 12.
+    fake.apply(wide_slice(2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        let v = upstreams(&gw).await;
+        let held = v["discovery"]["source"]["held_mass_deletion"].clone();
+        if !held.is_null() {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "never held: {v:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(held["removed_endpoints"], 10, "{held}");
+    assert_eq!(held["total_endpoints"], 12, "{held}");
+    wait_pool_exactly(&gw, wide(12)).await;
+    gw.wait_metrics(&["discovery_mass_deletion_held 1"]).await;
+
+    // The operator confirms: the change goes out.
+    assert_eq!(confirm().await, (200, json!({"confirmed": true})));
+    wait_pool_exactly(&gw, wide(2)).await;
+    gw.wait_metrics(&["discovery_mass_deletion_held 0"]).await;
+    // Other methods on other admin paths are still refused.
+    let r = reqwest::Client::new()
+        .post(gw.admin_url("/admin/upstreams"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
 }
