@@ -1,5 +1,6 @@
 //! Owns the admin listener: health, readiness, Prometheus metrics, and read-only views
-//! of the running config and compiled routes. Bound to 127.0.0.1 by default.
+//! of the running config and compiled routes; its one action confirms a change held by
+//! the embedded discovery watcher's mass-deletion guard. Bound to 127.0.0.1 by default.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
