@@ -519,6 +519,40 @@ async fn wire_format_of_watches_errors_and_discovery() {
             .await
             .starts_with("HTTP/1.1 404")
     );
+
+    // Parameter rules the API server enforces.
+    for path in [
+        "/api/v1/services?resourceVersionMatch=NotOlderThan",
+        "/api/v1/services?resourceVersion=1&resourceVersionMatch=Newest",
+        "/api/v1/services?watch=1&sendInitialEvents=true&allowWatchBookmarks=true",
+        "/api/v1/services?watch=1&resourceVersion=0&resourceVersionMatch=NotOlderThan",
+    ] {
+        let text = raw_get(&server, path).await;
+        assert!(text.starts_with("HTTP/1.1 422"), "{path}: {text}");
+        assert!(text.contains(r#""reason":"Invalid""#), "{path}: {text}");
+    }
+
+    // A dropped connection cuts an open watch: no terminating chunk.
+    let mut conn = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    conn.write_all(
+        b"GET /apis/discovery.k8s.io/v1/endpointslices?watch=true HTTP/1.1\r\nHost: fake\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    wait(&server, |s| s.open_watches() == 1).await;
+    server.set_fault(Fault::DropConnections);
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut out))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""type":"ADDED""#), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the watch ended cleanly: {text}"
+    );
 }
 
 #[tokio::test]

@@ -488,10 +488,31 @@ fn list(
             }
         },
     };
-    let exact = match (
-        query.get("resourceVersionMatch").map(String::as_str),
-        query.get("resourceVersion"),
-    ) {
+    let rv_match = query
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .filter(|m| !m.is_empty());
+    let rv_given = query.get("resourceVersion").is_some_and(|v| !v.is_empty());
+    match rv_match {
+        Some(_) if !rv_given => {
+            return status(
+                422,
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+                None,
+            );
+        }
+        Some("Exact" | "NotOlderThan") | None => {}
+        Some(other) => {
+            return status(
+                422,
+                &format!(
+                    "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                ),
+                None,
+            );
+        }
+    }
+    let exact = match (rv_match, query.get("resourceVersion")) {
         (Some("Exact"), Some(rv)) => match rv.parse::<u64>() {
             Ok(rv) => Some(rv),
             Err(_) => return bad_request(&format!("invalid resource version {rv:?}")),
@@ -820,6 +841,8 @@ fn start_watch(
     let bookmarks = flag("allowWatchBookmarks");
     let timeout = match query.get("timeoutSeconds").map(|t| t.parse::<u64>()) {
         None => None,
+        // 0 means the server's default, as unset does.
+        Some(Ok(0)) => None,
         Some(Ok(secs)) => Some(Duration::from_secs(secs)),
         Some(Err(_)) => return bad_request("timeoutSeconds must be a non-negative integer"),
     };
@@ -827,7 +850,15 @@ fn start_watch(
         .get("resourceVersion")
         .map(String::as_str)
         .unwrap_or("");
+    let rv_match = query.get("resourceVersionMatch").map(String::as_str);
     let start = if flag("sendInitialEvents") {
+        if rv_match != Some("NotOlderThan") {
+            return status(
+                422,
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                None,
+            );
+        }
         if !bookmarks {
             return status(
                 422,
@@ -836,6 +867,12 @@ fn start_watch(
             );
         }
         Start::Current { end_bookmark: true }
+    } else if rv_match.is_some_and(|m| !m.is_empty()) {
+        return status(
+            422,
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            None,
+        );
     } else if rv.is_empty() || rv == "0" {
         Start::Current {
             end_bookmark: false,
