@@ -256,7 +256,13 @@ impl AdminApp {
                     &json!({
                         "version": rt.version,
                         "discovery": crate::kubernetes::describe(&rt.discovery, self.discovery.as_ref()),
-                        "upstreams": rt.upstreams.values().map(|p| describe_pool(p)).collect::<Vec<_>>(),
+                        "upstreams": rt.upstreams.values().map(|p| {
+                            let mut v = describe_pool(p);
+                            if p.kubernetes.is_some() {
+                                v["source"]["snapshot_version"] = json!(rt.discovery.snapshot_version);
+                            }
+                            v
+                        }).collect::<Vec<_>>(),
                     }),
                 )
             }

@@ -358,6 +358,14 @@ discovery:
     assert_eq!(pool["source"]["kind"], "kubernetes", "{pool:#}");
     assert_eq!(pool["source"]["service"], "echo", "{pool:#}");
     assert_eq!(pool["source"]["port"], "http", "{pool:#}");
+    assert!(
+        pool["source"]["snapshot_version"].as_u64().unwrap() >= 1,
+        "{pool:#}"
+    );
+    assert_eq!(
+        pool["source"]["snapshot_version"],
+        upstreams["discovery"]["snapshot_version"]
+    );
     gw.wait_metrics(&[
         "gateway_discovery_waiting 0",
         "discovery_synced 1",
