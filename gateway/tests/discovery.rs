@@ -4,7 +4,9 @@
 //! upstreams (one per "pod", on 127.0.0.1/2/3 sharing one port like pods of a
 //! Service). While a client keeps sending requests: zero failures while at least one
 //! endpoint is ready, a prompt 503 (never a hang) while none is, not ready before the
-//! first sync, and the last snapshot kept while the control plane is away.
+//! first sync, a rolling update with requests in flight on the leaving pods, the
+//! embedded mass-deletion guard confirmed on the admin API, and the last snapshot kept
+//! while the control plane is away.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -72,11 +74,11 @@ fn slice(port: u16, pods: &[Pod]) -> Value {
     })
 }
 
-/// A port free on 127.0.0.1, .2 and .3 alike.
+/// A port free on 127.0.0.1 to .6 alike.
 fn shared_port() -> u16 {
     loop {
         let port = free_port();
-        let free = (1..=3)
+        let free = (1..=6)
             .all(|n| std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, n], port))).is_ok());
         if free {
             return port;
@@ -685,4 +687,70 @@ discovery:
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_update_under_load_fails_no_request() {
+    let port = shared_port();
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.apply(service(port));
+    let mut pods: std::collections::BTreeMap<u8, Member> =
+        (1..=3).map(|n| (n, pod(n, port))).collect();
+    let ready = |ns: &[u8]| ns.iter().map(|n| Pod::Ready(*n)).collect::<Vec<_>>();
+    fake.apply(slice(port, &ready(&[1, 2, 3])));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig_yaml()).unwrap();
+    let config = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+discovery:
+  kubernetes: {{kubeconfig: "{}", namespaces: [shop], quiet: 20ms, max_delay: 200ms}}
+{ROUTES}"#,
+        kubeconfig.display()
+    );
+    let gw = Gateway::start(&config).await;
+    let pool = |ns: &[u8]| ns.iter().map(|n| (*n, false)).collect::<Vec<_>>();
+    wait_pool(&gw, port, &pool(&[1, 2, 3])).await;
+
+    // Quick requests, and slow ones that are in flight on a pod when it leaves.
+    let fast = Load::start(gw.url("/echo"), 3);
+    let slow = Load::start(gw.url("/delay/150"), 2);
+    fast.expect(MUST_SUCCEED);
+    slow.expect(MUST_SUCCEED);
+    fast.settle(10).await;
+
+    let mut current = vec![1u8, 2, 3];
+    for (old, new) in [(1u8, 4u8), (2, 5), (3, 6)] {
+        // Surge: the new pod starts, becomes ready, is announced.
+        pods.insert(new, pod(new, port));
+        current.push(new);
+        fake.apply(slice(port, &ready(&current)));
+        wait_pool(&gw, port, &pool(&current)).await;
+        // The old pod terminates: still serving, no longer ready, so it leaves the
+        // pool while others are ready; what it has in flight finishes.
+        current.retain(|n| *n != old);
+        let mut states = ready(&current);
+        states.push(Pod::Terminating(old));
+        fake.apply(slice(port, &states));
+        wait_pool(&gw, port, &pool(&current)).await;
+        fast.settle(3).await;
+        slow.settle(2).await;
+        // Gone from the slice, then the process exits.
+        fake.apply(slice(port, &ready(&current)));
+        pods.remove(&old);
+    }
+    fast.settle(20).await;
+    slow.settle(3).await;
+    for n in [4, 5, 6] {
+        assert!(pods[&n].hits() > 0, "pod {n} serves");
+    }
+    let (fast_ok, _, fast_failures) = fast.stop().await;
+    let (slow_ok, _, slow_failures) = slow.stop().await;
+    assert!(
+        fast_failures.is_empty() && slow_failures.is_empty(),
+        "failed requests: {fast_failures:?} {slow_failures:?}"
+    );
+    assert!(fast_ok > 100 && slow_ok > 10, "{fast_ok} {slow_ok}");
 }
