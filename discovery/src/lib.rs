@@ -1,8 +1,12 @@
 //! The endpoint model shared by the discovery control plane and the gateway.
 //!
-//! This crate will grow the Kubernetes EndpointSlice watcher and the control-plane
-//! server; today it owns the rules every source of endpoints must follow when deciding
-//! which endpoints receive traffic, as the EndpointSlice API documents them:
+//! Besides the published types ([`snapshot`]) the crate holds the Kubernetes watcher
+//! ([`watcher`], with the publishing rules in [`engine`] and the stripped object model
+//! in [`model`]), the control-plane server that streams snapshots to gateways
+//! ([`server`]), the gateway's client of that stream ([`client`]), the protocol they
+//! share ([`protocol`]) and the metrics ([`metrics`]). This file owns the rules every
+//! source of endpoints must follow when deciding which endpoints receive traffic, as
+//! the EndpointSlice API documents them:
 //! an unset `ready` means ready, an unset `serving` means the value of `ready`, an unset
 //! `terminating` means false. Traffic goes to ready endpoints; only when there are none,
 //! to endpoints that are serving while terminating (so a draining Deployment still
@@ -11,7 +15,17 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+pub mod client;
+pub mod config;
+pub mod engine;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod metrics;
+pub mod model;
+pub mod protocol;
+pub mod server;
 pub mod snapshot;
+pub mod watcher;
 
 pub use snapshot::{
     Backend, PortRef, Service, ServiceKey, ServicePort, Snapshot, SnapshotReceiver, SnapshotSender,

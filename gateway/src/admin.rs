@@ -1,6 +1,7 @@
 //! Owns the admin listener: health, readiness, Prometheus metrics, read-only views
-//! of the running config and compiled routes, and cache purges
-//! (`POST /admin/cache/purge`). Bound to 127.0.0.1 by default.
+//! of the running config and compiled routes, cache purges (`POST /admin/cache/purge`),
+//! and confirming a change held by the embedded discovery watcher's mass-deletion guard.
+//! Bound to 127.0.0.1 by default.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,8 @@ pub struct AdminApp {
     metrics: Arc<Metrics>,
     /// Set when shutdown starts, so `/readyz` fails and load balancers stop sending.
     draining: Arc<AtomicBool>,
+    /// The running discovery source, when the config has one.
+    discovery: Option<crate::kubernetes::DiscoveryControl>,
 }
 
 impl AdminApp {
@@ -31,6 +34,31 @@ impl AdminApp {
             store,
             metrics,
             draining,
+            discovery: None,
+        }
+    }
+
+    /// Show the discovery source's health and allow confirming a held mass deletion.
+    pub fn with_discovery(mut self, control: crate::kubernetes::DiscoveryControl) -> Self {
+        self.discovery = Some(control);
+        self
+    }
+
+    /// `POST /admin/discovery/confirm-mass-deletion`: the one admin action, for the
+    /// embedded watcher's mass-deletion guard (the control plane has its own).
+    fn confirm_mass_deletion(&self) -> Response<Vec<u8>> {
+        let Some(control) = &self.discovery else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": {"code": "no_discovery", "message": "this gateway has no discovery section"}}),
+            );
+        };
+        match control.confirm_mass_deletion() {
+            Ok(held) => json_response(StatusCode::OK, &json!({"confirmed": held})),
+            Err(e) => json_response(
+                StatusCode::CONFLICT,
+                &json!({"error": {"code": "confirm_on_control_plane", "message": e.to_string()}}),
+            ),
         }
     }
 }
@@ -69,6 +97,7 @@ pub fn describe_pool(pool: &UpstreamPool) -> Value {
     let now = crate::upstream::state::now_ns();
     json!({
         "name": &*pool.name,
+        "source": crate::kubernetes::describe_source(pool),
         "load_balancing": pool.load_balancing.as_str(),
         "consistent_hash": hash_on,
         "in_flight": pool.state.in_flight(),
@@ -181,6 +210,9 @@ fn jwks_waiting(rt: &crate::runtime::Runtime) -> Option<Value> {
 
 impl AdminApp {
     fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        if method == http::Method::POST && path == "/admin/discovery/confirm-mass-deletion" {
+            return self.confirm_mass_deletion();
+        }
         if method != http::Method::GET && method != http::Method::HEAD {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -198,16 +230,29 @@ impl AdminApp {
                 } else if let Some(waiting) = jwks_waiting(&self.store.load()) {
                     json_response(StatusCode::SERVICE_UNAVAILABLE, &waiting)
                 } else {
-                    let version = self.store.load().version;
+                    let rt = self.store.load();
+                    if rt.discovery.waiting {
+                        return json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({
+                                "status": "not_ready",
+                                "reason": "waiting_for_discovery",
+                                "message": "a route uses a kubernetes upstream and the first discovery snapshot has not arrived",
+                                "config_version": rt.version,
+                            }),
+                        );
+                    }
                     json_response(
                         StatusCode::OK,
-                        &json!({"status": "ready", "config_version": version}),
+                        &json!({"status": "ready", "config_version": rt.version}),
                     )
                 }
             }
             "/metrics" => {
-                self.metrics.refresh_upstreams(&self.store.load());
-                self.metrics.refresh_jwt(&self.store.load());
+                let rt = self.store.load();
+                self.metrics.refresh_upstreams(&rt);
+                self.metrics.refresh_jwt(&rt);
+                self.metrics.refresh_discovery(&rt);
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -242,7 +287,14 @@ impl AdminApp {
                     StatusCode::OK,
                     &json!({
                         "version": rt.version,
-                        "upstreams": rt.upstreams.values().map(|p| describe_pool(p)).collect::<Vec<_>>(),
+                        "discovery": crate::kubernetes::describe(&rt.discovery, self.discovery.as_ref()),
+                        "upstreams": rt.upstreams.values().map(|p| {
+                            let mut v = describe_pool(p);
+                            if p.kubernetes.is_some() {
+                                v["source"]["snapshot_version"] = json!(rt.discovery.snapshot_version);
+                            }
+                            v
+                        }).collect::<Vec<_>>(),
                     }),
                 )
             }

@@ -87,11 +87,18 @@ fn describe_action(route: &Route, out: &mut String) {
         RouteAction::Proxy(backends) => {
             let total: u32 = backends.targets.iter().map(|(_, w)| *w).sum();
             for (pool, weight) in &backends.targets {
-                let endpoints: Vec<String> = pool
+                let mut endpoints: Vec<String> = pool
                     .endpoints
                     .iter()
                     .map(|e| format!("{} (weight {})", e.address, e.weight))
                     .collect();
+                if let Some(k) = &pool.kubernetes {
+                    // `explain` compiles without a discovery snapshot.
+                    endpoints.push(format!(
+                        "endpoints of Kubernetes Service {} port {}, from discovery at run time",
+                        k.service, k.port
+                    ));
+                }
                 let _ = writeln!(
                     out,
                     "  upstream: {} [{} of {} by weight], {}: {}",

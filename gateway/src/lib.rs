@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod explain;
+pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

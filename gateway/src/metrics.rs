@@ -4,7 +4,7 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -39,6 +39,13 @@ pub struct Metrics {
     pub jwks_last_success: GaugeVec,
     /// Response cache counters (see `crate::cache::stats`).
     pub cache: crate::cache::stats::CacheMetrics,
+    /// Runtimes swapped in for a new discovery snapshot.
+    pub discovery_updates: IntCounter,
+    pub discovery_update_failures: IntCounter,
+    /// Refreshed from the running runtime at scrape time.
+    pub discovery_snapshot_version: IntGauge,
+    pub discovery_snapshot_age: Gauge,
+    pub discovery_waiting: IntGauge,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -194,6 +201,31 @@ impl Metrics {
         registry.register(Box::new(jwks_refresh.clone()))?;
         registry.register(Box::new(jwks_keys.clone()))?;
         registry.register(Box::new(jwks_last_success.clone()))?;
+        let discovery_updates = IntCounter::new(
+            "gateway_discovery_updates_total",
+            "Runtimes compiled and swapped in for a new discovery snapshot",
+        )?;
+        let discovery_update_failures = IntCounter::new(
+            "gateway_discovery_update_failures_total",
+            "Discovery snapshots that could not be compiled; the running endpoints stayed",
+        )?;
+        let discovery_snapshot_version = IntGauge::new(
+            "gateway_discovery_snapshot_version",
+            "Version of the discovery snapshot the running routing table was built from (-1: none yet)",
+        )?;
+        let discovery_snapshot_age = Gauge::new(
+            "gateway_discovery_snapshot_age_seconds",
+            "Seconds since the running discovery snapshot was applied (time since the last endpoint change)",
+        )?;
+        let discovery_waiting = IntGauge::new(
+            "gateway_discovery_waiting",
+            "1 while a route uses a kubernetes upstream and no snapshot has arrived (not ready)",
+        )?;
+        registry.register(Box::new(discovery_updates.clone()))?;
+        registry.register(Box::new(discovery_update_failures.clone()))?;
+        registry.register(Box::new(discovery_snapshot_version.clone()))?;
+        registry.register(Box::new(discovery_snapshot_age.clone()))?;
+        registry.register(Box::new(discovery_waiting.clone()))?;
         for c in [
             &retries,
             &retry_budget_exhausted,
@@ -245,7 +277,31 @@ impl Metrics {
             jwks_keys,
             jwks_last_success,
             cache,
+            discovery_updates,
+            discovery_update_failures,
+            discovery_snapshot_version,
+            discovery_snapshot_age,
+            discovery_waiting,
         })
+    }
+
+    /// The registry every gateway metric is in; discovery's own metrics (watcher or
+    /// control-plane client) register here too, so one `/metrics` shows both.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Set the discovery gauges from the runtime serving requests.
+    pub fn refresh_discovery(&self, runtime: &Runtime) {
+        let d = &runtime.discovery;
+        self.discovery_snapshot_version
+            .set(d.snapshot_version.map_or(-1, |v| v as i64));
+        self.discovery_snapshot_age.set(
+            d.snapshot_at
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0.0, |a| a.as_secs_f64()),
+        );
+        self.discovery_waiting.set(i64::from(d.waiting));
     }
 
     /// Set the per-provider key gauges from the running runtime (providers that are

@@ -2,6 +2,11 @@
 //! file watcher and SIGHUP feed one debounced loop that parses, validates and compiles
 //! before swapping. A failed reload keeps the running runtime, logs every error, bumps
 //! `gateway_config_reload_failures_total` and is shown at `/admin/config`.
+//!
+//! The same loop owns the second input, the discovery snapshot stream: a new snapshot
+//! recompiles the last good spec with it and swaps the whole runtime, and a config
+//! reload compiles with the latest snapshot. One writer, one swap: routes and
+//! endpoints can never disagree.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,12 +14,13 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use discovery::SnapshotReceiver;
 use notify::{RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
-use crate::config::{self, ConfigError, ConfigErrors};
+use crate::config::{self, ConfigError, ConfigErrors, Spec};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Runtime};
 
@@ -81,6 +87,17 @@ pub enum ReloadOutcome {
     Rejected,
 }
 
+/// The discovery input of the writer: the snapshot stream and the last good spec to
+/// recompile when a snapshot arrives.
+#[derive(Debug)]
+struct DiscoveryInput {
+    snapshots: SnapshotReceiver,
+    spec: Mutex<Arc<Spec>>,
+    /// The snapshot the running runtime was compiled with. Compared by pointer, not
+    /// version: a restarted control plane numbers its snapshots afresh.
+    applied: Mutex<Option<Arc<discovery::Snapshot>>>,
+}
+
 /// The single writer of the `RuntimeStore`.
 #[derive(Debug)]
 pub struct Reloader {
@@ -88,6 +105,7 @@ pub struct Reloader {
     path: PathBuf,
     debounce: Duration,
     last_text: Mutex<String>,
+    discovery: Option<DiscoveryInput>,
 }
 
 /// Longest we wait for a burst of file events to go quiet before reloading anyway.
@@ -100,6 +118,73 @@ impl Reloader {
             path,
             debounce,
             last_text: Mutex::new(text),
+            discovery: None,
+        }
+    }
+
+    /// Also follow `snapshots`: each new one recompiles `spec` (and later, the last
+    /// good spec of a reload) with it and swaps the runtime.
+    pub fn with_discovery(mut self, spec: Arc<Spec>, snapshots: SnapshotReceiver) -> Self {
+        self.discovery = Some(DiscoveryInput {
+            snapshots,
+            spec: Mutex::new(spec),
+            applied: Mutex::new(None),
+        });
+        self
+    }
+
+    /// The latest snapshot, if discovery is configured and has synced.
+    fn latest_snapshot(&self) -> Option<Arc<discovery::Snapshot>> {
+        self.discovery
+            .as_ref()
+            .and_then(|d| d.snapshots.borrow().clone())
+    }
+
+    /// Recompile the last good spec with the latest snapshot and swap, unless the
+    /// running runtime already has that snapshot. A failure (which needs an address the
+    /// snapshot cannot produce) keeps the running runtime and is logged.
+    pub fn apply_snapshot(&self) -> ReloadOutcome {
+        let Some(input) = &self.discovery else {
+            return ReloadOutcome::Unchanged;
+        };
+        let Some(snapshot) = input.snapshots.borrow().clone() else {
+            return ReloadOutcome::Unchanged;
+        };
+        let already = input
+            .applied
+            .lock()
+            .is_ok_and(|a| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, &snapshot)));
+        if already {
+            return ReloadOutcome::Unchanged;
+        }
+        let current = self.store.load();
+        let Ok(spec) = input.spec.lock().map(|s| Arc::clone(&s)) else {
+            return ReloadOutcome::Unchanged;
+        };
+        let version = current.version + 1;
+        match runtime::compile_with(&spec, Some(&snapshot), version, Some(&current)) {
+            Ok(rt) => {
+                self.store.current.store(Arc::new(rt));
+                if let Ok(mut a) = input.applied.lock() {
+                    *a = Some(Arc::clone(&snapshot));
+                }
+                let metrics = &self.store.metrics;
+                metrics.config_version.set(version as i64);
+                metrics.discovery_updates.inc();
+                tracing::debug!(
+                    version,
+                    snapshot = snapshot.version,
+                    "discovery snapshot applied"
+                );
+                ReloadOutcome::Swapped { version }
+            }
+            Err(errors) => {
+                self.store.metrics.discovery_update_failures.inc();
+                for e in &errors {
+                    tracing::error!(path = %e.path, error = %e.message, snapshot = snapshot.version, "discovery snapshot rejected; keeping the running endpoints");
+                }
+                ReloadOutcome::Rejected
+            }
         }
     }
 
@@ -132,24 +217,26 @@ impl Reloader {
         };
         let current = self.store.load();
         let version = current.version + 1;
-        let runtime = match runtime::compile(&spec, version, Some(&current)) {
-            Ok(r) => r,
-            Err(errors) => {
-                let errors = ConfigErrors(
-                    errors
-                        .into_iter()
-                        .map(|e| ConfigError {
-                            file: name.clone(),
-                            line: None,
-                            column: None,
-                            path: e.path,
-                            message: e.message,
-                        })
-                        .collect(),
-                );
-                return self.reject(attempt, errors);
-            }
-        };
+        let snapshot = self.latest_snapshot();
+        let runtime =
+            match runtime::compile_with(&spec, snapshot.as_deref(), version, Some(&current)) {
+                Ok(r) => r,
+                Err(errors) => {
+                    let errors = ConfigErrors(
+                        errors
+                            .into_iter()
+                            .map(|e| ConfigError {
+                                file: name.clone(),
+                                line: None,
+                                column: None,
+                                path: e.path,
+                                message: e.message,
+                            })
+                            .collect(),
+                    );
+                    return self.reject(attempt, errors);
+                }
+            };
         let restart_required = runtime.restart_settings != current.restart_settings;
         if restart_required {
             tracing::warn!(
@@ -161,6 +248,14 @@ impl Reloader {
         metrics.config_reloads.inc();
         if let Ok(mut t) = self.last_text.lock() {
             *t = text;
+        }
+        if let Some(input) = &self.discovery {
+            if let Ok(mut s) = input.spec.lock() {
+                *s = Arc::new(spec);
+            }
+            if let Ok(mut a) = input.applied.lock() {
+                *a = snapshot;
+            }
         }
         self.store.record(|s| {
             s.last_attempt = Some(attempt.clone());
@@ -188,6 +283,13 @@ impl Reloader {
         let this = Arc::clone(self);
         if let Err(e) = tokio::task::spawn_blocking(move || this.reload(force)).await {
             tracing::error!(error = %e, "config reload task failed");
+        }
+    }
+
+    async fn apply_snapshot_blocking(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        if let Err(e) = tokio::task::spawn_blocking(move || this.apply_snapshot()).await {
+            tracing::error!(error = %e, "discovery snapshot task failed");
         }
     }
 
@@ -237,11 +339,26 @@ impl Reloader {
                 None
             }
         };
+        // A private receiver: `changed` marks what this loop has seen.
+        let mut snapshots = self.discovery.as_ref().map(|d| d.snapshots.clone());
+        // A snapshot may have arrived between start-up and this loop.
+        self.apply_snapshot_blocking().await;
         loop {
             let force = tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = rx.recv() => false,
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                changed = async { match snapshots.as_mut() { Some(s) => s.changed().await, None => std::future::pending().await } } => {
+                    if changed.is_err() {
+                        // The source is gone (it only ends with the process); keep the
+                        // last snapshot rather than spin on a closed channel.
+                        tracing::error!("discovery source stopped; keeping the last snapshot");
+                        snapshots = None;
+                    } else {
+                        self.apply_snapshot_blocking().await;
+                    }
+                    continue;
+                }
             };
             if !force {
                 // Debounce: wait for `debounce` of quiet, but no longer than MAX_DEBOUNCE.
@@ -268,5 +385,123 @@ pub struct ReloadService(pub Arc<Reloader>);
 impl BackgroundService for ReloadService {
     async fn start(&self, shutdown: ShutdownWatch) {
         Arc::clone(&self.0).run(shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use discovery::{Backend, Service, ServiceKey, Snapshot};
+
+    use super::*;
+
+    const CONFIG: &str = "
+listeners: [{name: m, address: '127.0.0.1:1'}]
+discovery: {kubernetes: {}}
+upstreams:
+  orders: {kubernetes: {namespace: shop, service: orders, port: 8080}, load_balancing: LB}
+routes: [{id: o, upstream: orders}]
+";
+
+    fn snapshot(version: u64, ports: &[u16]) -> Option<Arc<Snapshot>> {
+        let backends = ports
+            .iter()
+            .map(|p| Backend {
+                address: std::net::SocketAddr::from(([127, 0, 0, 1], *p)),
+                draining: false,
+                app_protocol: None,
+                for_zones: vec![],
+            })
+            .collect();
+        Some(Arc::new(Snapshot {
+            version,
+            services: BTreeMap::from([(
+                ServiceKey::new("shop", "orders"),
+                Arc::new(Service {
+                    ports: vec![discovery::ServicePort {
+                        name: String::new(),
+                        port: 8080,
+                    }],
+                    backends: BTreeMap::from([(String::new(), backends)]),
+                }),
+            )]),
+        }))
+    }
+
+    fn ports(store: &RuntimeStore) -> Vec<u16> {
+        store.load().upstreams["orders"]
+            .endpoints
+            .iter()
+            .map(|e| e.socket.port())
+            .collect()
+    }
+
+    #[test]
+    fn snapshots_and_reloads_go_through_the_one_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.yaml");
+        let text = CONFIG.replace("LB", "round_robin");
+        std::fs::write(&path, &text).unwrap();
+        let spec = config::parse(&text, "gw.yaml").unwrap();
+        let initial = runtime::compile(&spec, 1, None).unwrap();
+        assert!(initial.discovery.waiting);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let store = Arc::new(RuntimeStore::new(initial, &path, Arc::clone(&metrics)));
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let reloader = Reloader::new(Arc::clone(&store), path.clone(), Duration::ZERO, text)
+            .with_discovery(Arc::new(spec), rx);
+
+        // Nothing before the first sync.
+        assert_eq!(reloader.apply_snapshot(), ReloadOutcome::Unchanged);
+        tx.send_replace(snapshot(1, &[1001]));
+        assert_eq!(
+            reloader.apply_snapshot(),
+            ReloadOutcome::Swapped { version: 2 }
+        );
+        assert_eq!(ports(&store), [1001]);
+        assert!(!store.load().discovery.waiting);
+        // The same snapshot again is not a new runtime.
+        assert_eq!(reloader.apply_snapshot(), ReloadOutcome::Unchanged);
+
+        // A config reload compiles with the latest snapshot...
+        tx.send_replace(snapshot(2, &[1001, 1002]));
+        std::fs::write(&path, CONFIG.replace("LB", "least_outstanding")).unwrap();
+        assert_eq!(
+            reloader.reload(false),
+            ReloadOutcome::Swapped { version: 3 }
+        );
+        let rt = store.load();
+        assert_eq!(ports(&store), [1001, 1002]);
+        assert_eq!(
+            rt.upstreams["orders"].load_balancing.as_str(),
+            "least_outstanding"
+        );
+        assert_eq!(rt.discovery.snapshot_version, Some(2));
+        // ...and later snapshots recompile the reloaded spec, not the first one.
+        tx.send_replace(snapshot(3, &[1003]));
+        assert_eq!(
+            reloader.apply_snapshot(),
+            ReloadOutcome::Swapped { version: 4 }
+        );
+        let rt = store.load();
+        assert_eq!(ports(&store), [1003]);
+        assert_eq!(
+            rt.upstreams["orders"].load_balancing.as_str(),
+            "least_outstanding"
+        );
+        assert_eq!(metrics.discovery_updates.get(), 2);
+        // A restarted control plane numbers afresh: the same version with other
+        // content is still a new snapshot.
+        tx.send_replace(snapshot(3, &[1004]));
+        assert_eq!(
+            reloader.apply_snapshot(),
+            ReloadOutcome::Swapped { version: 5 }
+        );
+        assert_eq!(ports(&store), [1004]);
+        // A bad reload keeps serving the last snapshot's endpoints.
+        std::fs::write(&path, "listeners: [").unwrap();
+        assert_eq!(reloader.reload(false), ReloadOutcome::Rejected);
+        assert_eq!(ports(&store), [1004]);
     }
 }

@@ -1,6 +1,7 @@
-//! Owns process start-up: load and compile the config, build the Pingora server (proxy
-//! listeners, admin listener, reload service), and map SIGTERM and SIGINT to a graceful
-//! shutdown that lets in-flight requests finish within the grace period.
+//! Owns process start-up: load and compile the config, start the discovery source
+//! when the config has one, build the Pingora server (proxy listeners, admin listener,
+//! reload service), and map SIGTERM and SIGINT to a graceful shutdown that lets
+//! in-flight requests finish within the grace period.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::auth::jwks::JwksService;
 use crate::config;
+use crate::kubernetes;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader, RuntimeStore};
@@ -65,6 +67,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     })?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     crate::cache::configure(&spec.server.cache);
+    // The source runs on its own runtime for the life of the process; `run` returns
+    // only when the gateway stops. The first snapshot reaches the runtime through the
+    // reload service, the one writer.
+    let discovery = spec
+        .discovery
+        .as_ref()
+        .map(|d| kubernetes::start(d, metrics.registry()))
+        .transpose()?;
     let store = Arc::new(RuntimeStore::new(
         runtime,
         config_path,
@@ -101,19 +111,24 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 
     let jwks_metrics = Arc::clone(&metrics);
-    let mut admin = Service::new(
-        "admin".to_owned(),
-        AdminApp::new(Arc::clone(&store), metrics, Arc::clone(&draining)),
-    );
+    let mut admin_app = AdminApp::new(Arc::clone(&store), metrics, Arc::clone(&draining));
+    if let Some(d) = &discovery {
+        admin_app = admin_app.with_discovery(d.control());
+    }
+    let mut admin = Service::new("admin".to_owned(), admin_app);
     admin.add_tcp(&spec.admin.address.to_string());
     tracing::info!(address = %spec.admin.address, "admin listening");
 
-    let reloader = Arc::new(Reloader::new(
+    let mut reloader = Reloader::new(
         Arc::clone(&store),
         config_path.to_path_buf(),
         spec.server.reload_debounce,
         text,
-    ));
+    );
+    if let Some(d) = &discovery {
+        reloader = reloader.with_discovery(Arc::new(spec), d.snapshots.clone());
+    }
+    let reloader = Arc::new(reloader);
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service(
@@ -130,6 +145,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { draining }),
     });
+    drop(discovery);
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -120,3 +120,48 @@ fn explain_shows_route_actions_and_near_misses() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("result: 404 route_not_found"), "{text}");
 }
+
+/// The gateway config inside the Kubernetes manifests (a ConfigMap's `gateway.yaml`)
+/// must pass `gateway check` too: it is what the cluster runs.
+#[test]
+fn manifest_gateway_configs_pass_check() {
+    use serde::Deserialize;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = serde_yaml_ng::Value::deserialize(doc).unwrap();
+            let Some(config) = value["data"]["gateway.yaml"].as_str() else {
+                continue;
+            };
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let file = tmp.path().join(format!("{name}.gateway.yaml"));
+            std::fs::write(&file, config).unwrap();
+            checked.push(file);
+        }
+    }
+    assert!(
+        !checked.is_empty(),
+        "no ConfigMap with gateway.yaml in {dir:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("check")
+        .args(&checked)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -4,6 +4,7 @@
 //! YAML is read with `serde_yaml_ng`, a maintained fork of the archived `serde_yaml`
 //! with the same API.
 
+pub mod discovery_spec;
 pub mod source;
 pub mod spec;
 mod wire;
@@ -11,6 +12,10 @@ mod wire;
 use std::fmt;
 use std::path::Path;
 
+pub use discovery_spec::{
+    ApiSource, DiscoverySource, DiscoverySpec, KubernetesUpstreamSpec, KubernetesWatchSpec,
+    TokenSource,
+};
 pub use source::{Location, SourceMap};
 pub use spec::{ActionSpec, ListenerSpec, RouteSpec, ServerSpec, Spec, SpecError, UpstreamSpec};
 

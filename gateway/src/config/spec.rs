@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use indexmap::IndexMap;
 
+use super::discovery_spec::{self, DiscoverySpec, KubernetesUpstreamSpec};
 use super::wire;
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect, RewritePart, Scheme};
 use crate::auth::{ProviderSpec, RouteJwtSpec};
@@ -87,7 +88,10 @@ pub struct RouteSpec {
 
 #[derive(Debug)]
 pub struct UpstreamSpec {
+    /// Static endpoints; empty for a `kubernetes` upstream, whose endpoints come from
+    /// the discovery snapshot at compile time.
     pub endpoints: Vec<EndpointSpec>,
+    pub kubernetes: Option<KubernetesUpstreamSpec>,
     pub load_balancing: LoadBalancing,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -111,6 +115,8 @@ pub struct Spec {
     pub upstreams: IndexMap<String, UpstreamSpec>,
     pub rate_limit_policies: IndexMap<String, PolicySpec>,
     pub jwt_providers: IndexMap<String, ProviderSpec>,
+    /// Where `kubernetes` upstreams get their endpoints; required when one exists.
+    pub discovery: Option<DiscoverySpec>,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -131,10 +137,10 @@ const RESERVED_HEADERS: [&str; 7] = [
 ];
 
 #[derive(Default)]
-struct Errors(Vec<SpecError>);
+pub(super) struct Errors(pub(super) Vec<SpecError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(SpecError {
             path: path.into(),
             message: message.into(),
@@ -142,7 +148,7 @@ impl Errors {
     }
 
     /// Keep the value, or record the error at `path` and return `None`.
-    fn take<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
+    pub(super) fn take<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
             Err(e) => {
@@ -153,7 +159,7 @@ impl Errors {
     }
 }
 
-fn duration(raw: &str) -> Result<Duration, String> {
+pub(super) fn duration(raw: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw.trim())
         .map_err(|e| format!("invalid duration {raw:?}: {e} (write e.g. 250ms, 5s, 1m)"))?;
     if d.is_zero() {
@@ -246,8 +252,18 @@ impl TryFrom<wire::File> for Spec {
             e.push("admin.address", "admin address is also used by a listener");
         }
 
+        let discovery = file
+            .discovery
+            .as_ref()
+            .and_then(|d| discovery_spec::discovery(&mut e, d));
         let mut upstreams = IndexMap::new();
         for (name, u) in &file.upstreams {
+            if u.kubernetes.is_some() && file.discovery.is_none() {
+                e.push(
+                    format!("upstreams.{name}.kubernetes"),
+                    "a kubernetes upstream needs a top-level discovery section (kubernetes or control_plane)",
+                );
+            }
             if let Some(spec) = upstream_spec(&mut e, &format!("upstreams.{name}"), name, u) {
                 upstreams.insert(name.clone(), spec);
             }
@@ -347,6 +363,7 @@ impl TryFrom<wire::File> for Spec {
                 upstreams,
                 rate_limit_policies,
                 jwt_providers,
+                discovery,
             })
         } else {
             Err(e.0)
@@ -609,14 +626,31 @@ fn upstream_spec(
             format!("upstream name {name:?} must be 1-128 of A-Z a-z 0-9 - _ . :"),
         );
     }
-    if u.endpoints.is_empty() {
-        e.push(
-            format!("{path}.endpoints"),
-            "an upstream needs at least one endpoint",
-        );
-    }
+    let kubernetes = match (&u.endpoints, &u.kubernetes) {
+        (Some(_), Some(_)) => {
+            e.push(path, "set only one of endpoints or kubernetes");
+            None
+        }
+        (None, None) => {
+            e.push(
+                format!("{path}.endpoints"),
+                "an upstream needs endpoints or kubernetes",
+            );
+            None
+        }
+        (Some(eps), None) => {
+            if eps.is_empty() {
+                e.push(
+                    format!("{path}.endpoints"),
+                    "an upstream needs at least one endpoint",
+                );
+            }
+            None
+        }
+        (None, Some(k)) => discovery_spec::kubernetes_upstream(e, &format!("{path}.kubernetes"), k),
+    };
     let mut endpoints = Vec::new();
-    for (i, ep) in u.endpoints.iter().enumerate() {
+    for (i, ep) in u.endpoints.iter().flatten().enumerate() {
         let p = format!("{path}.endpoints[{i}]");
         e.take(format!("{p}.address"), endpoint_address(&ep.address));
         let weight = ep.weight.unwrap_or(1);
@@ -724,6 +758,7 @@ fn upstream_spec(
     });
     let spec = UpstreamSpec {
         endpoints,
+        kubernetes,
         load_balancing,
         sticky_cookie,
         health_check,

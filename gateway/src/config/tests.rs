@@ -301,3 +301,167 @@ routes:
     .join("\n");
     assert!(errs.contains("routes[0].cache.max_object_size"), "{errs}");
 }
+
+#[test]
+fn kubernetes_upstreams_and_discovery_parse() {
+    let spec = parse(
+        "
+listeners: [{name: main, address: '0.0.0.0:8080'}]
+discovery:
+  zone: eu-west-1a
+  kubernetes:
+    kubeconfig: /etc/gateway/kubeconfig
+    namespaces: [shop, payments]
+    label_selector: 'app.kubernetes.io/part-of=shop,tier in (web, api)'
+    source: endpoints
+    quiet: 50ms
+    max_delay: 500ms
+    max_removed_percent: 30
+upstreams:
+  orders:
+    kubernetes: {namespace: shop, service: orders, port: http}
+    load_balancing: least_outstanding
+    limits: {max_in_flight: 10}
+  catalog:
+    kubernetes: {namespace: shop, service: catalog, port: 8080}
+routes:
+  - {id: orders, match: {path: {prefix: /orders}}, upstream: orders}
+  - {id: catalog, match: {path: {prefix: /catalog}}, upstream: catalog}
+",
+        "gw.yaml",
+    )
+    .unwrap();
+    let orders = &spec.upstreams["orders"];
+    assert!(orders.endpoints.is_empty());
+    let k = orders.kubernetes.as_ref().unwrap();
+    assert_eq!(k.service, discovery::ServiceKey::new("shop", "orders"));
+    assert_eq!(k.port, discovery::PortRef::Name("http".into()));
+    assert_eq!(
+        spec.upstreams["catalog"].kubernetes.as_ref().unwrap().port,
+        discovery::PortRef::Number(8080)
+    );
+    let d = spec.discovery.as_ref().unwrap();
+    assert_eq!(d.zone.as_deref(), Some("eu-west-1a"));
+    let DiscoverySource::Kubernetes(w) = &d.source else {
+        panic!("{d:?}")
+    };
+    assert_eq!(w.namespaces, ["shop", "payments"]);
+    assert_eq!(w.source, ApiSource::Endpoints);
+    assert_eq!(w.quiet, std::time::Duration::from_millis(50));
+    assert_eq!(w.max_delay, std::time::Duration::from_millis(500));
+    assert_eq!(w.max_removed_percent, 30);
+    assert_eq!(
+        w.kubeconfig.as_deref(),
+        Some(std::path::Path::new("/etc/gateway/kubeconfig"))
+    );
+
+    let cp = parse(
+        "
+listeners: [{name: main, address: '0.0.0.0:8080'}]
+discovery:
+  control_plane: {url: 'http://discovery.gateway-system:8081/', token_env: DISCOVERY_TOKEN}
+upstreams:
+  orders: {kubernetes: {namespace: shop, service: orders, port: 80}}
+routes: [{id: orders, upstream: orders}]
+",
+        "gw.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        cp.discovery.unwrap().source,
+        DiscoverySource::ControlPlane {
+            url: "http://discovery.gateway-system:8081".into(),
+            token: TokenSource::Env("DISCOVERY_TOKEN".into()),
+        }
+    );
+}
+
+#[test]
+fn kubernetes_and_discovery_errors_have_paths() {
+    let head = "listeners: [{name: m, address: '127.0.0.1:1'}]\n";
+    let cases = [
+        (
+            "upstreams:\n  k: {kubernetes: {namespace: shop, service: orders, port: http}}\nroutes: [{id: a, upstream: k}]\n",
+            "gw.yaml:3:7: upstreams.k.kubernetes: a kubernetes upstream needs a top-level discovery section",
+        ),
+        (
+            "discovery: {kubernetes: {}}\nupstreams:\n  k: {endpoints: [{address: '127.0.0.1:2'}], kubernetes: {namespace: shop, service: orders, port: 80}}\nroutes: [{id: a, upstream: k}]\n",
+            "gw.yaml:4:3: upstreams.k: set only one of endpoints or kubernetes",
+        ),
+        (
+            "upstreams:\n  k: {load_balancing: random}\nroutes: [{id: a, upstream: k}]\n",
+            "upstreams.k.endpoints: an upstream needs endpoints or kubernetes",
+        ),
+        (
+            "discovery: {kubernetes: {}}\nupstreams:\n  k: {kubernetes: {namespace: Shop, service: orders_v2, port: 0}}\nroutes: [{id: a, upstream: k}]\n",
+            "upstreams.k.kubernetes.namespace: invalid namespace \"Shop\"",
+        ),
+        (
+            "discovery: {kubernetes: {}}\nupstreams:\n  k: {kubernetes: {namespace: shop, service: orders_v2, port: 0}}\nroutes: [{id: a, upstream: k}]\n",
+            "upstreams.k.kubernetes.service: invalid service name \"orders_v2\"",
+        ),
+        (
+            "discovery: {kubernetes: {}}\nupstreams:\n  k: {kubernetes: {namespace: shop, service: orders, port: 0}}\nroutes: [{id: a, upstream: k}]\n",
+            "upstreams.k.kubernetes.port: port 0 must be between 1 and 65535",
+        ),
+        (
+            "discovery: {kubernetes: {}}\nupstreams:\n  k: {kubernetes: {namespace: shop, service: orders, port: HTTP}}\nroutes: [{id: a, upstream: k}]\n",
+            "upstreams.k.kubernetes.port: invalid port name \"HTTP\"",
+        ),
+        (
+            "discovery: {}\nroutes: []\n",
+            "gw.yaml:2:1: discovery: set one of kubernetes (embedded watcher) or control_plane",
+        ),
+        (
+            "discovery: {kubernetes: {}, control_plane: {url: 'http://x:1'}}\nroutes: []\n",
+            "discovery: set only one of kubernetes or control_plane",
+        ),
+        (
+            "discovery:\n  kubernetes: {source: pods}\nroutes: []\n",
+            "gw.yaml:3:16: discovery.kubernetes.source: unknown source \"pods\"",
+        ),
+        (
+            "discovery:\n  kubernetes: {namespaces: [ok, Not_Ok]}\nroutes: []\n",
+            "discovery.kubernetes.namespaces[1]: invalid namespace \"Not_Ok\"",
+        ),
+        (
+            "discovery:\n  kubernetes: {label_selector: 'app in (a'}\nroutes: []\n",
+            "discovery.kubernetes.label_selector: invalid label_selector",
+        ),
+        (
+            "discovery:\n  kubernetes: {quiet: 2s, max_delay: 1s}\nroutes: []\n",
+            "discovery.kubernetes.max_delay: max_delay 1s must be at least quiet 2s",
+        ),
+        (
+            "discovery:\n  kubernetes: {max_removed_percent: 0}\nroutes: []\n",
+            "discovery.kubernetes.max_removed_percent: max_removed_percent is a percent",
+        ),
+        (
+            "discovery:\n  control_plane: {url: 'ftp://x'}\nroutes: []\n",
+            "discovery.control_plane.url: invalid control-plane url \"ftp://x\"",
+        ),
+        (
+            "discovery:\n  control_plane: {url: 'http://x:1', token_file: /t, token_env: T}\nroutes: []\n",
+            "discovery.control_plane: set only one of token_file or token_env",
+        ),
+        (
+            "discovery:\n  control_plane: {url: 'http://x:1', token_env: 'A-B'}\nroutes: []\n",
+            "discovery.control_plane.token_env: invalid environment variable name",
+        ),
+        (
+            "discovery:\n  zone: 'eu west'\n  kubernetes: {}\nroutes: []\n",
+            "discovery.zone: invalid zone",
+        ),
+        (
+            "discovery:\n  kubernetes: {bogus: 1}\nroutes: []\n",
+            "unknown field `bogus`",
+        ),
+    ];
+    for (body, want) in cases {
+        let got = errors(&format!("{head}{body}"));
+        assert!(
+            got.iter().any(|g| g.contains(want)),
+            "{body}: want {want:?} in {got:#?}"
+        );
+    }
+}

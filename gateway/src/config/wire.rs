@@ -22,6 +22,66 @@ pub struct File {
     /// Named JWT issuers that routes may require (`routes[].auth.jwt.providers`).
     #[serde(default)]
     pub jwt_providers: IndexMap<String, JwtProvider>,
+    /// Where `kubernetes` upstreams get their endpoints.
+    pub discovery: Option<Discovery>,
+}
+
+/// Exactly one of `kubernetes` (embedded watcher) or `control_plane`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// This gateway's zone, for EndpointSlice topology hints.
+    pub zone: Option<String>,
+    pub kubernetes: Option<KubernetesDiscovery>,
+    pub control_plane: Option<ControlPlane>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesDiscovery {
+    /// Default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<String>,
+    /// Default: all namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    pub label_selector: Option<String>,
+    /// `endpointslices` (default) or `endpoints` (the legacy v1 API).
+    pub source: Option<String>,
+    /// Coalescing: publish after this much quiet (default 100ms)...
+    pub quiet: Option<String>,
+    /// ...but at most this long after the first change (default 1s).
+    pub max_delay: Option<String>,
+    /// Mass-deletion guard: hold a change removing more than this percent of all
+    /// endpoints (default 50; 100 turns the guard off).
+    pub max_removed_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlane {
+    /// `http://host:port` of a `discovery` server.
+    pub url: String,
+    /// Bearer token read from this file at start...
+    pub token_file: Option<String>,
+    /// ...or from this environment variable.
+    pub token_env: Option<String>,
+}
+
+/// A Kubernetes Service port as the upstream's endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesUpstream {
+    pub namespace: String,
+    pub service: String,
+    /// The Service port's name, or its number.
+    pub port: PortValue,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PortValue {
+    Number(i64),
+    Name(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,7 +330,9 @@ pub struct DirectResponse {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub endpoints: Vec<Endpoint>,
+    /// Static endpoints; or `kubernetes`, never both.
+    pub endpoints: Option<Vec<Endpoint>>,
+    pub kubernetes: Option<KubernetesUpstream>,
     pub load_balancing: Option<String>,
     /// For `consistent_hash`: `header:NAME`, `cookie:NAME`, `client_ip` or `path`.
     pub hash_on: Option<String>,

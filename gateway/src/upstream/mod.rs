@@ -21,8 +21,10 @@ use ring::HashRing;
 pub use ring::hash64;
 pub use state::{Attempt, ConnectionSlot, EndpointState, InFlightSlot, LimitError, PoolState};
 
-use crate::config::UpstreamSpec;
-use policy::{HealthCheck, Limits, OutlierDetection, RetryBudgetPolicy, StickyCookie};
+use crate::config::{KubernetesUpstreamSpec, UpstreamSpec};
+use policy::{
+    EndpointSpec, HealthCheck, Limits, OutlierDetection, RetryBudgetPolicy, StickyCookie,
+};
 
 /// What a consistent-hash pool hashes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +202,8 @@ pub struct UpstreamPool {
     pub sticky_cookie: Option<StickyCookie>,
     /// Retry budget and in-flight limit; carried over from the previous pool.
     pub state: Arc<PoolState>,
+    /// Set for a `kubernetes` upstream: the Service port its endpoints come from.
+    pub kubernetes: Option<KubernetesUpstreamSpec>,
 }
 
 /// At most this many endpoints are remembered as already tried by one request.
@@ -237,8 +241,20 @@ impl UpstreamPool {
         fingerprint: String,
         previous: Option<&UpstreamPool>,
     ) -> Result<Self, ResolveError> {
-        let mut out = Vec::with_capacity(spec.endpoints.len());
-        for ep in &spec.endpoints {
+        Self::compile_endpoints(name, spec, &spec.endpoints, fingerprint, previous)
+    }
+
+    /// [`Self::compile`] with the endpoints given separately: a `kubernetes` upstream
+    /// takes them from the discovery snapshot, not from its spec.
+    pub fn compile_endpoints(
+        name: &str,
+        spec: &UpstreamSpec,
+        endpoints: &[EndpointSpec],
+        fingerprint: String,
+        previous: Option<&UpstreamPool>,
+    ) -> Result<Self, ResolveError> {
+        let mut out = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
             let address = &ep.address;
             let socket = address
                 .to_socket_addrs()
@@ -299,6 +315,7 @@ impl UpstreamPool {
             connect_timeout: spec.connect_timeout,
             sticky_cookie: spec.sticky_cookie.clone(),
             state: previous.map(|p| Arc::clone(&p.state)).unwrap_or_default(),
+            kubernetes: spec.kubernetes.clone(),
         })
     }
 
@@ -556,6 +573,7 @@ mod tests {
 
     fn spec_of(lb: LoadBalancing, endpoints: &[(String, u32)]) -> UpstreamSpec {
         UpstreamSpec {
+            kubernetes: None,
             endpoints: endpoints
                 .iter()
                 .map(|(address, weight)| policy::EndpointSpec {

@@ -56,6 +56,23 @@ impl Gateway {
         Self::start_wrapped(template, &[]).await
     }
 
+    /// Like [`Gateway::start`], but only waits until the admin API answers (with any
+    /// status) and the proxy port accepts: for gateways that start not ready.
+    pub async fn start_unready(template: &str) -> Gateway {
+        let gw = Self::launch(template, &[]);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let admin = client.get(gw.admin_url("/readyz")).send().await;
+            let proxy = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await;
+            if admin.is_ok() && proxy.is_ok() {
+                return gw;
+            }
+            assert!(Instant::now() < deadline, "gateway not up:\n{}", gw.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Like [`Gateway::start`], with the binary run under `wrapper` (e.g. `faketime`).
     pub async fn start_wrapped(template: &str, wrapper: &[&str]) -> Gateway {
         let gw = Self::launch(template, wrapper);
@@ -302,9 +319,15 @@ pub struct Member {
 
 impl Member {
     pub fn start(name: &str) -> Member {
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serve on `addr` (say 127.0.0.2:P, so several members share one port on
+    /// different loopback addresses, as pods of one Service do).
+    pub fn start_at(name: &str, addr: SocketAddr) -> Member {
         let mut m = Member {
             name: name.to_owned(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             healthy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             probes: std::sync::Arc::default(),
             hits: std::sync::Arc::default(),

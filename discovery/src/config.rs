@@ -1,0 +1,350 @@
+//! Owns the YAML configuration of the `discovery` binary: wire structs that mirror the
+//! file (`deny_unknown_fields`), parsed into the typed [`WatchConfig`] and
+//! [`ServerConfig`], with every problem reported at once with its path.
+//!
+//! [`WatchWire`] is public so that another config (the gateway's embedded mode) can
+//! carry the same `watch:` block.
+//!
+//! ```yaml
+//! listen: 0.0.0.0:8081
+//! token_file: /var/run/secrets/discovery/token   # or env DISCOVERY_TOKEN
+//! watch:
+//!   source: endpointslices        # or endpoints (legacy v1 Endpoints)
+//!   namespaces: [shop]            # empty or absent: all namespaces
+//!   label_selector: app.kubernetes.io/part-of=shop
+//!   coalesce: { quiet: 100ms, max_delay: 1s }
+//!   mass_deletion: { max_removed_share: 0.5, min_endpoints: 10 }
+//! stream:
+//!   heartbeat: 10s
+//!   history: 256
+//!   subscriber_buffer: 64
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::{Coalesce, MassDeletionGuard};
+use crate::metrics::DiscoveryMetrics;
+use crate::server::ServerConfig;
+use crate::watcher::{Source, WatchConfig};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWire {
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub watch: WatchWire,
+    #[serde(default)]
+    pub stream: StreamWire,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchWire {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    #[serde(default)]
+    pub coalesce: CoalesceWire,
+    #[serde(default)]
+    pub mass_deletion: GuardWire,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceWire {
+    #[serde(default)]
+    pub quiet: Option<String>,
+    #[serde(default)]
+    pub max_delay: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardWire {
+    #[serde(default)]
+    pub max_removed_share: Option<f64>,
+    #[serde(default)]
+    pub min_endpoints: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamWire {
+    #[serde(default)]
+    pub heartbeat: Option<String>,
+    #[serde(default)]
+    pub history: Option<usize>,
+    #[serde(default)]
+    pub subscriber_buffer: Option<usize>,
+}
+
+/// One problem in a config, with the path of the value at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in one config.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Errors<'a>(&'a mut Vec<ConfigError>);
+
+impl Errors<'_> {
+    fn push(&mut self, path: String, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: String, text: Option<&String>, default: Duration) -> Duration {
+        let Some(text) = text else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.push(path, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.push(path, format!("{text:?} is not a duration: {e}"));
+                default
+            }
+        }
+    }
+}
+
+impl WatchWire {
+    /// The typed watch settings; problems are appended to `errors` under `path`.
+    pub fn parse(
+        &self,
+        path: &str,
+        metrics: DiscoveryMetrics,
+        errors: &mut Vec<ConfigError>,
+    ) -> WatchConfig {
+        let mut errs = Errors(errors);
+        let mut config = WatchConfig::new(metrics);
+        match self.source.as_deref() {
+            None | Some("endpointslices") => {}
+            Some("endpoints") => config.source = Source::Endpoints,
+            Some(other) => errs.push(
+                format!("{path}.source"),
+                format!("{other:?} is not one of endpointslices, endpoints"),
+            ),
+        }
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            if ns.is_empty()
+                || ns.len() > 63
+                || !ns
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                errs.push(
+                    format!("{path}.namespaces[{i}]"),
+                    format!("{ns:?} is not a namespace name"),
+                );
+            }
+        }
+        config.namespaces.clone_from(&self.namespaces);
+        match self.label_selector.as_deref().map(str::trim) {
+            Some("") => errs.push(format!("{path}.label_selector"), "must not be empty"),
+            Some(sel) => config.label_selector = Some(sel.to_owned()),
+            None => {}
+        }
+        let defaults = Coalesce::default();
+        let quiet = errs.duration(
+            format!("{path}.coalesce.quiet"),
+            self.coalesce.quiet.as_ref(),
+            defaults.quiet,
+        );
+        let max_delay = errs.duration(
+            format!("{path}.coalesce.max_delay"),
+            self.coalesce.max_delay.as_ref(),
+            defaults.max_delay,
+        );
+        if max_delay < quiet {
+            errs.push(
+                format!("{path}.coalesce.max_delay"),
+                "must not be shorter than coalesce.quiet",
+            );
+        }
+        config.coalesce = Coalesce { quiet, max_delay };
+        let guard = MassDeletionGuard::default();
+        let share = self
+            .mass_deletion
+            .max_removed_share
+            .unwrap_or(guard.max_removed_share);
+        if !(share > 0.0 && share <= 1.0) {
+            errs.push(
+                format!("{path}.mass_deletion.max_removed_share"),
+                "must be in (0, 1] (1 disables the guard)",
+            );
+        }
+        config.mass_deletion = MassDeletionGuard {
+            max_removed_share: share.clamp(0.0, 1.0),
+            min_endpoints: self
+                .mass_deletion
+                .min_endpoints
+                .unwrap_or(guard.min_endpoints),
+        };
+        config
+    }
+}
+
+/// The binary's settings after parsing.
+#[derive(Debug)]
+pub struct FileConfig {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    pub watch: WatchConfig,
+    pub server: ServerConfig,
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
+
+impl FileWire {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        serde_yaml_ng::from_str::<Option<Self>>(text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    path: e.location().map_or_else(
+                        || "(file)".into(),
+                        |l| format!("line {} column {}", l.line(), l.column()),
+                    ),
+                    message: e.to_string(),
+                }])
+            })
+    }
+
+    pub fn parse(&self, metrics: DiscoveryMetrics) -> Result<FileConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+        let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            errors.push(ConfigError {
+                path: "listen".into(),
+                message: format!("{listen_text:?} is not an address:port"),
+            });
+            SocketAddr::from(([0, 0, 0, 0], 8081))
+        });
+        let watch = self.watch.parse("watch", metrics, &mut errors);
+        let mut server = ServerConfig::default();
+        {
+            let mut errs = Errors(&mut errors);
+            server.heartbeat = errs.duration(
+                "stream.heartbeat".into(),
+                self.stream.heartbeat.as_ref(),
+                server.heartbeat,
+            );
+            for (path, value, target) in [
+                ("stream.history", self.stream.history, &mut server.history),
+                (
+                    "stream.subscriber_buffer",
+                    self.stream.subscriber_buffer,
+                    &mut server.subscriber_buffer,
+                ),
+            ] {
+                match value {
+                    Some(0) => errs.push(path.into(), "must be at least 1"),
+                    Some(n) => *target = n,
+                    None => {}
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(FileConfig {
+                listen,
+                token_file: self.token_file.clone(),
+                watch,
+                server,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> DiscoveryMetrics {
+        DiscoveryMetrics::unregistered().unwrap()
+    }
+
+    #[test]
+    fn a_full_file_parses_into_typed_settings() {
+        let wire = FileWire::from_yaml(
+            "listen: 127.0.0.1:9000\nwatch:\n  source: endpoints\n  namespaces: [shop, ops]\n  label_selector: team=web\n  coalesce: { quiet: 50ms, max_delay: 2s }\n  mass_deletion: { max_removed_share: 0.3, min_endpoints: 4 }\nstream: { heartbeat: 5s, history: 10, subscriber_buffer: 8 }\n",
+        )
+        .unwrap();
+        let c = wire.parse(metrics()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.watch.source, Source::Endpoints);
+        assert_eq!(c.watch.namespaces, vec!["shop", "ops"]);
+        assert_eq!(c.watch.coalesce.quiet, Duration::from_millis(50));
+        assert_eq!(c.watch.mass_deletion.min_endpoints, 4);
+        assert_eq!(
+            (
+                c.server.heartbeat,
+                c.server.history,
+                c.server.subscriber_buffer
+            ),
+            (Duration::from_secs(5), 10, 8)
+        );
+        assert!(FileWire::from_yaml("").unwrap().parse(metrics()).is_ok());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let wire = FileWire::from_yaml(
+            "listen: nowhere\nwatch:\n  source: pods\n  namespaces: [Bad_NS]\n  coalesce: { quiet: 2s, max_delay: soon }\n  mass_deletion: { max_removed_share: 0 }\nstream: { history: 0 }\n",
+        )
+        .unwrap();
+        let errors = wire.parse(metrics()).unwrap_err().0;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "listen",
+                "watch.source",
+                "watch.namespaces[0]",
+                "watch.coalesce.max_delay",
+                "watch.coalesce.max_delay",
+                "watch.mass_deletion.max_removed_share",
+                "stream.history",
+            ]
+        );
+        assert!(FileWire::from_yaml("watch: { sources: x }").is_err());
+    }
+}

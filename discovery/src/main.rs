@@ -1,0 +1,138 @@
+//! The `discovery` control plane: watches the Kubernetes API once (in-cluster config or
+//! `KUBECONFIG`) and streams snapshots to any number of gateways. Settings come from an
+//! optional YAML file (see `discovery::config`); flags override it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use discovery::config::FileWire;
+use discovery::metrics::DiscoveryMetrics;
+use discovery::server::ControlPlane;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "discovery",
+    about = "Kubernetes endpoint discovery control plane"
+)]
+struct Args {
+    /// YAML settings file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to serve on (default 0.0.0.0:8081).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Namespace to watch (repeatable); default all namespaces.
+    #[arg(long = "namespace", short = 'n')]
+    namespaces: Vec<String>,
+    /// Label selector for Services and their endpoints.
+    #[arg(long)]
+    label_selector: Option<String>,
+    /// `endpointslices` (default) or `endpoints` (legacy v1 Endpoints).
+    #[arg(long)]
+    source: Option<String>,
+    /// File holding the bearer token gateways must send (else env DISCOVERY_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Check the settings and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let args = Args::parse();
+    let mut wire = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            FileWire::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?
+        }
+        None => FileWire::default(),
+    };
+    if args.listen.is_some() {
+        wire.listen = args.listen.clone();
+    }
+    if !args.namespaces.is_empty() {
+        wire.watch.namespaces = args.namespaces.clone();
+    }
+    if args.label_selector.is_some() {
+        wire.watch.label_selector = args.label_selector.clone();
+    }
+    if args.source.is_some() {
+        wire.watch.source = args.source.clone();
+    }
+    if args.token_file.is_some() {
+        wire.token_file = args.token_file.clone();
+    }
+    let registry = prometheus::Registry::new();
+    let metrics = DiscoveryMetrics::new(&registry)?;
+    let mut config = wire
+        .parse(metrics.clone())
+        .map_err(|e| anyhow::anyhow!("invalid settings:\n{e}"))?;
+    if args.check {
+        println!("settings OK");
+        return Ok(());
+    }
+    config.server.token = match &config.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("DISCOVERY_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    if config.server.token.as_deref() == Some("") {
+        anyhow::bail!("the token file is empty");
+    }
+    if config.server.token.is_none() {
+        tracing::warn!(
+            "no token configured: the snapshot stream is open to anyone who can reach it"
+        );
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+    let (snapshots, handle) = discovery::watcher::spawn(client, config.watch);
+    let cp: Arc<ControlPlane> =
+        ControlPlane::start(config.server, snapshots, Some(handle), registry, metrics);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "discovery: listening");
+    axum::serve(listener, cp.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}

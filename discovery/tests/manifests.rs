@@ -1,0 +1,533 @@
+//! Offline checks of `manifests/`: every file parses as multi-document YAML, the
+//! objects reference each other consistently (RBAC bindings, selectors, ports, volumes,
+//! the gateway's control-plane URL), RBAC is read-only with exactly the verbs
+//! discovery needs, and every Deployment is probed, hardened and sized. Then `kubectl`
+//! maps every document through the fake API server's discovery documents.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use discovery::fake::FakeApiServer;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every object in `manifests/` with the file it came from.
+fn objects() -> Vec<(PathBuf, Value)> {
+    let mut files = Vec::new();
+    yaml_files(&manifests_dir(), &mut files);
+    assert!(!files.is_empty(), "no manifests found");
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value =
+                Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if !value.is_null() {
+                out.push((file.clone(), value));
+            }
+        }
+    }
+    out
+}
+
+fn find<'a>(objects: &'a [(PathBuf, Value)], kind: &str, name: &str) -> Vec<&'a Value> {
+    objects
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == kind && v["metadata"]["name"] == name)
+        .collect()
+}
+
+fn one<'a>(objects: &'a [(PathBuf, Value)], kind: &str, name: &str) -> &'a Value {
+    let found = find(objects, kind, name);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {kind} {name}, found {}",
+        found.len()
+    );
+    found[0]
+}
+
+fn strs(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The verbs a role grants on `group`/`resource`.
+fn verbs(role: &Value, group: &str, resource: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        if strs(&rule["apiGroups"]).contains(group) && strs(&rule["resources"]).contains(resource) {
+            out.extend(strs(&rule["verbs"]));
+        }
+    }
+    out
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+const NAMESPACED: &[&str] = &[
+    "ServiceAccount",
+    "ConfigMap",
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "Role",
+    "RoleBinding",
+];
+
+#[test]
+fn manifests_parse_and_name_every_object() {
+    let objects = objects();
+    let kinds: BTreeSet<String> = objects
+        .iter()
+        .map(|(_, v)| v["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        set(&[
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "Namespace",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+        ])
+    );
+    for (file, v) in &objects {
+        let f = file.display();
+        assert!(v["apiVersion"].is_string(), "{f}: no apiVersion");
+        assert!(v["metadata"]["name"].is_string(), "{f}: no name");
+        let kind = v["kind"].as_str().unwrap();
+        assert_eq!(
+            v["metadata"]["namespace"].is_string(),
+            NAMESPACED.contains(&kind),
+            "{f}: {kind} namespace"
+        );
+    }
+    // The namespace is created before anything is put in it (files apply in name order).
+    let first = &objects[0].1;
+    // Sample services and the namespaced RBAC variant are opt-in: in subdirectories,
+    // which `kubectl apply -f manifests/` does not descend into.
+    for (file, v) in &objects {
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
+        if ns == "shop" || v["kind"] == "Namespace" && v["metadata"]["name"] == "shop" {
+            assert_ne!(
+                file.parent().unwrap(),
+                manifests_dir(),
+                "{}",
+                file.display()
+            );
+        }
+    }
+    assert_eq!(first["kind"], "Namespace");
+    assert_eq!(first["metadata"]["name"], "gateway-system");
+}
+
+fn check_discovery_rules(role: &Value) {
+    let name = &role["metadata"]["name"];
+    assert_eq!(
+        verbs(role, "discovery.k8s.io", "endpointslices"),
+        set(&["list", "watch"]),
+        "{name}"
+    );
+    assert_eq!(
+        verbs(role, "", "services"),
+        set(&["get", "list", "watch"]),
+        "{name}"
+    );
+    assert_eq!(
+        verbs(role, "", "endpoints"),
+        set(&["list", "watch"]),
+        "{name}"
+    );
+    // Read-only: nothing else, and no wildcard.
+    for rule in role["rules"].as_array().unwrap() {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(
+                !strs(&rule[field]).contains("*"),
+                "{name}: wildcard {field}"
+            );
+        }
+        let write: BTreeSet<String> = strs(&rule["verbs"])
+            .into_iter()
+            .filter(|v| !["get", "list", "watch"].contains(&v.as_str()))
+            .collect();
+        assert!(write.is_empty(), "{name}: write verbs {write:?}");
+    }
+}
+
+fn check_binding(objects: &[(PathBuf, Value)], binding: &Value, role_kind: &str) {
+    assert_eq!(binding["roleRef"]["kind"], role_kind);
+    assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+    let role = one(
+        objects,
+        role_kind,
+        binding["roleRef"]["name"].as_str().unwrap(),
+    );
+    if role_kind == "Role" {
+        assert_eq!(
+            role["metadata"]["namespace"],
+            binding["metadata"]["namespace"]
+        );
+    }
+    let subjects = binding["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0]["kind"], "ServiceAccount");
+    let sa = one(
+        objects,
+        "ServiceAccount",
+        subjects[0]["name"].as_str().unwrap(),
+    );
+    assert_eq!(sa["metadata"]["namespace"], subjects[0]["namespace"]);
+}
+
+#[test]
+fn rbac_is_read_only_and_bound_to_the_discovery_service_account() {
+    let objects = objects();
+    check_discovery_rules(one(&objects, "ClusterRole", "gateway-discovery"));
+    check_discovery_rules(one(&objects, "Role", "gateway-discovery"));
+    check_binding(
+        &objects,
+        one(&objects, "ClusterRoleBinding", "gateway-discovery"),
+        "ClusterRole",
+    );
+    check_binding(
+        &objects,
+        one(&objects, "RoleBinding", "gateway-discovery"),
+        "Role",
+    );
+    // The namespaced variant lives apart, so `kubectl apply -f manifests/` applies
+    // the cluster-wide one only.
+    for (file, v) in &objects {
+        if v["kind"] == "Role" || v["kind"] == "RoleBinding" {
+            assert!(
+                file.parent().unwrap().ends_with("namespaced"),
+                "{}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn container_port(container: &Value, port: &Value) -> u64 {
+    if let Some(n) = port.as_u64() {
+        return n;
+    }
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == *port)
+        .unwrap_or_else(|| panic!("no container port named {port}"))["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The ConfigMap file mounted into `deployment` at `dir`, parsed.
+fn mounted_config(objects: &[(PathBuf, Value)], deployment: &Value, file: &str) -> Value {
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let path = Path::new(file);
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("{file} is not under a volume mount"));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let map = one(
+        objects,
+        "ConfigMap",
+        volume["configMap"]["name"].as_str().unwrap(),
+    );
+    let key = path.file_name().unwrap().to_str().unwrap();
+    serde_yaml_ng::from_str(map["data"][key].as_str().unwrap()).unwrap()
+}
+
+/// `file` is inside a read-only mount of the Secret `secret`.
+fn assert_secret_file(deployment: &Value, file: &str, secret: &str) {
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(file).starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("{file} is not mounted"));
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], secret);
+    assert_eq!(Path::new(file).file_name().unwrap(), "token");
+}
+
+#[test]
+fn deployments_are_probed_hardened_sized_and_wired() {
+    let objects = objects();
+    let deployments: Vec<&Value> = objects
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == "Deployment")
+        .collect();
+    assert!(deployments.len() >= 2);
+    for deployment in &deployments {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in deployment["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+        {
+            assert_eq!(&labels[k], v, "{name}: selector does not match the pod");
+        }
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        let containers = pod["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1);
+        let c = &containers[0];
+        assert!(c["readinessProbe"]["httpGet"]["path"].is_string(), "{name}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{name}");
+        container_port(c, &c["readinessProbe"]["httpGet"]["port"]);
+        container_port(c, &c["livenessProbe"]["httpGet"]["port"]);
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(strs(&sc["capabilities"]["drop"]), set(&["ALL"]), "{name}");
+        for resource in ["cpu", "memory"] {
+            assert!(
+                c["resources"]["requests"][resource].is_string(),
+                "{name}: {resource} request"
+            );
+        }
+        assert!(
+            c["resources"]["limits"]["memory"].is_string(),
+            "{name}: memory limit"
+        );
+    }
+    for name in ["discovery", "gateway"] {
+        let c = &one(&objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+    }
+
+    // Every Service selects the pods of a Deployment in its namespace and targets a
+    // port those pods declare.
+    for service in objects
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == "Service")
+    {
+        let name = &service["metadata"]["name"];
+        let selector = service["spec"]["selector"].as_object().unwrap();
+        let target = deployments
+            .iter()
+            .find(|d| {
+                d["metadata"]["namespace"] == service["metadata"]["namespace"]
+                    && selector
+                        .iter()
+                        .all(|(k, v)| d["spec"]["template"]["metadata"]["labels"][k] == *v)
+            })
+            .unwrap_or_else(|| panic!("Service {name} selects no Deployment"));
+        let c = &target["spec"]["template"]["spec"]["containers"][0];
+        for port in service["spec"]["ports"].as_array().unwrap() {
+            container_port(c, &port["targetPort"]);
+        }
+    }
+
+    // Discovery: its service account, its config's port, its token.
+    let discovery = one(&objects, "Deployment", "discovery");
+    let pod = &discovery["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "discovery");
+    let config = mounted_config(&objects, discovery, "/etc/discovery/discovery.yaml");
+    let command = strs(&pod["containers"][0]["command"]);
+    assert!(
+        command.contains("/etc/discovery/discovery.yaml"),
+        "{command:?}"
+    );
+    let listen_port: u64 = config["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert_eq!(
+        container_port(&pod["containers"][0], &Value::from("http")),
+        listen_port
+    );
+    let token = config["token_file"].as_str().unwrap();
+    assert_secret_file(discovery, token, "discovery-token");
+
+    // Gateway: control-plane mode against the discovery Service, the same token,
+    // only Kubernetes upstreams, and no API credentials of its own.
+    let gateway = one(&objects, "Deployment", "gateway");
+    let gpod = &gateway["spec"]["template"]["spec"];
+    assert_eq!(gpod["automountServiceAccountToken"], false);
+    let config = mounted_config(&objects, gateway, "/etc/gateway/gateway.yaml");
+    let control = &config["discovery"]["control_plane"];
+    let service = one(&objects, "Service", "discovery");
+    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        control["url"],
+        format!(
+            "http://discovery.{}:{port}",
+            service["metadata"]["namespace"].as_str().unwrap()
+        )
+    );
+    assert_secret_file(
+        gateway,
+        control["token_file"].as_str().unwrap(),
+        "discovery-token",
+    );
+    // Every upstream is a Service port that the manifests (examples/shop.yaml) define.
+    for (name, upstream) in config["upstreams"].as_object().unwrap() {
+        let k = &upstream["kubernetes"];
+        let service = find(&objects, "Service", k["service"].as_str().unwrap())
+            .into_iter()
+            .find(|s| s["metadata"]["namespace"] == k["namespace"])
+            .unwrap_or_else(|| panic!("upstream {name}: no Service {k}"));
+        let ports = service["spec"]["ports"].as_array().unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p["name"] == k["port"] || p["port"] == k["port"]),
+            "upstream {name}: Service has no port {}",
+            k["port"]
+        );
+    }
+    // Admin (probes, metrics) stays off the public Service.
+    let public = one(&objects, "Service", "gateway");
+    assert!(
+        public["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["targetPort"] != "admin")
+    );
+
+    // The disruption budget and autoscaler target the gateway.
+    let pdb = one(&objects, "PodDisruptionBudget", "gateway");
+    let glabels = &gateway["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&glabels[k], v);
+    }
+    let hpa = one(&objects, "HorizontalPodAutoscaler", "gateway");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "gateway");
+    let min = hpa["spec"]["minReplicas"].as_u64().unwrap();
+    assert!(min >= 2, "one replica cannot honour the disruption budget");
+    assert!(hpa["spec"]["maxReplicas"].as_u64().unwrap() >= min);
+}
+
+/// kubectl maps every manifest through the fake's discovery documents (client-side
+/// dry run; `--validate=false` because schema validation needs the OpenAPI document,
+/// which the fake does not serve).
+#[tokio::test]
+async fn kubectl_dry_run_maps_every_manifest() {
+    let kubectl = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("kubectl"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("kubectl is not installed: run .ci/deps (Debian package kubernetes-client)")
+        });
+    let server = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig_yaml()).unwrap();
+    let mut expected: Vec<String> = objects()
+        .iter()
+        .map(|(_, v)| v["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    expected.sort();
+    for verb in ["apply", "create"] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(&kubectl)
+                .env("KUBECONFIG", dir.path().join("kubeconfig"))
+                .env("HOME", dir.path())
+                .arg("--cache-dir")
+                .arg(dir.path().join("cache"))
+                .args([
+                    verb,
+                    "--dry-run=client",
+                    "--validate=false",
+                    "-R",
+                    "-o",
+                    "name",
+                    "-f",
+                ])
+                .arg(manifests_dir())
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("kubectl did not finish")
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "kubectl {verb}: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut names: Vec<String> = stdout
+            .lines()
+            .map(|l| l.rsplit_once('/').unwrap().1.to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, expected, "kubectl {verb}");
+    }
+    // A dry run writes nothing.
+    assert!(
+        server
+            .get("v1", "Namespace", "", "gateway-system")
+            .is_none()
+    );
+}

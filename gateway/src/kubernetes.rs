@@ -1,0 +1,321 @@
+//! Owns the gateway side of Kubernetes discovery: turning a discovery snapshot into the
+//! endpoints of `kubernetes` upstreams (at compile time, see `runtime::compile_with`),
+//! the discovery facts a runtime carries (snapshot version, whether a route still waits
+//! for the first snapshot), and starting the snapshot source the config names (the
+//! embedded watcher or a control-plane subscription) on a runtime of its own.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use discovery::metrics::DiscoveryMetrics;
+use discovery::watcher::{self, Coalesce, MassDeletionGuard, WatchConfig, WatchHandle};
+use discovery::{Snapshot, SnapshotReceiver};
+use serde_json::{Value, json};
+
+use crate::config::{
+    ApiSource, DiscoverySource, DiscoverySpec, KubernetesUpstreamSpec, KubernetesWatchSpec, Spec,
+    TokenSource,
+};
+use crate::router::{RouteAction, RouteTable};
+use crate::upstream::UpstreamPool;
+use crate::upstream::policy::EndpointSpec;
+
+/// The endpoints of one `kubernetes` upstream in `snapshot`: the backends of its
+/// Service port, narrowed by zone hints when they apply; none before the first
+/// snapshot or while the Service has no backends.
+///
+/// Terminating-but-serving backends come through as draining (they finish what they
+/// have and take nothing new) while any other backend is left. When they are all
+/// there is (the model's fallback when no endpoint is ready), they take traffic, as
+/// kube-proxy does: a pool of only draining endpoints would answer 503 while the pods
+/// still serve.
+pub fn endpoints(
+    snapshot: Option<&Snapshot>,
+    upstream: &KubernetesUpstreamSpec,
+    zone: Option<&str>,
+) -> Vec<EndpointSpec> {
+    let Some(service) = snapshot.and_then(|s| s.services.get(&upstream.service)) else {
+        return Vec::new();
+    };
+    let backends = discovery::for_zone(service.resolve(&upstream.port), zone);
+    let only_draining = backends.iter().all(|b| b.draining);
+    backends
+        .into_iter()
+        .map(|b| EndpointSpec {
+            address: b.address.to_string(),
+            weight: 1,
+            draining: b.draining && !only_draining,
+        })
+        .collect()
+}
+
+/// What a runtime knows about discovery.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveryState {
+    /// `kubernetes` or `control_plane`; `None` without a discovery section.
+    pub mode: Option<&'static str>,
+    /// Version of the snapshot this runtime was compiled with.
+    pub snapshot_version: Option<u64>,
+    /// When the gateway first compiled that snapshot (kept across config reloads).
+    pub snapshot_at: Option<SystemTime>,
+    /// A route proxies to a `kubernetes` upstream but no snapshot has arrived yet: the
+    /// gateway is not ready.
+    pub waiting: bool,
+}
+
+impl DiscoveryState {
+    pub fn new(
+        spec: &Spec,
+        snapshot: Option<&Snapshot>,
+        routes: &RouteTable,
+        previous: Option<&DiscoveryState>,
+    ) -> Self {
+        let uses_kubernetes = routes.routes().iter().any(|r| match &r.action {
+            RouteAction::Proxy(b) => b.targets.iter().any(|(p, _)| p.kubernetes.is_some()),
+            _ => false,
+        });
+        let snapshot_version = snapshot.map(|s| s.version);
+        let snapshot_at = match previous {
+            Some(p) if p.snapshot_version == snapshot_version => p.snapshot_at,
+            _ => snapshot_version.map(|_| SystemTime::now()),
+        };
+        Self {
+            mode: spec.discovery.as_ref().map(|d| d.mode()),
+            snapshot_version,
+            snapshot_at,
+            waiting: uses_kubernetes && snapshot.is_none(),
+        }
+    }
+}
+
+/// `/admin/upstreams`: where discovery stands (and the running source's health).
+pub fn describe(d: &DiscoveryState, control: Option<&DiscoveryControl>) -> Value {
+    json!({
+        "mode": d.mode,
+        "snapshot_version": d.snapshot_version,
+        "snapshot_applied_at": d.snapshot_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        "waiting_for_first_snapshot": d.waiting,
+        "source": control.map(DiscoveryControl::status),
+    })
+}
+
+/// `/admin/upstreams`: where a pool's endpoints come from.
+pub fn describe_source(pool: &UpstreamPool) -> Value {
+    match &pool.kubernetes {
+        Some(k) => json!({
+            "kind": "kubernetes",
+            "namespace": k.service.namespace,
+            "service": k.service.name,
+            "port": k.port.to_string(),
+        }),
+        None => json!({"kind": "static"}),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("discovery: cannot start its runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("discovery: {0}")]
+    Metrics(#[from] discovery::metrics::MetricsError),
+    #[error("discovery: cannot read kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error(
+        "discovery: no Kubernetes config (not in a cluster, no KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Infer(String),
+    #[error("discovery: cannot build the Kubernetes client: {0}")]
+    Client(String),
+    #[error("discovery: cannot read the control-plane token from {what}: {reason}")]
+    Token { what: String, reason: String },
+}
+
+/// A running snapshot source. It lives on a Tokio runtime of its own, apart from
+/// Pingora's per-service runtimes, for as long as this value: the whole process.
+pub struct DiscoveryRunner {
+    /// `None` until the source's first full sync, then every published snapshot.
+    pub snapshots: SnapshotReceiver,
+    control: DiscoveryControl,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// What the admin API may see and do about the running source: the embedded
+/// watcher's health, and confirming a change its mass-deletion guard holds.
+#[derive(Clone, Debug)]
+pub struct DiscoveryControl {
+    mode: &'static str,
+    watch: Option<Arc<WatchHandle>>,
+}
+
+/// Why a held mass deletion cannot be confirmed here.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    #[error(
+        "this gateway subscribes to a control plane: confirm there (POST /v1/mass-deletion/confirm)"
+    )]
+    ControlPlane,
+}
+
+impl DiscoveryControl {
+    /// The embedded watcher's health; just the mode for a control-plane subscriber
+    /// (the control plane reports its own at `/v1/status`).
+    pub fn status(&self) -> Value {
+        let Some(watch) = &self.watch else {
+            return json!({"mode": self.mode});
+        };
+        let s = watch.status();
+        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+        json!({
+            "mode": self.mode,
+            "synced": s.synced,
+            "version": s.version,
+            "last_contact_age_seconds": secs(s.last_contact_age),
+            "api_outage_seconds": secs(s.outage),
+            "held_mass_deletion": s.held_mass_deletion.map(|h| json!({
+                "removed_endpoints": h.removed_endpoints,
+                "total_endpoints": h.total_endpoints,
+                "held_seconds": h.since.elapsed().as_secs_f64(),
+            })),
+        })
+    }
+
+    /// Publish the change the mass-deletion guard holds. Returns whether one was held.
+    pub fn confirm_mass_deletion(&self) -> Result<bool, ConfirmError> {
+        let watch = self.watch.as_ref().ok_or(ConfirmError::ControlPlane)?;
+        let held = watch.status().held_mass_deletion.is_some();
+        if held {
+            tracing::warn!("discovery: held mass deletion confirmed through the admin API");
+            watch.confirm_mass_deletion();
+        }
+        Ok(held)
+    }
+}
+
+impl std::fmt::Debug for DiscoveryRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoveryRunner")
+            .field("control", &self.control)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DiscoveryRunner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never block process exit on an in-flight watch request.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Start the source `spec` names: the embedded watcher (Kubernetes client from the
+/// configured kubeconfig, else in-cluster config or `KUBECONFIG`) or a control-plane
+/// subscription (reconnecting with backoff and resuming). Its metrics register in
+/// `registry`. Fails fast on what start-up can know: an unreadable kubeconfig or token.
+/// Blocks while it builds the Kubernetes client, so call it outside async code.
+pub fn start(
+    spec: &DiscoverySpec,
+    registry: &prometheus::Registry,
+) -> Result<DiscoveryRunner, StartError> {
+    let metrics = DiscoveryMetrics::new(registry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("discovery")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let (snapshots, watch) = match &spec.source {
+        DiscoverySource::Kubernetes(k) => {
+            let client = runtime.block_on(kube_client(k))?;
+            // kube's client and the watcher tasks are spawned on this runtime.
+            let _guard = runtime.enter();
+            let (rx, handle) = watcher::spawn(client, watch_config(k, metrics));
+            (rx, Some(handle))
+        }
+        DiscoverySource::ControlPlane { url, token } => {
+            let mut config = discovery::client::ClientConfig::new(url.clone(), metrics);
+            config.token = read_token(token)?;
+            let _guard = runtime.enter();
+            (discovery::client::spawn(config), None)
+        }
+    };
+    tracing::info!(
+        mode = spec.mode(),
+        "discovery started; waiting for the first snapshot"
+    );
+    Ok(DiscoveryRunner {
+        snapshots,
+        control: DiscoveryControl {
+            mode: spec.mode(),
+            watch: watch.map(Arc::new),
+        },
+        runtime: Some(runtime),
+    })
+}
+
+impl DiscoveryRunner {
+    /// A handle for the admin API.
+    pub fn control(&self) -> DiscoveryControl {
+        self.control.clone()
+    }
+}
+
+fn watch_config(k: &KubernetesWatchSpec, metrics: DiscoveryMetrics) -> WatchConfig {
+    let mut config = WatchConfig::new(metrics);
+    config.source = match k.source {
+        ApiSource::EndpointSlices => watcher::Source::EndpointSlices,
+        ApiSource::Endpoints => watcher::Source::Endpoints,
+    };
+    config.namespaces = k.namespaces.clone();
+    config.label_selector = k.label_selector.clone();
+    config.coalesce = Coalesce {
+        quiet: k.quiet,
+        max_delay: k.max_delay,
+    };
+    config.mass_deletion = MassDeletionGuard {
+        max_removed_share: f64::from(k.max_removed_percent) / 100.0,
+        ..MassDeletionGuard::default()
+    };
+    config
+}
+
+async fn kube_client(k: &KubernetesWatchSpec) -> Result<kube::Client, StartError> {
+    let config = match &k.kubeconfig {
+        Some(path) => {
+            let bad = |reason: String| StartError::Kubeconfig {
+                path: path.display().to_string(),
+                reason,
+            };
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| bad(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| StartError::Infer(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| StartError::Client(e.to_string()))
+}
+
+fn read_token(token: &TokenSource) -> Result<Option<String>, StartError> {
+    match token {
+        TokenSource::None => Ok(None),
+        TokenSource::File(path) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| StartError::Token {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        TokenSource::Env(var) => std::env::var(var)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| StartError::Token {
+                what: format!("${var}"),
+                reason: e.to_string(),
+            }),
+    }
+}
