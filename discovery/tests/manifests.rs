@@ -106,6 +106,7 @@ const NAMESPACED: &[&str] = &[
     "HorizontalPodAutoscaler",
     "Role",
     "RoleBinding",
+    "NetworkPolicy",
 ];
 
 #[test]
@@ -124,6 +125,7 @@ fn manifests_parse_and_name_every_object() {
             "Deployment",
             "HorizontalPodAutoscaler",
             "Namespace",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -529,5 +531,32 @@ async fn kubectl_dry_run_maps_every_manifest() {
         server
             .get("v1", "Namespace", "", "gateway-system")
             .is_none()
+    );
+}
+
+/// The sample services trust identity headers because only gateway pods can reach them
+/// (plus orders -> catalog, which orders needs for prices).
+#[test]
+fn sample_services_admit_only_the_gateway() {
+    let objects = objects();
+    let all = one(&objects, "NetworkPolicy", "only-from-gateway");
+    assert_eq!(all["metadata"]["namespace"], "shop");
+    assert_eq!(all["spec"]["podSelector"], serde_json::json!({}));
+    assert_eq!(all["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let from = &all["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 1, "one peer: gateway pods");
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "gateway-system"
+    );
+    let gateway = one(&objects, "Deployment", "gateway");
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        gateway["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+    );
+    let catalog = one(&objects, "NetworkPolicy", "catalog-from-orders");
+    assert_eq!(
+        catalog["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "orders"
     );
 }

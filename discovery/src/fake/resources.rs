@@ -132,6 +132,15 @@ pub(crate) static RESOURCES: &[Resource] = &[
         &[],
     ),
     res(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        true,
+        &["netpol"],
+    ),
+    res(
         "policy",
         "v1",
         "poddisruptionbudgets",
