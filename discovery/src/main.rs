@@ -131,8 +131,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "discovery: listening");
-    axum::serve(listener, cp.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // Subscriber streams never end, so there is nothing to drain: stop at once and let
+    // gateways reconnect (they keep their last snapshot meanwhile).
+    tokio::select! {
+        served = cp.serve(listener) => served?,
+        () = shutdown_signal() => {}
+    }
     Ok(())
 }

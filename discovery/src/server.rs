@@ -140,6 +140,21 @@ impl ControlPlane {
             .with_state(self.clone())
     }
 
+    /// Serve [`ControlPlane::router`] on `listener`; drop the future to stop. (There
+    /// is no graceful variant: streams never end by themselves, and a gateway simply
+    /// reconnects.) Updates are small writes that must leave at once: Nagle's algorithm
+    /// would hold each behind the peer's delayed ACK (about 40 ms), so every connection
+    /// gets `TCP_NODELAY`.
+    pub async fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "discovery: cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, self.router()).await
+    }
+
     fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
         self.hub.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -86,9 +86,10 @@ impl Server {
                 let cp = ControlPlane::start(config, snapshots, None, registry, m);
                 let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let serve = axum::serve(listener, cp.router());
+                // Stopping drops the server outright (no graceful wait: streams never
+                // end by themselves), like a crash.
                 tokio::select! {
-                    _ = serve => {}
+                    _ = cp.serve(listener) => {}
                     _ = stop_rx => {}
                 }
             });
