@@ -236,6 +236,38 @@ async fn send_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -
 }
 
 impl Gateway {
+    /// Take a place in the upstream's in-flight limit for the whole request and deposit
+    /// into its retry budget. `Ok(false)`: over the limit, the 503 was sent.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        pool: &UpstreamPool,
+    ) -> Result<bool> {
+        let limits = pool.limits;
+        match pool
+            .state
+            .acquire(
+                limits.max_in_flight,
+                limits.max_pending,
+                pool.connect_timeout,
+            )
+            .await
+        {
+            Ok(slot) => ctx._slot = Some(slot),
+            Err(_) => {
+                self.metrics
+                    .overloaded
+                    .with_label_values(&[&pool.name])
+                    .inc();
+                send_reply(session, ctx, reply::OVERLOADED).await?;
+                return Ok(false);
+            }
+        }
+        pool.state.budget.deposit();
+        Ok(true)
+    }
+
     /// Run the route's JWT check and rewrite the identity headers. `Ok(true)`: a
     /// rejection was sent.
     async fn authenticate(
@@ -460,30 +492,8 @@ impl ProxyHttp for Gateway {
                     ctx.slot_deferred = true;
                     return Ok(false);
                 }
-                let limits = pool.limits;
-                match pool
-                    .state
-                    .acquire(
-                        limits.max_in_flight,
-                        limits.max_pending,
-                        pool.connect_timeout,
-                    )
-                    .await
-                {
-                    Ok(slot) => ctx._slot = Some(slot),
-                    Err(_) => {
-                        self.metrics
-                            .overloaded
-                            .with_label_values(&[&pool.name])
-                            .inc();
-                        ctx.pool = Some(pool);
-                        send_reply(session, ctx, reply::OVERLOADED).await?;
-                        return Ok(true);
-                    }
-                }
-                pool.state.budget.deposit();
-                ctx.pool = Some(pool);
-                Ok(false)
+                ctx.pool = Some(Arc::clone(&pool));
+                Ok(!self.admit(session, ctx, &pool).await?)
             }
         }
     }
@@ -577,28 +587,7 @@ impl ProxyHttp for Gateway {
         let Some(pool) = ctx.pool.clone() else {
             return Ok(true);
         };
-        let limits = pool.limits;
-        match pool
-            .state
-            .acquire(
-                limits.max_in_flight,
-                limits.max_pending,
-                pool.connect_timeout,
-            )
-            .await
-        {
-            Ok(slot) => ctx._slot = Some(slot),
-            Err(_) => {
-                self.metrics
-                    .overloaded
-                    .with_label_values(&[&pool.name])
-                    .inc();
-                send_reply(session, ctx, reply::OVERLOADED).await?;
-                return Ok(false);
-            }
-        }
-        pool.state.budget.deposit();
-        Ok(true)
+        self.admit(session, ctx, &pool).await
     }
 
     async fn upstream_peer(
