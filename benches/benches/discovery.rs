@@ -18,6 +18,7 @@ use discovery::Conditions;
 use discovery::model::{
     Data, Group, Kind, Model, Object, ObjectId, ServiceInfo, SliceData, SliceEndpoint, SlicePort,
 };
+use discovery::protocol::Message;
 use discovery::{Backend, Service, ServiceKey, ServicePort, Snapshot};
 
 /// Live heap bytes, over all threads.
@@ -215,7 +216,66 @@ fn service(hosts: u8) -> Arc<Service> {
     })
 }
 
-fn fan_out(c: &mut Criterion) {
+/// How each of the 100 subscribers consumes the stream.
+#[derive(Clone, Copy)]
+enum Subscriber {
+    /// `discovery::client`: parses every update and rebuilds its snapshot, as a gateway
+    /// does. 100 of them share this process's 2 cores.
+    Client,
+    /// Reads and parses the update lines only: the server's own fan-out.
+    Lines,
+}
+
+/// Forwards each version a subscriber reaches into a `watch`, so one wait loop serves
+/// both kinds.
+async fn subscribe(url: String, kind: Subscriber) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    match kind {
+        Subscriber::Client => {
+            let config = discovery::client::ClientConfig::new(
+                url,
+                discovery::metrics::DiscoveryMetrics::unregistered().unwrap(),
+            );
+            let mut snapshots = discovery::client::spawn(config);
+            tokio::spawn(async move {
+                loop {
+                    let v = snapshots
+                        .borrow_and_update()
+                        .as_ref()
+                        .map_or(0, |s| s.version);
+                    tx.send_replace(v);
+                    if snapshots.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Subscriber::Lines => {
+            let response = reqwest::get(format!("{url}{}", discovery::protocol::STREAM_PATH))
+                .await
+                .unwrap();
+            let mut body = response.bytes_stream();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+                    buffer.extend_from_slice(&chunk);
+                    while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buffer.drain(..=end).collect();
+                        match serde_json::from_slice(&line).unwrap() {
+                            Message::Snapshot { version, .. } | Message::Update { version, .. } => {
+                                tx.send_replace(version);
+                            }
+                            Message::Heartbeat { .. } => {}
+                        }
+                    }
+                }
+            });
+        }
+    }
+    rx
+}
+
+fn fan_out_to(c: &mut Criterion, name: &str, kind: Subscriber) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -246,19 +306,15 @@ fn fan_out(c: &mut Criterion) {
         tokio::spawn(async move { cp.serve(listener).await });
         let mut receivers = Vec::new();
         for _ in 0..CLIENTS {
-            let config = discovery::client::ClientConfig::new(
-                url.clone(),
-                discovery::metrics::DiscoveryMetrics::unregistered().unwrap(),
-            );
-            receivers.push(discovery::client::spawn(config));
+            receivers.push(subscribe(url.clone(), kind).await);
         }
         for rx in &mut receivers {
-            rx.wait_for(|s| s.is_some()).await.unwrap();
+            rx.wait_for(|v| *v >= 1).await.unwrap();
         }
         receivers
     });
     let mut group = c.benchmark_group("discovery_fan_out");
-    group.bench_function("one_update_to_100_clients", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -273,9 +329,7 @@ fn fan_out(c: &mut Criterion) {
                 tx.send_replace(Some(snap));
                 rt.block_on(async {
                     for rx in &mut receivers {
-                        rx.wait_for(|s| s.as_ref().is_some_and(|s| s.version >= version))
-                            .await
-                            .unwrap();
+                        rx.wait_for(|v| *v >= version).await.unwrap();
                     }
                 });
                 total += started.elapsed();
@@ -284,6 +338,12 @@ fn fan_out(c: &mut Criterion) {
         })
     });
     group.finish();
+    rt.shutdown_background();
+}
+
+fn fan_out(c: &mut Criterion) {
+    fan_out_to(c, "one_update_to_100_stream_readers", Subscriber::Lines);
+    fan_out_to(c, "one_update_to_100_clients", Subscriber::Client);
 }
 
 criterion_group!(benches, model, fan_out);

@@ -507,8 +507,14 @@ async fn an_outage_keeps_the_table_and_the_watch_resumes() {
             .get()
             > 0
     );
-    // The table in use is still the last one.
+    // The table in use is still the last one, and its age is exported.
     assert!(Arc::ptr_eq(s.rx.borrow().as_ref().unwrap(), &first));
+    bounded("staleness exported", async {
+        while s.metrics.stale_seconds.get() <= 0.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 
     s.fake
         .apply(slice("shop", "web-a", "web", ("http", 8080), 1, 1..4));
@@ -519,6 +525,12 @@ async fn an_outage_keeps_the_table_and_the_watch_resumes() {
     .await;
     s.until_status("healthy again", |st| {
         st.outage.is_none() && st.last_contact_age.is_some()
+    })
+    .await;
+    bounded("staleness back to zero", async {
+        while s.metrics.stale_seconds.get() != 0.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
 }
