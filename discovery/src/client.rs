@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::metrics::DiscoveryMetrics;
 use crate::protocol::{self, Message, STREAM_PATH};
 use crate::snapshot::{Snapshot, SnapshotReceiver, SnapshotSender};
+use crate::token::TokenFile;
 
 /// A line longer than this is a broken or hostile server.
 const MAX_LINE: usize = 256 * 1024 * 1024;
@@ -27,6 +28,10 @@ pub struct ClientConfig {
     /// Base URL of the control plane, e.g. `http://discovery.gateway-system:8081`.
     pub url: String,
     pub token: Option<String>,
+    /// Where `token` came from: read again before every connection, so a rotated
+    /// Secret is picked up without a restart (`token` stays in use while it cannot be
+    /// read).
+    pub token_file: Option<std::path::PathBuf>,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     /// Reconnect when no line (update or heartbeat) arrived for this long.
@@ -39,6 +44,7 @@ impl ClientConfig {
         Self {
             url: url.into(),
             token: None,
+            token_file: None,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -96,6 +102,10 @@ async fn run(config: ClientConfig, tx: &SnapshotSender) {
             return;
         }
     };
+    let token_file = config
+        .token_file
+        .clone()
+        .map(|path| TokenFile::new(path, config.token.clone()));
     let mut position: Option<Position> = None;
     let mut backoff = config.min_backoff;
     let mut attempt = 0u64;
@@ -105,7 +115,19 @@ async fn run(config: ClientConfig, tx: &SnapshotSender) {
         }
         attempt += 1;
         let mut progressed = false;
-        let result = session(&http, &config, tx, &mut position, &mut progressed).await;
+        let token = match &token_file {
+            Some(file) => file.current().await,
+            None => config.token.clone(),
+        };
+        let result = session(
+            &http,
+            &config,
+            token.as_deref(),
+            tx,
+            &mut position,
+            &mut progressed,
+        )
+        .await;
         config.metrics.client_connected.set(0);
         let error = match result {
             Ok(()) => SessionError::Ended,
@@ -123,6 +145,7 @@ async fn run(config: ClientConfig, tx: &SnapshotSender) {
 async fn session(
     http: &reqwest::Client,
     config: &ClientConfig,
+    token: Option<&str>,
     tx: &SnapshotSender,
     position: &mut Option<Position>,
     progressed: &mut bool,
@@ -132,7 +155,7 @@ async fn session(
         url.push_str(&format!("?since={}&epoch={}", p.version, p.epoch));
     }
     let mut request = http.get(&url);
-    if let Some(token) = &config.token {
+    if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let response = tokio::time::timeout(config.idle_timeout, request.send())

@@ -25,6 +25,7 @@ pub mod model;
 pub mod protocol;
 pub mod server;
 pub mod snapshot;
+pub mod token;
 pub mod watcher;
 
 pub use snapshot::{

@@ -113,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .filter(|t| !t.is_empty()),
     };
+    // Read again on every request from now on: a rotated Secret needs no restart.
+    config.server.token_file = config.token_file.clone();
     if config.server.token.as_deref() == Some("") {
         anyhow::bail!("the token file is empty");
     }

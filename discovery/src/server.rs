@@ -30,12 +30,16 @@ use tokio::sync::broadcast;
 use crate::metrics::DiscoveryMetrics;
 use crate::protocol::{self, Message, STREAM_PATH};
 use crate::snapshot::{Snapshot, SnapshotReceiver};
+use crate::token::TokenFile;
 use crate::watcher::WatchHandle;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Bearer token every `/v1` request must carry; `None` disables the check.
     pub token: Option<String>,
+    /// Where `token` came from: read again on every `/v1` request, so a rotated Secret
+    /// takes effect without a restart (`token` stays in use while it cannot be read).
+    pub token_file: Option<std::path::PathBuf>,
     /// A line is sent at least this often, so subscribers notice a dead connection.
     pub heartbeat: Duration,
     /// Updates kept for resuming subscribers.
@@ -48,6 +52,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             token: None,
+            token_file: None,
             heartbeat: Duration::from_secs(10),
             history: 256,
             subscriber_buffer: 64,
@@ -79,6 +84,7 @@ pub struct ControlPlane {
     metrics: DiscoveryMetrics,
     registry: prometheus::Registry,
     watch: Option<WatchHandle>,
+    token_file: Option<TokenFile>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -109,8 +115,13 @@ impl ControlPlane {
         metrics: DiscoveryMetrics,
     ) -> Arc<Self> {
         let (updates, _) = broadcast::channel(config.subscriber_buffer.max(1));
+        let token_file = config
+            .token_file
+            .clone()
+            .map(|path| TokenFile::new(path, config.token.clone()));
         let cp = Arc::new(Self {
             epoch: uuid::Uuid::new_v4().simple().to_string(),
+            token_file,
             config,
             hub: Mutex::new(Hub::default()),
             updates,
@@ -265,7 +276,11 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &cp.config.token {
+    let expected = match &cp.token_file {
+        Some(file) => file.current().await,
+        None => cp.config.token.clone(),
+    };
+    if let Some(token) = &expected {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

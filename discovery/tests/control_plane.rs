@@ -503,3 +503,61 @@ async fn a_slow_subscriber_does_not_hold_up_others_and_gets_a_fresh_snapshot() {
     assert!(saw_fresh_snapshot);
     assert!(server.metrics.subscriber_lagged.get() > 0);
 }
+
+/// Tokens kept in files (mounted Secrets) are read again on use: a rotation takes effect
+/// on the server for the next request and on the client for the next connection, with
+/// no restart of either.
+#[tokio::test]
+async fn a_rotated_token_file_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_file = dir.path().join("server-token");
+    std::fs::write(&server_file, "old-token\n").unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let server = Server::start(
+        any_port(),
+        ServerConfig {
+            token: Some("old-token".into()),
+            token_file: Some(server_file.clone()),
+            ..ServerConfig::default()
+        },
+        rx,
+    );
+    publish(&tx, &[("a", service(1..2))]);
+    let snapshot = format!("{}/v1/snapshot", server.url());
+    bounded("served with the old token", async {
+        while Lines::open(&snapshot, Some("old-token")).await.status() != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    std::fs::write(&server_file, "new-token").unwrap();
+    assert_eq!(
+        Lines::open(&snapshot, Some("old-token")).await.status(),
+        401
+    );
+    assert_eq!(
+        Lines::open(&snapshot, Some("new-token")).await.status(),
+        200
+    );
+
+    // A client still holding the old token is refused until its file is rotated too.
+    let client_file = dir.path().join("client-token");
+    std::fs::write(&client_file, "old-token").unwrap();
+    let metrics = DiscoveryMetrics::unregistered().unwrap();
+    let mut client = ClientConfig::new(server.url(), metrics.clone());
+    client.token = Some("old-token".into());
+    client.token_file = Some(client_file.clone());
+    client.min_backoff = Duration::from_millis(10);
+    client.max_backoff = Duration::from_millis(20);
+    let mut rx = discovery::client::spawn(client);
+    bounded("refused", async {
+        while metrics.client_reconnects.get() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(rx.borrow().is_none());
+    std::fs::write(&client_file, "new-token\n").unwrap();
+    let snap = until_version(&mut rx, "snapshot after rotation", |_| true).await;
+    assert!(snap.services.contains_key(&key("a")));
+}

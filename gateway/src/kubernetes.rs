@@ -235,6 +235,10 @@ pub fn start(
         DiscoverySource::ControlPlane { url, token } => {
             let mut config = discovery::client::ClientConfig::new(url.clone(), metrics);
             config.token = read_token(token)?;
+            if let TokenSource::File(path) = token {
+                // Read again before each connection: a rotated Secret needs no restart.
+                config.token_file = Some(path.clone());
+            }
             let _guard = runtime.enter();
             (discovery::client::spawn(config), None)
         }

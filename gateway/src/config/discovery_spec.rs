@@ -24,8 +24,10 @@ pub enum ApiSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenSource {
     None,
-    /// Read once at start.
+    /// Read at start (an unreadable file fails start-up) and again before every
+    /// connection, so a rotated Secret needs no restart.
     File(PathBuf),
+    /// Read once at start.
     Env(String),
 }
 
