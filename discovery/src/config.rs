@@ -178,7 +178,10 @@ impl WatchWire {
         config.namespaces.clone_from(&self.namespaces);
         match self.label_selector.as_deref().map(str::trim) {
             Some("") => errs.push(format!("{path}.label_selector"), "must not be empty"),
-            Some(sel) => config.label_selector = Some(sel.to_owned()),
+            Some(sel) => match crate::selector::LabelSelector::parse(sel) {
+                Ok(_) => config.label_selector = Some(sel.to_owned()),
+                Err(e) => errs.push(format!("{path}.label_selector"), e.to_string()),
+            },
             None => {}
         }
         let defaults = Coalesce::default();

@@ -23,6 +23,7 @@ pub mod fake;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
+pub mod selector;
 pub mod server;
 pub mod snapshot;
 pub mod token;

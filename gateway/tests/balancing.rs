@@ -84,12 +84,7 @@ async fn load_aware_algorithms_avoid_a_slow_endpoint() {
     }
 
     // Nothing is left in flight, and selections are counted per endpoint.
-    let v: Value = reqwest::get(gw.admin_url("/admin/upstreams"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = gw.admin_json("/admin/upstreams").await;
     let lo = v["upstreams"]
         .as_array()
         .unwrap()

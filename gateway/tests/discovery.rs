@@ -102,20 +102,11 @@ async fn wait_pool(gw: &Gateway, port: u16, want: &[(u8, bool)]) -> Value {
     wait_pool_exactly(gw, want).await
 }
 
-async fn upstreams(gw: &Gateway) -> Value {
-    reqwest::get(gw.admin_url("/admin/upstreams"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_pool_exactly(gw: &Gateway, mut want: Vec<(String, bool)>) -> Value {
     want.sort();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let v = upstreams(gw).await;
+        let v = gw.admin_json("/admin/upstreams").await;
         let pool = v["upstreams"]
             .as_array()
             .unwrap()
@@ -145,6 +136,22 @@ async fn wait_pool_exactly(gw: &Gateway, mut want: Vec<(String, bool)>) -> Value
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A gateway config in embedded mode against `fake` (its kubeconfig written into `dir`),
+/// with fast coalescing and `settings` added to `discovery.kubernetes`.
+fn embedded_config(fake: &FakeApiServer, dir: &std::path::Path, settings: &str) -> String {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig_yaml()).unwrap();
+    format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+discovery:
+  kubernetes: {{kubeconfig: "{}", quiet: 20ms, max_delay: 200ms, {settings}}}
+{ROUTES}"#,
+        kubeconfig.display()
+    )
 }
 
 async fn readyz(gw: &Gateway) -> (u16, Value) {
@@ -320,17 +327,7 @@ async fn embedded_watcher_follows_scaling_without_failed_requests() {
     // and answer the route at once with 503, not wait for endpoints.
     fake.set_fault(Fault::Hang);
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig_yaml()).unwrap();
-    let config = format!(
-        r#"
-listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
-admin: {{address: "127.0.0.1:{{ADMIN}}"}}
-discovery:
-  kubernetes: {{kubeconfig: "{}", namespaces: [shop], quiet: 20ms, max_delay: 200ms}}
-{ROUTES}"#,
-        kubeconfig.display()
-    );
+    let config = embedded_config(&fake, dir.path(), "namespaces: [shop]");
     let gw = Gateway::start_unready(&config).await;
     let (status, body) = readyz(&gw).await;
     assert_eq!(status, 503, "{body}");
@@ -636,17 +633,7 @@ async fn embedded_mass_deletion_waits_for_confirmation_on_the_admin_api() {
     fake.apply(service(8080));
     fake.apply(wide_slice(12));
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig_yaml()).unwrap();
-    let config = format!(
-        r#"
-listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
-admin: {{address: "127.0.0.1:{{ADMIN}}"}}
-discovery:
-  kubernetes: {{kubeconfig: "{}", quiet: 20ms, max_delay: 200ms, max_removed_percent: 50}}
-{ROUTES}"#,
-        kubeconfig.display()
-    );
+    let config = embedded_config(&fake, dir.path(), "max_removed_percent: 50");
     let gw = Gateway::start(&config).await;
     wait_pool_exactly(&gw, wide(12)).await;
     let confirm = || async {
@@ -663,7 +650,7 @@ discovery:
     fake.apply(wide_slice(2));
     let deadline = Instant::now() + Duration::from_secs(20);
     let held = loop {
-        let v = upstreams(&gw).await;
+        let v = gw.admin_json("/admin/upstreams").await;
         let held = v["discovery"]["source"]["held_mass_deletion"].clone();
         if !held.is_null() {
             break held;
@@ -699,17 +686,7 @@ async fn rolling_update_under_load_fails_no_request() {
     let ready = |ns: &[u8]| ns.iter().map(|n| Pod::Ready(*n)).collect::<Vec<_>>();
     fake.apply(slice(port, &ready(&[1, 2, 3])));
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig_yaml()).unwrap();
-    let config = format!(
-        r#"
-listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
-admin: {{address: "127.0.0.1:{{ADMIN}}"}}
-discovery:
-  kubernetes: {{kubeconfig: "{}", namespaces: [shop], quiet: 20ms, max_delay: 200ms}}
-{ROUTES}"#,
-        kubeconfig.display()
-    );
+    let config = embedded_config(&fake, dir.path(), "namespaces: [shop]");
     let gw = Gateway::start(&config).await;
     let pool = |ns: &[u8]| ns.iter().map(|n| (*n, false)).collect::<Vec<_>>();
     wait_pool(&gw, port, &pool(&[1, 2, 3])).await;

@@ -208,12 +208,7 @@ async fn rotation_costs_exactly_one_extra_fetch() {
         "gateway_jwks_last_success_timestamp_seconds{provider=\"idp\"}",
     ])
     .await;
-    let admin: Value = reqwest::get(gw.admin_url("/admin/jwt"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = gw.admin_json("/admin/jwt").await;
     let p = &admin["providers"][0];
     assert_eq!(p["name"], "idp");
     assert_eq!(p["key_ids"].as_array().unwrap().len(), 3);
@@ -271,12 +266,7 @@ async fn an_outage_keeps_the_last_good_keys() {
     .await;
 
     // The admin API shows the failed fetch.
-    let admin: Value = reqwest::get(gw.admin_url("/admin/jwt"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = gw.admin_json("/admin/jwt").await;
     assert!(admin["providers"][0]["last_fetch"]["error"].is_string());
 }
 
@@ -532,12 +522,7 @@ async fn rfc_6750_answers_and_identity_headers() {
         "gateway_jwks_keys{provider=\"hmac\"} 1",
     ])
     .await;
-    let routes: Value = reqwest::get(gw.admin_url("/admin/routes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let routes: Value = gw.admin_json("/admin/routes").await;
     assert_eq!(routes["routes"][0]["jwt"]["providers"], json!(["hmac"]));
     assert_eq!(routes["routes"][0]["jwt"]["strip_authorization"], true);
 }

@@ -27,20 +27,11 @@ fn endpoints(members: &[&Member]) -> String {
     format!("[{}]", list.join(", "))
 }
 
-async fn upstreams_json(gw: &Gateway) -> Value {
-    reqwest::get(gw.admin_url("/admin/upstreams"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Poll `/admin/upstreams` until `pred` holds for the upstream `name` (10 s at most).
 async fn wait_upstream(gw: &Gateway, name: &str, what: &str, pred: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = upstreams_json(gw).await;
+        let v = gw.admin_json("/admin/upstreams").await;
         let u = v["upstreams"]
             .as_array()
             .unwrap()
@@ -418,7 +409,7 @@ async fn clients_hanging_up_do_not_eject_endpoints() {
     }
     // Let the gateway notice every hang-up (the upstream answers after 400 ms).
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let v = upstreams_json(&gw).await;
+    let v = gw.admin_json("/admin/upstreams").await;
     let e = &v["upstreams"][0]["endpoints"][0];
     assert_eq!(
         e["ejections"], 0,

@@ -25,7 +25,6 @@
 //! [`FakeApiServer::delete`] go through the same store and history as HTTP writes.
 
 mod resources;
-mod selector;
 mod server;
 mod store;
 mod table;

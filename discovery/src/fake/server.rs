@@ -23,10 +23,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::resources::{self, RESOURCES, Resource};
-use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Event, EventType, Key, WriteError};
 use super::table::{self, Include};
 use super::{Fault, Shared};
+use crate::selector::{FieldSelector, LabelSelector};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 

@@ -155,71 +155,16 @@ pub(super) fn kubernetes_upstream(
     })
 }
 
-/// A label selector in the API's syntax: comma-separated requirements of the forms
-/// `k`, `!k`, `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`. Checked here so a
-/// typo is a config error rather than a watch that the API server refuses forever.
+/// A label selector in the API's syntax (`discovery::selector`, the grammar the fake API
+/// server also uses). Checked here so a typo is a config error rather than a watch that
+/// the API server refuses forever; an empty selector is a mistake, not "everything".
 fn label_selector(raw: &str) -> Result<(), String> {
-    let bad = |why: &str| format!("invalid label_selector {raw:?}: {why}");
-    let key_ok = |k: &str| {
-        let k = k.trim();
-        let name = k.rsplit_once('/').map_or(k, |(_, n)| n);
-        !name.is_empty()
-            && name.len() <= 63
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
-    };
-    let value_ok = |v: &str| {
-        let v = v.trim();
-        v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    };
     if raw.trim().is_empty() {
-        return Err(bad("empty"));
+        return Err(format!("invalid label_selector {raw:?}: empty"));
     }
-    // Split on commas outside parentheses.
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0i32, 0);
-    for (i, c) in raw.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&raw[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-        if depth < 0 {
-            return Err(bad("unbalanced parentheses"));
-        }
-    }
-    if depth != 0 {
-        return Err(bad("unbalanced parentheses"));
-    }
-    parts.push(&raw[start..]);
-    for part in parts {
-        let p = part.trim();
-        let ok = if let Some(k) = p.strip_prefix('!') {
-            key_ok(k)
-        } else if let Some((k, v)) = p.split_once("!=") {
-            key_ok(k) && value_ok(v)
-        } else if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
-            key_ok(k) && value_ok(v)
-        } else if let Some((k, set)) = p.split_once(" notin ").or_else(|| p.split_once(" in ")) {
-            let set = set.trim();
-            key_ok(k)
-                && set.starts_with('(')
-                && set.ends_with(')')
-                && set[1..set.len() - 1].split(',').all(value_ok)
-        } else {
-            key_ok(p)
-        };
-        if !ok {
-            return Err(bad(&format!("cannot read requirement {p:?}")));
-        }
-    }
-    Ok(())
+    discovery::selector::LabelSelector::parse(raw)
+        .map(|_| ())
+        .map_err(|e| format!("invalid label_selector {raw:?}: {e}"))
 }
 
 pub(super) fn discovery(e: &mut Errors, d: &wire::Discovery) -> Option<DiscoverySpec> {

@@ -279,11 +279,9 @@ impl Gateway {
     ) -> Result<bool> {
         let req = session.req_header();
         let outcome = auth::authenticate(jwt, &req.headers, req.uri.query(), &self.metrics).await;
+        // Client copies of the identity headers are already gone (`request_filter`
+        // removes `Runtime::identity_headers` on every route).
         let req = session.req_header_mut();
-        // Always, even without a token: a client must never choose its own identity.
-        for (_, name) in &jwt.claims_to_headers {
-            req.remove_header(name);
-        }
         if jwt.strip_authorization {
             req.remove_header(&http::header::AUTHORIZATION);
         }

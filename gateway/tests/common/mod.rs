@@ -155,14 +155,19 @@ impl Gateway {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// `/admin/config` as JSON.
-    pub async fn admin_config(&self) -> serde_json::Value {
-        reqwest::get(self.admin_url("/admin/config"))
+    /// An admin API path (`/admin/upstreams`, `/admin/jwt`...) as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.admin_url(path))
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// `/admin/config` as JSON.
+    pub async fn admin_config(&self) -> serde_json::Value {
+        self.admin_json("/admin/config").await
     }
 
     /// Poll `/admin/config` until `pred` holds or 10 s pass.

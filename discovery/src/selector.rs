@@ -1,5 +1,7 @@
-//! Label and field selectors as the API server parses them from `labelSelector`
-//! and `fieldSelector`: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`,
+//! Owns the selector grammar: label and field selectors as the API server parses them
+//! from `labelSelector` and `fieldSelector`, for the fake API server (which also matches
+//! objects with them) and for checking configured selectors before a watch would be
+//! refused: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`,
 //! `!k`, `k>n`, `k<n` for labels; `metadata.name` and `metadata.namespace` with `=`,
 //! `==`, `!=` for fields (the fields every resource supports).
 
@@ -9,7 +11,7 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unable to parse requirement: {0}")]
-pub(crate) struct SelectorError(pub String);
+pub struct SelectorError(pub String);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
@@ -25,7 +27,7 @@ enum Requirement {
 
 /// A parsed label selector; the empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct LabelSelector(Vec<Requirement>);
+pub struct LabelSelector(Vec<Requirement>);
 
 fn valid_token(s: &str) -> bool {
     !s.is_empty()
@@ -186,7 +188,7 @@ struct FieldTerm {
 
 /// A parsed field selector over `metadata.name` and `metadata.namespace`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct FieldSelector(Vec<FieldTerm>);
+pub struct FieldSelector(Vec<FieldTerm>);
 
 impl FieldSelector {
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
