@@ -350,4 +350,13 @@ mod tests {
         );
         assert!(FileWire::from_yaml("watch: { sources: x }").is_err());
     }
+
+    #[test]
+    fn a_label_selector_the_api_would_refuse_is_a_config_error() {
+        let wire = FileWire::from_yaml("watch: { label_selector: 'app in (a' }\n").unwrap();
+        let errors = wire.parse(metrics()).unwrap_err().0;
+        assert_eq!(errors[0].path, "watch.label_selector", "{errors:?}");
+        let ok = FileWire::from_yaml("watch: { label_selector: 'app in (a, b),!legacy' }\n");
+        assert!(ok.unwrap().parse(metrics()).is_ok());
+    }
 }
