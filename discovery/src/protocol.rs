@@ -1,5 +1,6 @@
-//! Owns the control-plane stream format shared by [`crate::server`] and
-//! [`crate::client`]: newline-delimited JSON, one [`Message`] per line.
+//! Owns the control-plane stream format shared by the control-plane server and
+//! client: newline-delimited JSON, one [`Message`] per line. The wire types name no
+//! module above them, so both ends depend on this one and not on each other.
 //!
 //! A subscriber first receives a full `snapshot` (unless it resumed with `since` and
 //! the server still has every change after that version), then one `update` per
