@@ -24,10 +24,15 @@
 //! Writes made by the test through [`FakeApiServer::apply`] and
 //! [`FakeApiServer::delete`] go through the same store and history as HTTP writes.
 
+mod list;
+mod request;
 mod resources;
+mod responses;
 mod server;
 mod store;
 mod table;
+mod watch;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,7 +40,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use store::{Key, Store};
@@ -85,7 +89,7 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     state: Mutex<State>,
     /// Ticks on every change of state, waking watches and hung requests.
-    changes: watch::Sender<u64>,
+    changes: tokio::sync::watch::Sender<u64>,
     addr: SocketAddr,
 }
 
@@ -143,7 +147,7 @@ impl FakeApiServer {
                 bookmark_interval: Duration::from_secs(1),
                 closed: false,
             }),
-            changes: watch::channel(0).0,
+            changes: tokio::sync::watch::channel(0).0,
             addr,
         });
         let accept = tokio::spawn(server::serve(listener, shared.clone()));
