@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 use sqlx::{Row, SqlitePool};
 
 use crate::common::error::{ApiError, FieldError, JsonBody, PathParam};
-use crate::common::http::{Metrics, REQUEST_ID, finish};
+use crate::common::http::{Metrics, finish};
 use crate::common::identity::Caller;
+use crate::common::request_id::REQUEST_ID;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (

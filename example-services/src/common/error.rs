@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
-use super::http::current_request_id;
+use super::request_id::current_request_id;
 
 /// A problem with one input field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -1,14 +1,14 @@
-//! Owns the HTTP plumbing every service wraps its routes in: request-id propagation
-//! (kept when a caller sends a well-formed `X-Request-Id`, else generated; echoed on the
-//! response and attached to logs), per-route Prometheus metrics, and the `/healthz`,
-//! `/readyz` (database reachable) and `/metrics` endpoints.
+//! Owns the HTTP plumbing every service wraps its routes in: per-route Prometheus
+//! metrics, the `/healthz`, `/readyz` (database reachable) and `/metrics` endpoints, the
+//! JSON 404 fallback, and the layering of request-id propagation
+//! ([`super::request_id`]) outermost.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,47 +17,9 @@ use prometheus::{
 };
 use serde_json::json;
 use sqlx::SqlitePool;
-use tracing::Instrument;
 
-pub const REQUEST_ID: &str = "x-request-id";
-
-tokio::task_local! {
-    static CURRENT_REQUEST_ID: String;
-}
-
-/// The request id of the request being handled on this task, if any.
-pub fn current_request_id() -> Option<String> {
-    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
-}
-
-fn well_formed(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| well_formed(v))
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert(REQUEST_ID, v);
-    }
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    let mut resp = CURRENT_REQUEST_ID
-        .scope(id.clone(), next.run(req))
-        .instrument(span)
-        .await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(REQUEST_ID, v);
-    }
-    resp
-}
+use super::error::ApiError;
+use super::request_id;
 
 /// Per-service HTTP metrics; the route label is the matched route template, never the
 /// raw path.
@@ -145,8 +107,8 @@ async fn metrics(State(p): State<Probes>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> super::error::ApiError {
-    super::error::ApiError::not_found("not_found", "no such resource")
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such resource")
 }
 
 /// Wrap a service's routes with health endpoints, metrics and request ids.
@@ -167,5 +129,5 @@ pub fn finish(routes: Router, db: SqlitePool, metrics: Arc<Metrics>) -> Router {
         .merge(ops)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(metrics, record))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(request_id::propagate))
 }

@@ -6,5 +6,6 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod request_id;
 pub mod serve;
 pub mod validate;
