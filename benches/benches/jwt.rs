@@ -121,7 +121,7 @@ routes:
         );
         let spec = gateway::config::parse(&yaml, "bench.yaml").unwrap();
         let runtime = gateway::runtime::compile(&spec, 1, None).unwrap();
-        let route = runtime.routes.routes()[0].jwt.as_ref().unwrap();
+        let route = runtime.routes[0].jwt.as_ref().unwrap();
         let token = key.sign(&claims()).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("authorization", format!("Bearer {token}").parse().unwrap());

@@ -101,7 +101,7 @@ fn redis_server() -> Redis {
 }
 
 fn cluster(c: &mut Criterion) {
-    use gateway::ratelimit_cluster::{Batch, ClusterPolicy, FailurePolicy, RedisBackend};
+    use gateway::ratelimit::{Batch, ClusterPolicy, FailurePolicy, RedisBackend};
     let redis = redis_server();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -27,11 +27,11 @@ fn find(c: &mut Criterion) {
     let mut group = c.benchmark_group("find");
     for n in SIZES {
         let runtime = build(n);
-        let table = &runtime.routes;
+        let table = &runtime.table;
         for fixture in requests(n) {
             let view = fixture.request.view();
             // A benchmark of the wrong route is worse than none.
-            let got = table.find(&view).map(|h| &*table.routes()[h.route].id);
+            let got = table.find(&view).map(|h| &*runtime.routes[h.route].id);
             assert_eq!(got, fixture.expect.as_deref(), "n={n} {}", fixture.name);
             group.bench_with_input(BenchmarkId::new(fixture.name, n), &view, |b, view| {
                 b.iter(|| table.find(black_box(view)));

@@ -294,12 +294,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("routes_yaml({n}) does not parse:\n{e}"));
             assert_eq!(spec.routes.len(), n);
             let runtime = gateway::runtime::compile(&spec, 1, None).unwrap();
-            let table = &runtime.routes;
+            let table = &runtime.table;
             for f in requests(n) {
                 let view = f.request.view();
-                let got = table.find(&view).map(|h| &*table.routes()[h.route].id);
+                let got = table.find(&view).map(|h| &*runtime.routes[h.route].id);
                 assert_eq!(got, f.expect.as_deref(), "n={n} fixture {}", f.name);
-                let reference = reference_find(table.routes(), &view);
+                let reference = reference_find(table.matchers(), &view);
                 assert_eq!(
                     table.find(&view).map(|h| h.route),
                     reference,

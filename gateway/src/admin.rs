@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use crate::actions::PathRewrite;
 use crate::metrics::Metrics;
 use crate::reload::RuntimeStore;
-use crate::router::{Route, RouteAction};
+use crate::router::RouteMatch;
+use crate::runtime::{Route, RouteAction};
 use crate::upstream::{HashOn, LoadBalancing, UpstreamPool};
 
 #[derive(Debug)]
@@ -97,7 +98,7 @@ pub fn describe_pool(pool: &UpstreamPool) -> Value {
     let now = crate::upstream::state::now_ns();
     json!({
         "name": &*pool.name,
-        "source": crate::kubernetes::describe_source(pool),
+        "source": crate::upstream::kubernetes::describe_source(pool),
         "load_balancing": pool.load_balancing.as_str(),
         "consistent_hash": hash_on,
         "in_flight": pool.state.in_flight(),
@@ -121,8 +122,7 @@ pub fn describe_pool(pool: &UpstreamPool) -> Value {
 }
 
 /// A JSON description of one compiled route, for `/admin/routes` and `explain`.
-pub fn describe_route(route: &Route) -> Value {
-    let m = &route.matcher;
+pub fn describe_route(route: &Route, m: &RouteMatch) -> Value {
     let action = match &route.action {
         RouteAction::Proxy(b) => json!({
             "type": "proxy",
@@ -250,9 +250,10 @@ impl AdminApp {
             }
             "/metrics" => {
                 let rt = self.store.load();
-                self.metrics.refresh_upstreams(&rt);
-                self.metrics.refresh_jwt(&rt);
-                self.metrics.refresh_discovery(&rt);
+                crate::upstream::export_metrics(&self.metrics, rt.upstreams.values());
+                rt.jwt.export_metrics(&self.metrics);
+                rt.discovery.export_metrics(&self.metrics);
+                crate::cache::stats::refresh(&self.metrics.cache);
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -268,7 +269,7 @@ impl AdminApp {
                         "version": rt.version,
                         "source": status.source,
                         "compiled_at": humantime::format_rfc3339_millis(rt.compiled_at).to_string(),
-                        "routes": rt.routes.routes().len(),
+                        "routes": rt.routes.len(),
                         "upstreams": rt.upstreams.keys().collect::<Vec<_>>(),
                         "last_reload": {
                             "attempted_at": status.last_attempt,
@@ -311,7 +312,7 @@ impl AdminApp {
                     StatusCode::OK,
                     &json!({
                         "version": rt.version,
-                        "routes": rt.routes.routes().iter().map(describe_route).collect::<Vec<_>>(),
+                        "routes": rt.routes.iter().zip(rt.table.matchers()).map(|(r, m)| describe_route(r, m)).collect::<Vec<_>>(),
                     }),
                 )
             }
@@ -331,7 +332,7 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/admin/cache/purge" => self.purge(session, &method).await,
             "/admin/cache" if method == http::Method::GET => {
-                self.metrics.cache.refresh();
+                crate::cache::stats::refresh(&self.metrics.cache);
                 json_response(StatusCode::OK, &crate::cache::describe())
             }
             _ => self.handle(&method, &path),

@@ -8,8 +8,9 @@ use pingora::http::RequestHeader;
 
 use crate::proxy::decide::{self, Decision};
 use crate::router::matchers::{HostPattern, MAX_HOST_LEN};
-use crate::router::{self, RequestView, Route, RouteAction, normalize_host, normalize_path};
+use crate::router::{self, RequestView, RouteMatch, normalize_host, normalize_path};
 use crate::runtime::Runtime;
+use crate::runtime::{Route, RouteAction};
 
 /// Build the request head `explain` routes: `url` is `http://host/path?q` or `/path?q`.
 pub fn build_request(method: &str, url: &str, headers: &[String]) -> Result<RequestHeader, String> {
@@ -40,9 +41,9 @@ pub fn build_request(method: &str, url: &str, headers: &[String]) -> Result<Requ
     Ok(req)
 }
 
-/// Every check `route` fails for the request, in evaluation order.
-fn mismatches(route: &Route, req: &RequestView<'_>) -> Vec<String> {
-    let m = &route.matcher;
+/// Every check a route with match criteria `m` fails for the request, in evaluation
+/// order.
+fn mismatches(m: &RouteMatch, req: &RequestView<'_>) -> Vec<String> {
     let mut out = Vec::new();
     if router::host_tier(m, req.host).is_none() {
         let hosts: Vec<String> = m.hosts.iter().map(HostPattern::to_string).collect();
@@ -274,10 +275,10 @@ pub fn explain(runtime: &Runtime, req: &RequestHeader) -> String {
             Some(*route)
         }
     };
-    let routes = runtime.routes.routes();
+    let routes = &runtime.routes;
     if let Some(route) = winner.and_then(|w| routes.get(w)) {
         let _ = writeln!(out, "matched: {}", route_name(runtime, route.index));
-        let m = &route.matcher;
+        let m = &runtime.table.matchers()[route.index];
         let host_why = match router::host_tier(m, host) {
             Some((0, _)) => "exact host".to_owned(),
             Some((1, _)) => "wildcard host".to_owned(),
@@ -302,7 +303,7 @@ pub fn explain(runtime: &Runtime, req: &RequestHeader) -> String {
         .iter()
         .filter(|r| Some(r.index) != winner)
         .map(|r| {
-            let mut why = mismatches(r, &view);
+            let mut why = mismatches(&runtime.table.matchers()[r.index], &view);
             if why.is_empty() {
                 why.push("matches too, but has lower precedence".to_owned());
             }

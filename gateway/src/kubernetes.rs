@@ -1,92 +1,18 @@
-//! Owns the gateway side of Kubernetes discovery: turning a discovery snapshot into the
-//! endpoints of `kubernetes` upstreams (at compile time, see `runtime::compile_with`),
-//! the discovery facts a runtime carries (snapshot version, whether a route still waits
-//! for the first snapshot), and starting the snapshot source the config names (the
-//! embedded watcher or a control-plane subscription) on a runtime of its own.
+//! Owns the discovery input of the gateway: starting the snapshot source the config
+//! names (the embedded watcher or a control-plane subscription) on a Tokio runtime of
+//! its own, what the admin API may see and do about it, and how `/admin/upstreams`
+//! describes where discovery stands. Snapshots become endpoints in
+//! `upstream::kubernetes`, compiled by `runtime::compile_with` and swapped by `reload`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
+use discovery::SnapshotReceiver;
 use discovery::metrics::DiscoveryMetrics;
 use discovery::watcher::{self, Coalesce, MassDeletionGuard, WatchConfig, WatchHandle};
-use discovery::{Snapshot, SnapshotReceiver};
 use serde_json::{Value, json};
 
-use crate::config::{
-    ApiSource, DiscoverySource, DiscoverySpec, KubernetesUpstreamSpec, KubernetesWatchSpec, Spec,
-    TokenSource,
-};
-use crate::router::{RouteAction, RouteTable};
-use crate::upstream::UpstreamPool;
-use crate::upstream::policy::EndpointSpec;
-
-/// The endpoints of one `kubernetes` upstream in `snapshot`: the backends of its
-/// Service port, narrowed by zone hints when they apply; none before the first
-/// snapshot or while the Service has no backends.
-///
-/// Terminating-but-serving backends come through as draining (they finish what they
-/// have and take nothing new) while any other backend is left. When they are all
-/// there is (the model's fallback when no endpoint is ready), they take traffic, as
-/// kube-proxy does: a pool of only draining endpoints would answer 503 while the pods
-/// still serve.
-pub fn endpoints(
-    snapshot: Option<&Snapshot>,
-    upstream: &KubernetesUpstreamSpec,
-    zone: Option<&str>,
-) -> Vec<EndpointSpec> {
-    let Some(service) = snapshot.and_then(|s| s.services.get(&upstream.service)) else {
-        return Vec::new();
-    };
-    let backends = discovery::for_zone(service.resolve(&upstream.port), zone);
-    let only_draining = backends.iter().all(|b| b.draining);
-    backends
-        .into_iter()
-        .map(|b| EndpointSpec {
-            address: b.address.to_string(),
-            weight: 1,
-            draining: b.draining && !only_draining,
-        })
-        .collect()
-}
-
-/// What a runtime knows about discovery.
-#[derive(Clone, Debug, Default)]
-pub struct DiscoveryState {
-    /// `kubernetes` or `control_plane`; `None` without a discovery section.
-    pub mode: Option<&'static str>,
-    /// Version of the snapshot this runtime was compiled with.
-    pub snapshot_version: Option<u64>,
-    /// When the gateway first compiled that snapshot (kept across config reloads).
-    pub snapshot_at: Option<SystemTime>,
-    /// A route proxies to a `kubernetes` upstream but no snapshot has arrived yet: the
-    /// gateway is not ready.
-    pub waiting: bool,
-}
-
-impl DiscoveryState {
-    pub fn new(
-        spec: &Spec,
-        snapshot: Option<&Snapshot>,
-        routes: &RouteTable,
-        previous: Option<&DiscoveryState>,
-    ) -> Self {
-        let uses_kubernetes = routes.routes().iter().any(|r| match &r.action {
-            RouteAction::Proxy(b) => b.targets.iter().any(|(p, _)| p.kubernetes.is_some()),
-            _ => false,
-        });
-        let snapshot_version = snapshot.map(|s| s.version);
-        let snapshot_at = match previous {
-            Some(p) if p.snapshot_version == snapshot_version => p.snapshot_at,
-            _ => snapshot_version.map(|_| SystemTime::now()),
-        };
-        Self {
-            mode: spec.discovery.as_ref().map(|d| d.mode()),
-            snapshot_version,
-            snapshot_at,
-            waiting: uses_kubernetes && snapshot.is_none(),
-        }
-    }
-}
+use crate::config::{ApiSource, DiscoverySource, DiscoverySpec, KubernetesWatchSpec, TokenSource};
+use crate::runtime::DiscoveryState;
 
 /// `/admin/upstreams`: where discovery stands (and the running source's health).
 pub fn describe(d: &DiscoveryState, control: Option<&DiscoveryControl>) -> Value {
@@ -97,19 +23,6 @@ pub fn describe(d: &DiscoveryState, control: Option<&DiscoveryControl>) -> Value
         "waiting_for_first_snapshot": d.waiting,
         "source": control.map(DiscoveryControl::status),
     })
-}
-
-/// `/admin/upstreams`: where a pool's endpoints come from.
-pub fn describe_source(pool: &UpstreamPool) -> Value {
-    match &pool.kubernetes {
-        Some(k) => json!({
-            "kind": "kubernetes",
-            "namespace": k.service.namespace,
-            "service": k.service.name,
-            "port": k.port.to_string(),
-        }),
-        None => json!({"kind": "static"}),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,22 +1,42 @@
 //! The gateway data plane: a Pingora reverse proxy driven by one YAML file.
 //!
-//! Pipeline (see shared DESIGN.md): `config` (file -> wire -> `Spec`) -> `runtime`
-//! (`Spec` -> immutable `Runtime`) -> `reload` (one `ArcSwap`, one writer) -> `proxy`
-//! (request phases, each pinning one runtime).
+//! Layers, top to bottom (dependencies point down only; `gateway/README.md` has the
+//! picture and which folder owns each feature):
+//! - `server`, `admin`, `explain` (and `main.rs`): process, listeners, admin API, CLI;
+//! - `proxy`: the Pingora phases, calling the features in order;
+//! - `reload`, `kubernetes`: the one writer of the `ArcSwap<Runtime>` and its inputs;
+//! - `runtime`: `Spec` + discovery snapshot -> immutable `Runtime` (`Route` bundles a
+//!   route's policies);
+//! - `config`: file -> wire -> `Spec`, calling each section's builder;
+//! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`: each owns
+//!   its spec types, compile step and request-phase function, and imports no other
+//!   feature;
+//! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`.
 
+// Bottom: shared pieces that import nothing above them.
+pub mod client_ip;
+pub mod diag;
+pub mod http_head;
+pub mod metrics;
+pub mod pattern;
+pub mod units;
+
+// Features.
 pub mod actions;
-pub mod admin;
 pub mod auth;
 pub mod cache;
-pub mod config;
-pub mod explain;
-pub mod kubernetes;
-pub mod metrics;
-pub mod proxy;
 pub mod ratelimit;
-pub mod ratelimit_cluster;
-pub mod reload;
 pub mod router;
-pub mod runtime;
-pub mod server;
 pub mod upstream;
+
+// Config, runtime, the writer and its inputs.
+pub mod config;
+pub mod kubernetes;
+pub mod reload;
+pub mod runtime;
+
+// Request phases, then the process.
+pub mod admin;
+pub mod explain;
+pub mod proxy;
+pub mod server;

@@ -75,7 +75,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 Ok(rt) => println!(
                     "{}: ok ({} routes, {} upstreams)",
                     file.display(),
-                    rt.routes.routes().len(),
+                    rt.routes.len(),
                     rt.upstreams.len()
                 ),
                 Err(errors) => {

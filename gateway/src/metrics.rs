@@ -1,14 +1,16 @@
 //! Owns the gateway's Prometheus metrics. Labels are bounded: route ids and upstream
 //! names come from the config, methods outside the standard set collapse to `OTHER`,
 //! statuses to their class; a raw path is never a label.
+//!
+//! Bottom layer: metric *definitions* only. The features that own the numbers update
+//! them (and set the gauges that mirror their state before a scrape); this module
+//! imports nothing from the rest of the crate.
 
 use http::Method;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::runtime::Runtime;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -37,8 +39,8 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_last_success: GaugeVec,
-    /// Response cache counters (see `crate::cache::stats`).
-    pub cache: crate::cache::stats::CacheMetrics,
+    /// Response cache counters (the cache feature updates them).
+    pub cache: CacheMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -245,7 +247,7 @@ impl Metrics {
         ] {
             registry.register(Box::new(g.clone()))?;
         }
-        let cache = crate::cache::stats::CacheMetrics::new(&registry)?;
+        let cache = CacheMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -291,90 +293,9 @@ impl Metrics {
         &self.registry
     }
 
-    /// Set the discovery gauges from the runtime serving requests.
-    pub fn refresh_discovery(&self, runtime: &Runtime) {
-        let d = &runtime.discovery;
-        self.discovery_snapshot_version
-            .set(d.snapshot_version.map_or(-1, |v| v as i64));
-        self.discovery_snapshot_age.set(
-            d.snapshot_at
-                .and_then(|t| t.elapsed().ok())
-                .map_or(0.0, |a| a.as_secs_f64()),
-        );
-        self.discovery_waiting.set(i64::from(d.waiting));
-    }
-
-    /// Set the per-provider key gauges from the running runtime (providers that are
-    /// gone are dropped; stale keys count as none).
-    pub fn refresh_jwt(&self, runtime: &Runtime) {
-        self.jwks_keys.reset();
-        self.jwks_last_success.reset();
-        for p in runtime.jwt.providers.values() {
-            self.jwks_keys
-                .with_label_values(&[&p.name])
-                .set(p.keys.current().keys.len() as i64);
-            if p.keys.is_remote() {
-                self.jwks_last_success
-                    .with_label_values(&[&p.name])
-                    .set(p.keys.last_success_unix());
-            }
-        }
-    }
-
-    /// Set the per-upstream gauges from the runtime serving requests; upstreams that are
-    /// gone are dropped from the gauges.
-    pub fn refresh_upstreams(&self, runtime: &Runtime) {
-        for g in [
-            &self.endpoints,
-            &self.in_flight,
-            &self.endpoint_healthy,
-            &self.endpoint_in_flight,
-            &self.endpoint_selected,
-        ] {
-            g.reset();
-        }
-        let now = crate::upstream::state::now_ns();
-        for pool in runtime.upstreams.values() {
-            let mut counts = [0i64; 4];
-            for e in &pool.endpoints {
-                let slot = if e.draining {
-                    3
-                } else if !e.state.healthy() {
-                    1
-                } else if e.state.is_ejected(now) {
-                    2
-                } else {
-                    0
-                };
-                counts[slot] += 1;
-                let labels = [&*pool.name, &*e.address];
-                self.endpoint_healthy
-                    .with_label_values(&labels)
-                    .set(i64::from(slot == 0));
-                self.endpoint_in_flight
-                    .with_label_values(&labels)
-                    .set(i64::from(e.state.outstanding()));
-                self.endpoint_selected
-                    .with_label_values(&labels)
-                    .set(e.state.selected() as i64);
-            }
-            for (state, n) in ["healthy", "unhealthy", "ejected", "draining"]
-                .iter()
-                .zip(counts)
-            {
-                self.endpoints
-                    .with_label_values(&[&*pool.name, *state])
-                    .set(n);
-            }
-            self.in_flight
-                .with_label_values(&[&pool.name])
-                .set(i64::from(pool.state.in_flight()));
-        }
-    }
-
-    /// Prometheus text exposition of every metric.
+    /// Prometheus text exposition of every metric. Gauges that mirror other state
+    /// (endpoints, keys, cache size) are set by their owners before this is called.
     pub fn render(&self) -> Vec<u8> {
-        self.cache.refresh();
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -406,5 +327,85 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         500..=599 => "5xx",
         _ => "none",
+    }
+}
+
+/// The response cache's metrics: lookups by outcome, coalesced waits, stale responses
+/// served, revalidations, evictions, purges, and stored bytes and objects.
+#[derive(Debug)]
+pub struct CacheMetrics {
+    pub lookups: IntCounterVec,
+    pub coalesced: IntCounterVec,
+    pub stale_served: IntCounterVec,
+    pub revalidations: IntCounterVec,
+    pub evictions: IntCounter,
+    pub purged: IntCounter,
+    pub stored_bytes: IntGauge,
+    pub stored_objects: IntGauge,
+}
+
+impl CacheMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "gateway_cache_requests_total",
+                "Requests on caching routes, by route and outcome (hit, stale, miss, expired, revalidated, uncacheable, bypass)",
+            ),
+            &["route", "outcome"],
+        )?;
+        let coalesced = IntCounterVec::new(
+            Opts::new(
+                "gateway_cache_coalesced_total",
+                "Requests that waited for another request to fill the same entry",
+            ),
+            &["route"],
+        )?;
+        let stale_served = IntCounterVec::new(
+            Opts::new(
+                "gateway_cache_stale_served_total",
+                "Stale responses served, by reason (stale_while_revalidate, stale_if_error)",
+            ),
+            &["route", "reason"],
+        )?;
+        let revalidations = IntCounterVec::new(
+            Opts::new(
+                "gateway_cache_revalidations_total",
+                "Conditional requests for stale entries, by result (not_modified, modified)",
+            ),
+            &["route", "result"],
+        )?;
+        let evictions = IntCounter::new(
+            "gateway_cache_evictions_total",
+            "Entries removed to stay under server.cache.max_bytes",
+        )?;
+        let purged = IntCounter::new(
+            "gateway_cache_purged_total",
+            "Entries removed by purges and unsafe-method invalidations",
+        )?;
+        let stored_bytes = IntGauge::new(
+            "gateway_cache_stored_bytes",
+            "Bytes (headers and bodies) held by the cache",
+        )?;
+        let stored_objects = IntGauge::new(
+            "gateway_cache_stored_objects",
+            "Responses held by the cache",
+        )?;
+        for c in [&lookups, &coalesced, &stale_served, &revalidations] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(evictions.clone()))?;
+        registry.register(Box::new(purged.clone()))?;
+        registry.register(Box::new(stored_bytes.clone()))?;
+        registry.register(Box::new(stored_objects.clone()))?;
+        Ok(Self {
+            lookups,
+            coalesced,
+            stale_served,
+            revalidations,
+            evictions,
+            purged,
+            stored_bytes,
+            stored_objects,
+        })
     }
 }

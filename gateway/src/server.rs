@@ -16,14 +16,14 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::auth::jwks::JwksService;
+use crate::auth::jwks::{JwksService, KeyStoreSource};
 use crate::config;
 use crate::kubernetes;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader, RuntimeStore};
 use crate::runtime;
-use crate::upstream::health::HealthService;
+use crate::upstream::health::{HealthService, PoolSource};
 
 /// SIGTERM and SIGINT both drain gracefully (Pingora's default treats SIGINT as a fast
 /// exit); either flips `draining` so `/readyz` fails first.
@@ -133,12 +133,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     server.add_service(admin);
     server.add_service(background_service(
         "health-checks",
-        HealthService::new(Arc::clone(&store)),
+        HealthService::new(pool_source(Arc::clone(&store))),
     ));
     server.add_service(background_service("config-reload", ReloadService(reloader)));
     server.add_service(background_service(
         "jwks-refresh",
-        JwksService::new(Arc::clone(&store), Arc::clone(&jwks_metrics)),
+        JwksService::new(
+            key_store_source(Arc::clone(&store)),
+            Arc::clone(&jwks_metrics),
+        ),
     ));
 
     drain_monitor(Arc::clone(&draining), in_flight);
@@ -154,6 +157,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 /// already closed, so nothing new can arrive, and waiting out the rest of the grace
 /// period would only slow rollouts down. Pingora's own grace period stays the upper
 /// bound.
+/// What the health checks follow: the running runtime's pools, with its version.
+fn pool_source(store: Arc<RuntimeStore>) -> PoolSource {
+    Box::new(move || {
+        let rt = store.load();
+        (rt.version, rt.upstreams.values().cloned().collect())
+    })
+}
+
+/// What the JWKS refresh follows: the running runtime's key stores.
+fn key_store_source(store: Arc<RuntimeStore>) -> KeyStoreSource {
+    Box::new(move || store.load().jwt.key_stores())
+}
+
 fn drain_monitor(draining: Arc<AtomicBool>, in_flight: Arc<AtomicUsize>) {
     let spawned = std::thread::Builder::new()
         .name("drain-monitor".into())

@@ -27,7 +27,6 @@ use serde_json::{Value, json};
 
 use super::keys::{Key, KeySet};
 use crate::metrics::Metrics;
-use crate::reload::RuntimeStore;
 
 /// A JWKS URL and how it is kept fresh.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -459,16 +458,25 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
 /// How often the background task looks for stores that are due.
 const TICK: Duration = Duration::from_millis(100);
 
+/// The key stores of the running runtime's providers: the server hands the service a
+/// reader of the runtime store, so this module needs nothing above it.
+pub type KeyStoreSource = Box<dyn Fn() -> Vec<Arc<KeyStore>> + Send + Sync>;
+
 /// Keeps every JWKS of the running runtime fresh; runs on Pingora's background runtime.
-#[derive(Debug)]
 pub struct JwksService {
-    store: Arc<RuntimeStore>,
+    stores: KeyStoreSource,
     metrics: Arc<Metrics>,
 }
 
+impl std::fmt::Debug for JwksService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksService").finish_non_exhaustive()
+    }
+}
+
 impl JwksService {
-    pub fn new(store: Arc<RuntimeStore>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+    pub fn new(stores: KeyStoreSource, metrics: Arc<Metrics>) -> Self {
+        Self { stores, metrics }
     }
 }
 
@@ -476,16 +484,13 @@ impl JwksService {
 impl BackgroundService for JwksService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            let runtime = self.store.load();
-            for provider in runtime.jwt.providers.values() {
-                let keys = Arc::clone(&provider.keys);
+            for keys in (self.stores)() {
                 let metrics = Arc::clone(&self.metrics);
                 if keys.is_remote() {
                     // Each store on its own task: one slow JWKS must not delay the others.
                     tokio::spawn(async move { keys.refresh_if_due(&metrics).await });
                 }
             }
-            drop(runtime);
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(TICK) => {}

@@ -194,6 +194,33 @@ impl JwtRuntime {
         JwtRuntime { providers }
     }
 
+    /// Every provider's key store, for the background JWKS refresh.
+    pub fn key_stores(&self) -> Vec<Arc<KeyStore>> {
+        self.providers
+            .values()
+            .map(|p| Arc::clone(&p.keys))
+            .collect()
+    }
+
+    /// Set the per-provider key gauges (providers that are gone are dropped; stale keys
+    /// count as none).
+    pub fn export_metrics(&self, metrics: &Metrics) {
+        metrics.jwks_keys.reset();
+        metrics.jwks_last_success.reset();
+        for p in self.providers.values() {
+            metrics
+                .jwks_keys
+                .with_label_values(&[&p.name])
+                .set(p.keys.current().keys.len() as i64);
+            if p.keys.is_remote() {
+                metrics
+                    .jwks_last_success
+                    .with_label_values(&[&p.name])
+                    .set(p.keys.last_success_unix());
+            }
+        }
+    }
+
     /// Providers still waiting for their first JWKS (within their start timeout).
     pub fn not_ready(&self) -> Vec<&str> {
         self.providers

@@ -913,7 +913,7 @@ fn key_stores_survive_reloads() {
         &v3.jwt.providers["p"].keys
     ));
     // The route points at the runtime's own provider.
-    let route = v3.routes.routes()[0].jwt.as_ref().unwrap();
+    let route = v3.routes[0].jwt.as_ref().unwrap();
     assert!(Arc::ptr_eq(&route.providers[0], &v3.jwt.providers["p"]));
     // Another URL: new keys.
     let v4 = compile(&yaml("10s", "https://b/jwks"), Some(&v3));

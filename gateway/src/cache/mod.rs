@@ -141,7 +141,7 @@ pub fn enable(session: &mut Session, route: &RouteCache, settings: &CacheSetting
 
 /// The request's host as the key and the purge index see it.
 fn host(req: &RequestHeader) -> String {
-    crate::proxy::decide::raw_host(req).to_ascii_lowercase()
+    crate::http_head::raw_host(req).to_ascii_lowercase()
 }
 
 /// `cache_key_callback`: the route's key, with the URL attached for purges.

@@ -4,73 +4,18 @@
 //! YAML is read with `serde_yaml_ng`, a maintained fork of the archived `serde_yaml`
 //! with the same API.
 
-pub mod discovery_spec;
 pub mod source;
 pub mod spec;
 mod wire;
 
-use std::fmt;
 use std::path::Path;
 
-pub use discovery_spec::{
-    ApiSource, DiscoverySource, DiscoverySpec, KubernetesUpstreamSpec, KubernetesWatchSpec,
-    TokenSource,
-};
+pub use crate::diag::{ConfigError, ConfigErrors, SpecError};
 pub use source::{Location, SourceMap};
-pub use spec::{ActionSpec, ListenerSpec, RouteSpec, ServerSpec, Spec, SpecError, UpstreamSpec};
-
-/// One located problem with a config file.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let (Some(l), Some(c)) = (self.line, self.column) {
-            write!(f, ":{l}:{c}")?;
-        }
-        if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// Every problem found in one file; `Display` prints one per line.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-impl ConfigErrors {
-    fn single(file: &str, message: String) -> Self {
-        Self(vec![ConfigError {
-            file: file.to_owned(),
-            line: None,
-            column: None,
-            path: String::new(),
-            message,
-        }])
-    }
-}
+pub use spec::discovery_spec::{
+    ApiSource, DiscoverySource, DiscoverySpec, KubernetesWatchSpec, TokenSource,
+};
+pub use spec::{ActionSpec, AdminSpec, ListenerSpec, RouteSpec, ServerSpec, Spec};
 
 /// serde_yaml errors read "path: message at line L column C"; split them up.
 fn serde_error(file: &str, err: &serde_yaml_ng::Error) -> ConfigError {

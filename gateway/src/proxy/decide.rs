@@ -9,9 +9,10 @@ use pingora::http::RequestHeader;
 
 use super::reply::{self, Reply};
 use crate::actions::{RequestTarget, Scheme};
+pub use crate::http_head::raw_host;
 use crate::router::matchers::MAX_HOST_LEN;
-use crate::router::{RequestView, RouteAction, normalize_host, normalize_path};
-use crate::runtime::Runtime;
+use crate::router::{RequestView, normalize_host, normalize_path};
+use crate::runtime::{RouteAction, Runtime};
 use crate::upstream::UpstreamPool;
 
 #[derive(Debug)]
@@ -53,20 +54,6 @@ fn head_size(req: &RequestHeader) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// The request's authority (absolute-form or HTTP/2), else its Host header: RFC 9112
-/// section 3.2.2 has the target's authority win over Host.
-pub fn raw_host(req: &RequestHeader) -> &str {
-    req.uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("")
-}
-
 pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
     if head_size(req) > runtime.max_request_header_bytes {
         return Decision::Reject(reply::HEADERS_TOO_LARGE);
@@ -85,7 +72,7 @@ pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
         query,
         headers: &req.headers,
     };
-    let Some(hit) = runtime.routes.find(&view) else {
+    let Some(hit) = runtime.table.find(&view) else {
         return Decision::Reject(reply::NOT_FOUND);
     };
     let Some(route) = runtime.routes.get(hit.route) else {

@@ -9,7 +9,7 @@ use http::Method;
 use pingora::ErrorType;
 
 use crate::metrics::Metrics;
-use crate::router::Route;
+use crate::runtime::Route;
 use crate::upstream::policy::RetryOn;
 use crate::upstream::{EndpointState, UpstreamPool};
 

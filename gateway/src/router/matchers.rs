@@ -8,41 +8,10 @@ use std::fmt;
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
-/// Most captures a path template may declare; keeps captures in a fixed-size array.
-pub const MAX_TEMPLATE_PARAMS: usize = 8;
+pub use crate::pattern::{MAX_TEMPLATE_PARAMS, compile_full_regex, compile_regex, prefix_matches};
+
 /// Longest host name we match on (RFC 1035 limit); longer hosts match no host pattern.
 pub const MAX_HOST_LEN: usize = 253;
-/// Compiled size limit for user regexes, so one config line cannot eat the heap.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-/// Compile a user regex that must match the whole input.
-pub fn compile_full_regex(pattern: &str) -> Result<Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| regex_error(pattern, &e))
-}
-
-/// regex's syntax errors span several lines (pattern, caret, reason); config errors are
-/// one line each, so keep the reason only.
-fn regex_error(pattern: &str, e: &regex::Error) -> String {
-    let text = e.to_string();
-    let reason = text
-        .lines()
-        .last()
-        .unwrap_or("")
-        .trim()
-        .trim_start_matches("error: ");
-    format!("invalid regex {pattern:?}: {reason}")
-}
-
-/// Compile a user regex used for searching (rewrites, value tests).
-pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| regex_error(pattern, &e))
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostPattern {
@@ -257,16 +226,6 @@ impl PathPattern {
             PathPattern::Template(t) => template_matches(t, path),
             PathPattern::Regex { regex, .. } => regex.is_match(path),
         }
-    }
-}
-
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return path.starts_with('/');
-    }
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
     }
 }
 

@@ -1,4 +1,6 @@
-//! Owns route lookup: the compiled `RouteTable` that maps a request to one `Route`.
+//! Owns route lookup: the compiled `RouteTable` that maps a request to the index of one
+//! route (in declaration order) plus its template captures. It knows only what routes
+//! match on, never what they do: the runtime keeps the routes' policies by that index.
 //!
 //! Precedence (documented in gateway/README.md, and checked against `reference_find`):
 //! 1. host: exact host, then wildcard hosts from the longest suffix, then routes
@@ -14,22 +16,18 @@
 pub mod matchers;
 mod trie;
 
+pub use crate::pattern::Captures;
+
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use std::cell::RefCell;
 
 use http::{HeaderMap, Method};
 use regex_automata::{Input, MatchKind, PatternSet, meta};
 
-use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect};
-use crate::upstream::Backends;
-use crate::upstream::policy::RetryPolicy;
 use matchers::{
-    HeaderMatcher, HostPattern, MAX_HOST_LEN, MAX_TEMPLATE_PARAMS, MethodSet, PathPattern,
-    QueryMatcher, TemplateSegment,
+    HeaderMatcher, HostPattern, MAX_HOST_LEN, MethodSet, PathPattern, QueryMatcher, TemplateSegment,
 };
 use trie::{PrefixTrie, TemplateTrie};
 
@@ -57,37 +55,6 @@ impl RouteMatch {
     }
 }
 
-#[derive(Debug)]
-pub enum RouteAction {
-    Proxy(Backends),
-    Redirect(Redirect),
-    Direct(DirectResponse),
-}
-
-/// One compiled route. Immutable; lives inside a `Runtime`.
-#[derive(Debug)]
-pub struct Route {
-    pub id: Arc<str>,
-    /// Position in the config file; the last tie-breaker.
-    pub index: usize,
-    pub matcher: RouteMatch,
-    pub rewrite: Option<PathRewrite>,
-    pub request_headers: HeaderOps,
-    pub response_headers: HeaderOps,
-    pub action: RouteAction,
-    /// Per try: the longest wait for the upstream's next bytes.
-    pub timeout: Option<Duration>,
-    /// Whole request, all tries and backoffs included.
-    pub deadline: Option<Duration>,
-    pub retry: RetryPolicy,
-    /// All must pass before the route acts.
-    pub rate_limits: Vec<Arc<crate::ratelimit::PolicyLimiter>>,
-    /// JWT authentication, checked before the rate limits.
-    pub jwt: Option<crate::auth::RouteJwt>,
-    /// Response caching, when enabled on the route.
-    pub cache: Option<Arc<crate::cache::RouteCache>>,
-}
-
 /// The parts of a request that routing looks at. `host` is lower case without a port
 /// (see [`normalize_host`]); `path` is normalized (see [`normalize_path`]).
 #[derive(Clone, Copy, Debug)]
@@ -97,43 +64,6 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
-}
-
-/// Byte spans of template captures within the matched path, without allocation.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Captures {
-    spans: [(u32, u32); MAX_TEMPLATE_PARAMS],
-    len: u8,
-}
-
-impl Captures {
-    pub(crate) fn push(&mut self, start: usize, end: usize) {
-        if let Some(slot) = self.spans.get_mut(usize::from(self.len)) {
-            *slot = (start as u32, end as u32);
-            self.len += 1;
-        }
-    }
-
-    pub(crate) fn pop(&mut self) {
-        self.len = self.len.saturating_sub(1);
-    }
-
-    pub fn len(&self) -> usize {
-        usize::from(self.len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The `i`th capture as a slice of the `path` that was matched.
-    pub fn get<'p>(&self, path: &'p str, i: usize) -> Option<&'p str> {
-        if i >= self.len() {
-            return None;
-        }
-        let (s, e) = self.spans[i];
-        path.get(s as usize..e as usize)
-    }
 }
 
 /// The result of a lookup: the route (index into `RouteTable::routes`) and captures.
@@ -162,13 +92,13 @@ thread_local! {
 }
 
 impl RegexIndex {
-    fn build(mut routes: Vec<u32>, all: &[Route]) -> Result<Self, TableError> {
+    fn build(mut routes: Vec<u32>, all: &[RouteMatch]) -> Result<Self, TableError> {
         sort_candidates(&mut routes, all);
         let mut sets = Vec::new();
         for chunk in routes.chunks(REGEX_CHUNK) {
             let patterns: Vec<&str> = chunk
                 .iter()
-                .map(|r| match &all[*r as usize].matcher.path {
+                .map(|r| match &all[*r as usize].path {
                     PathPattern::Regex { regex, .. } => regex.as_str(),
                     _ => "$^",
                 })
@@ -218,11 +148,11 @@ struct HostTable {
 }
 
 impl HostTable {
-    fn build(members: &[u32], all: &[Route]) -> Result<Self, TableError> {
+    fn build(members: &[u32], all: &[RouteMatch]) -> Result<Self, TableError> {
         let mut table = HostTable::default();
         let mut regex = Vec::new();
         for &r in members {
-            match &all[r as usize].matcher.path {
+            match &all[r as usize].path {
                 PathPattern::Exact(p) => table.exact.entry(p.clone()).or_default().push(r),
                 PathPattern::Prefix(p) => table.prefixes.insert(p, r),
                 PathPattern::Template(t) => table.templates.insert(t, r),
@@ -238,8 +168,8 @@ impl HostTable {
         Ok(table)
     }
 
-    fn find(&self, req: &RequestView<'_>, all: &[Route]) -> Option<RouteHit> {
-        let mut check = |r: u32| all[r as usize].matcher.matches_rest(req);
+    fn find(&self, req: &RequestView<'_>, all: &[RouteMatch]) -> Option<RouteHit> {
+        let mut check = |r: u32| all[r as usize].matches_rest(req);
         if let Some(list) = self.exact.get(req.path)
             && let Some(&r) = list.iter().find(|r| check(**r))
         {
@@ -266,11 +196,8 @@ fn hit(route: u32, captures: Captures) -> RouteHit {
 }
 
 /// Rule 3 and 4 within one path bucket: more matchers first, then declaration order.
-fn sort_candidates(list: &mut [u32], all: &[Route]) {
-    list.sort_by_key(|r| {
-        let route = &all[*r as usize];
-        (Reverse(route.matcher.extra_matchers()), route.index)
-    });
+fn sort_candidates(list: &mut [u32], all: &[RouteMatch]) {
+    list.sort_by_key(|r| (Reverse(all[*r as usize].extra_matchers()), *r));
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,24 +207,25 @@ pub struct TableError(String);
 /// The compiled, immutable route table.
 #[derive(Debug)]
 pub struct RouteTable {
-    routes: Vec<Route>,
+    routes: Vec<RouteMatch>,
     exact_hosts: HashMap<Box<str>, HostTable>,
     wildcard_hosts: HashMap<Box<str>, HostTable>,
     any_host: HostTable,
 }
 
 impl RouteTable {
-    /// Build the lookup structures. `routes` must be in declaration order.
-    pub fn compile(routes: Vec<Route>) -> Result<Self, TableError> {
+    /// Build the lookup structures. `routes` must be in declaration order: a route's
+    /// index is its position, which is also the last tie-breaker.
+    pub fn compile(routes: Vec<RouteMatch>) -> Result<Self, TableError> {
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut wildcard: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut any = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let i = i as u32;
-            if route.matcher.hosts.is_empty() {
+            if route.hosts.is_empty() {
                 any.push(i);
             }
-            for host in &route.matcher.hosts {
+            for host in &route.hosts {
                 let (map, key) = match host {
                     HostPattern::Exact(h) => (&mut exact, h),
                     HostPattern::Wildcard(s) => (&mut wildcard, s),
@@ -324,12 +252,17 @@ impl RouteTable {
         })
     }
 
-    pub fn routes(&self) -> &[Route] {
+    /// Every route's match criteria, by route index.
+    pub fn matchers(&self) -> &[RouteMatch] {
         &self.routes
     }
 
-    pub fn get(&self, index: usize) -> Option<&Route> {
-        self.routes.get(index)
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// Find the route for a request (see the module doc for precedence).
@@ -387,9 +320,9 @@ pub fn host_tier(m: &RouteMatch, host: &str) -> Option<(u8, Reverse<usize>)> {
         .min()
 }
 
-/// The precedence of `route` for `req`, or `None` when it does not match at all.
-pub fn precedence(route: &Route, req: &RequestView<'_>) -> Option<Precedence> {
-    let m = &route.matcher;
+/// The precedence of the route at `index` with match criteria `m` for `req`, or `None`
+/// when it does not match at all.
+pub fn precedence(m: &RouteMatch, index: usize, req: &RequestView<'_>) -> Option<Precedence> {
     let host_tier = host_tier(m, req.host)?;
     if !m.path.matches(req.path) || !m.matches_rest(req) {
         return None;
@@ -421,17 +354,17 @@ pub fn precedence(route: &Route, req: &RequestView<'_>) -> Option<Precedence> {
         path_rank,
         prefix_depth: Reverse(depth),
         extra: Reverse(m.extra_matchers()),
-        index: route.index,
+        index,
     })
 }
 
 /// The obviously-correct linear version of [`RouteTable::find`]: every route is checked
 /// and the best precedence wins. Used by `explain` and to test the fast table.
-pub fn reference_find(routes: &[Route], req: &RequestView<'_>) -> Option<usize> {
+pub fn reference_find(routes: &[RouteMatch], req: &RequestView<'_>) -> Option<usize> {
     routes
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| precedence(r, req).map(|p| (p, i)))
+        .filter_map(|(i, m)| precedence(m, i, req).map(|p| (p, i)))
         .min()
         .map(|(_, i)| i)
 }

@@ -47,13 +47,13 @@ fn find(
         query,
         headers: &map,
     };
-    let fast = rt.routes.find(&view).map(|h| h.route);
-    let slow = reference_find(rt.routes.routes(), &view);
+    let fast = rt.table.find(&view).map(|h| h.route);
+    let slow = reference_find(rt.table.matchers(), &view);
     assert_eq!(
         fast, slow,
         "fast and reference disagree for {method} {host}{target}"
     );
-    fast.map(|i| rt.routes.routes()[i].id.to_string())
+    fast.map(|i| rt.routes[i].id.to_string())
 }
 
 /// GET each path on `host` and compare the winning route id.
@@ -252,7 +252,7 @@ fn template_captures_are_spans_of_the_path() {
         query: None,
         headers: &headers,
     };
-    let hit = rt.routes.find(&view).unwrap();
+    let hit = rt.table.find(&view).unwrap();
     assert_eq!(hit.captures.len(), 2);
     assert_eq!(hit.captures.get(path, 0), Some("42"));
     assert_eq!(hit.captures.get(path, 1), Some("a/b.txt"));

@@ -16,8 +16,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::policy::{HealthCheck, Probe};
-use super::{EndpointState, random_unit};
-use crate::reload::RuntimeStore;
+use super::{EndpointState, UpstreamPool, random_unit};
 
 /// How often the set of checked endpoints is compared with the running runtime.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
@@ -110,22 +109,33 @@ async fn check_loop(
 
 type CheckKey = (Arc<str>, Box<str>, String);
 
+/// The running runtime's pools and its version, as the health service sees them: the
+/// server hands it a reader of the runtime store, so this module needs nothing above it.
+pub type PoolSource = Box<dyn Fn() -> (u64, Vec<Arc<UpstreamPool>>) + Send + Sync>;
+
 /// The background service that keeps probe tasks in step with the running runtime.
-#[derive(Debug)]
 pub struct HealthService {
-    store: Arc<RuntimeStore>,
+    pools: PoolSource,
 }
 
-impl HealthService {
-    pub fn new(store: Arc<RuntimeStore>) -> Self {
-        Self { store }
+impl std::fmt::Debug for HealthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthService").finish_non_exhaustive()
     }
 }
 
-fn sync(store: &RuntimeStore, tasks: &mut HashMap<CheckKey, (Arc<EndpointState>, JoinHandle<()>)>) {
-    let runtime = store.load();
+impl HealthService {
+    pub fn new(pools: PoolSource) -> Self {
+        Self { pools }
+    }
+}
+
+fn sync(
+    pools: &[Arc<UpstreamPool>],
+    tasks: &mut HashMap<CheckKey, (Arc<EndpointState>, JoinHandle<()>)>,
+) {
     let mut wanted = HashMap::new();
-    for pool in runtime.upstreams.values() {
+    for pool in pools {
         let Some(check) = &pool.health_check else {
             continue;
         };
@@ -169,11 +179,12 @@ impl BackgroundService for HealthService {
         let mut tasks = HashMap::new();
         let mut version = 0;
         loop {
-            let current = self.store.load().version;
+            let (current, pools) = (self.pools)();
             if current != version {
                 version = current;
-                sync(&self.store, &mut tasks);
+                sync(&pools, &mut tasks);
             }
+            drop(pools);
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tokio::time::sleep(SYNC_EVERY) => {}

@@ -1,10 +1,41 @@
 //! Owns the validated resilience settings of upstreams and routes: active health checks,
 //! passive outlier detection, panic threshold, retry policy and budget, and request
-//! limits. `config::spec` builds them; `upstream` and `proxy` act on them.
+//! limits, and the whole validated upstream ([`UpstreamSpec`]). `config::spec` builds
+//! them; `upstream` and `proxy` act on them.
 
 use std::time::Duration;
 
+use discovery::{PortRef, ServiceKey};
 use http::{HeaderValue, Method, StatusCode};
+
+use super::LoadBalancing;
+
+/// One validated upstream.
+#[derive(Debug)]
+pub struct UpstreamSpec {
+    /// Static endpoints; empty for a `kubernetes` upstream, whose endpoints come from
+    /// the discovery snapshot at compile time.
+    pub endpoints: Vec<EndpointSpec>,
+    pub kubernetes: Option<KubernetesUpstreamSpec>,
+    pub load_balancing: LoadBalancing,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+    /// `None`: passive ejection is off.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Percent (0-100) of available endpoints below which health is ignored.
+    pub panic_threshold: u32,
+    pub retry_budget: RetryBudgetPolicy,
+    pub limits: Limits,
+    pub sticky_cookie: Option<StickyCookie>,
+}
+
+/// A `kubernetes` upstream: the endpoints of one Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesUpstreamSpec {
+    pub service: ServiceKey,
+    pub port: PortRef,
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointSpec {

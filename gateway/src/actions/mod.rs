@@ -7,7 +7,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use regex::Regex;
 
-use crate::router::{Captures, matchers::prefix_matches};
+use crate::pattern::{Captures, prefix_matches};
 
 #[derive(Clone, Debug)]
 pub enum PathRewrite {
@@ -205,7 +205,7 @@ pub struct DirectResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::matchers::compile_regex;
+    use crate::pattern::compile_regex;
 
     #[test]
     fn strip_prefix() {

@@ -9,12 +9,12 @@ use http::HeaderName;
 use indexmap::IndexMap;
 use jsonwebtoken::Algorithm;
 
+use super::wire;
 use super::{Errors, header_name, writable_header_name};
 use crate::auth::jwks::JwksSpec;
 use crate::auth::keys::{Key, KeySet};
 use crate::auth::validate::Policy;
 use crate::auth::{ClaimRule, ClaimTest, KeySource, ProviderSpec, RouteJwtSpec, TokenSource};
-use crate::config::wire;
 
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 const MAX_LONG: Duration = Duration::from_secs(7 * 24 * 3600);

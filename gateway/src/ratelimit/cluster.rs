@@ -15,8 +15,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
+use super::{PolicyLimiter, PolicySpec, Verdict};
 use crate::metrics::Metrics;
-use crate::ratelimit::{PolicyLimiter, PolicySpec, Verdict};
 
 /// GCRA: `tat` (theoretical arrival time, µs) per key; one cell is available while
 /// `tat + interval - tolerance <= now`. Takes up to ARGV[3] cells at once (1 in strict

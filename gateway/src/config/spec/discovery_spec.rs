@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use discovery::{PortRef, ServiceKey};
 
-use super::spec::{Errors, duration};
 use super::wire;
+use super::{Errors, duration};
+use crate::upstream::KubernetesUpstreamSpec;
 
 /// Which Kubernetes API the embedded watcher reads endpoints from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,13 +71,6 @@ impl DiscoverySpec {
             DiscoverySource::ControlPlane { .. } => "control_plane",
         }
     }
-}
-
-/// A `kubernetes` upstream: the endpoints of one Service port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KubernetesUpstreamSpec {
-    pub service: ServiceKey,
-    pub port: PortRef,
 }
 
 /// A DNS-1123 label (Kubernetes namespace and Service names).

@@ -1,0 +1,130 @@
+//! Builds the `server` and `listeners` sections: process settings, Redis, trusted
+//! proxies, the cache's process-wide settings, and listener addresses.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{Errors, ListenerSpec, ServerSpec, opt_duration, wire};
+use crate::cache::CacheSettings;
+use crate::units::socket_addr;
+
+pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
+    let threads = match s.threads {
+        Some(0) => {
+            e.push("server.threads", "threads must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let max_header = match s.max_request_header_bytes {
+        Some(n) if !(1024..=1_048_576).contains(&n) => {
+            e.push(
+                "server.max_request_header_bytes",
+                "max_request_header_bytes must be between 1024 and 1048576",
+            );
+            32 * 1024
+        }
+        Some(n) => n as usize,
+        None => 32 * 1024,
+    };
+    ServerSpec {
+        threads,
+        shutdown_grace_period: opt_duration(
+            e,
+            "server.shutdown_grace_period",
+            s.shutdown_grace_period.as_deref(),
+            Duration::from_secs(30),
+        ),
+        max_request_header_bytes: max_header,
+        redis: s.redis.as_ref().and_then(|r| {
+            let ok = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+            if !ok {
+                e.push(
+                    "server.redis.url",
+                    format!("invalid Redis URL {:?}: expected redis://host:port", r.url),
+                );
+            }
+            let timeout = opt_duration(
+                e,
+                "server.redis.timeout",
+                r.timeout.as_deref(),
+                Duration::from_millis(50),
+            );
+            ok.then(|| (r.url.clone(), timeout))
+        }),
+        trusted_proxies: s
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| {
+                let parsed = raw
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("invalid CIDR {raw:?}: expected e.g. 10.0.0.0/8 or 10.1.2.3")
+                    });
+                e.take(format!("server.trusted_proxies[{i}]"), parsed)
+            })
+            .collect(),
+        reload_debounce: opt_duration(
+            e,
+            "server.reload_debounce",
+            s.reload_debounce.as_deref(),
+            Duration::from_millis(200),
+        ),
+        cache: server_cache(e, s.cache.as_ref()),
+    }
+}
+
+fn server_cache(e: &mut Errors, c: Option<&wire::ServerCache>) -> CacheSettings {
+    let mut settings = CacheSettings::default();
+    let Some(c) = c else {
+        return settings;
+    };
+    match c.max_bytes {
+        Some(n) if n < 65_536 => {
+            e.push("server.cache.max_bytes", "max_bytes must be at least 65536")
+        }
+        Some(n) => settings.max_bytes = usize::try_from(n).unwrap_or(usize::MAX),
+        None => {}
+    }
+    settings.lock_timeout = opt_duration(
+        e,
+        "server.cache.lock_timeout",
+        c.lock_timeout.as_deref(),
+        settings.lock_timeout,
+    );
+    settings
+}
+
+pub(super) fn listener_specs(e: &mut Errors, listeners: &[wire::Listener]) -> Vec<ListenerSpec> {
+    if listeners.is_empty() {
+        e.push("listeners", "at least one listener is required");
+    }
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if !names.insert(l.name.as_str()) {
+            e.push(
+                format!("{path}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
+        }
+        if let Some(address) = e.take(format!("{path}.address"), socket_addr(&l.address)) {
+            if !addrs.insert(address) {
+                e.push(
+                    format!("{path}.address"),
+                    format!("address {address} is used twice"),
+                );
+            }
+            out.push(ListenerSpec {
+                name: l.name.clone(),
+                address,
+            });
+        }
+    }
+    out
+}

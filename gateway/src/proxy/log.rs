@@ -1,0 +1,59 @@
+//! Owns the `logging` phase: request metrics and the access-log line.
+
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::{Gateway, RequestCtx};
+use crate::metrics::{method_label, status_class};
+
+pub(super) async fn logging(
+    gw: &Gateway,
+    session: &mut Session,
+    error: Option<&Error>,
+    ctx: &mut RequestCtx,
+) {
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
+    let route = ctx.route().map(|r| &*r.id).unwrap_or("-");
+    let req = session.req_header();
+    let method = method_label(&req.method);
+    let elapsed = ctx.started.elapsed();
+    gw.metrics
+        .requests
+        .with_label_values(&[route, method, status_class(status)])
+        .inc();
+    gw.metrics
+        .request_duration
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    if let Some((outcome, collapsed)) = ctx.cache.outcome {
+        crate::cache::stats::observe(&gw.metrics.cache, route, outcome, collapsed);
+    }
+    if let (Some(pool), Some(up)) = (&ctx.pool, ctx.upstream_elapsed) {
+        gw.metrics
+            .upstream_duration
+            .with_label_values(&[&pool.name])
+            .observe(up.as_secs_f64());
+    }
+    // Never log header values: Authorization, Cookie and Set-Cookie stay out.
+    tracing::info!(
+        target: "access_log",
+        request_id = %ctx.request_id,
+        route,
+        config_version = ctx.runtime.version,
+        method = %req.method,
+        path = req.uri.path(),
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream = ctx.pool.as_ref().map(|p| &*p.name),
+        upstream_addr = ctx.endpoint.as_deref(),
+        upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+        bytes_received = session.body_bytes_read(),
+        bytes_sent = session.body_bytes_sent(),
+        client = session.client_addr().map(|a| a.to_string()),
+        reply = ctx.reply_code,
+        error = error.map(|e| e.etype().as_str()),
+    );
+}

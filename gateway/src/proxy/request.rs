@@ -1,0 +1,248 @@
+//! Owns `request_filter`: framing and request id, the routing decision (`decide`), then
+//! the matched route's JWT auth and rate limits, in that order, and the route's own
+//! answer (redirect, direct response) or the upstream admission (in-flight limit and
+//! retry-budget deposit) before proxying.
+
+use std::sync::Arc;
+
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::decide::{self, Decision};
+use super::reply;
+use super::respond::{X_REQUEST_ID, send, send_reply};
+use super::{Gateway, RequestCtx};
+use crate::auth::{self, AuthOutcome, RouteJwt};
+use crate::ratelimit;
+use crate::runtime::RouteAction;
+use crate::upstream::UpstreamPool;
+
+pub(super) async fn request_filter(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    let runtime = Arc::clone(&ctx.runtime);
+    ctx.sent_authorization = session
+        .req_header()
+        .headers
+        .contains_key(http::header::AUTHORIZATION);
+    // Identity headers are the gateway's to set, on every route (see `Runtime`), and
+    // removed before matching so a client cannot steer routing with them either.
+    if !runtime.identity_headers.is_empty() {
+        let req = session.req_header_mut();
+        for name in &runtime.identity_headers {
+            req.remove_header(name);
+        }
+    }
+    let req = session.req_header();
+    ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
+    let decision = decide::decide(&runtime, req);
+    // JWT auth of the matched route, before rate limits, so that header-keyed limits
+    // and consistent hashing see the verified identity.
+    if let Some(route) = decision.route().and_then(|r| runtime.routes.get(r))
+        && let Some(jwt) = &route.jwt
+        && authenticate(gw, session, ctx, route.index, jwt).await?
+    {
+        return Ok(true);
+    }
+    let req = session.req_header();
+    // Rate limits of the matched route, before it acts.
+    if let Some(route) = decision.route().and_then(|r| runtime.routes.get(r))
+        && !route.rate_limits.is_empty()
+    {
+        let input = ratelimit::KeyInput {
+            client_ip: crate::client_ip::resolve(
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                &req.headers,
+                &runtime.trusted_proxies,
+            ),
+            headers: &req.headers,
+            route_id: &route.id,
+        };
+        let outcome = ratelimit::decide(&route.rate_limits, &input, &gw.metrics).await;
+        for (name, _, _, remaining, _) in &outcome.entries {
+            let result = if outcome.retry_after.is_some() && *remaining == 0 {
+                "limited"
+            } else {
+                "allowed"
+            };
+            gw.metrics
+                .ratelimit_decisions
+                .with_label_values(&[name, result])
+                .inc();
+        }
+        ctx.rate_headers = outcome.headers();
+        if outcome.unavailable {
+            ctx.route = Some(route.index);
+            send_reply(session, ctx, reply::RATE_LIMIT_UNAVAILABLE).await?;
+            return Ok(true);
+        }
+        if outcome.retry_after.is_some() {
+            ctx.route = Some(route.index);
+            send_reply(session, ctx, reply::RATE_LIMITED).await?;
+            return Ok(true);
+        }
+    }
+    match decision {
+        Decision::Reject(reply) => {
+            send_reply(session, ctx, reply).await?;
+            Ok(true)
+        }
+        Decision::Redirect {
+            route,
+            status,
+            location,
+        } => {
+            ctx.route = Some(route);
+            ctx.reply_code = Some("redirect");
+            let mut resp = ResponseHeader::build(status, Some(4))?;
+            resp.insert_header("location", location.as_str())?;
+            resp.insert_header("content-length", "0")?;
+            resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            for (k, v) in &ctx.rate_headers {
+                resp.insert_header(*k, v.as_str())?;
+            }
+            if let Some(r) = runtime.routes.get(route) {
+                r.response_headers.apply(&mut resp);
+            }
+            session.write_response_header(Box::new(resp), true).await?;
+            Ok(true)
+        }
+        Decision::Direct { route } => {
+            ctx.route = Some(route);
+            ctx.reply_code = Some("direct_response");
+            let Some(r) = runtime.routes.get(route) else {
+                return Ok(false);
+            };
+            let RouteAction::Direct(d) = &r.action else {
+                return Ok(false);
+            };
+            let mut resp = ResponseHeader::build(d.status, Some(4))?;
+            resp.insert_header("content-type", d.content_type.clone())?;
+            resp.insert_header("content-length", d.body.len().to_string())?;
+            resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            for (k, v) in &ctx.rate_headers {
+                resp.insert_header(*k, v.as_str())?;
+            }
+            r.response_headers.apply(&mut resp);
+            let head_only = session.req_header().method == http::Method::HEAD;
+            let empty = d.body.is_empty() || head_only;
+            session.write_response_header(Box::new(resp), empty).await?;
+            if !empty {
+                session
+                    .write_response_body(Some(d.body.clone()), true)
+                    .await?;
+            }
+            Ok(true)
+        }
+        Decision::Proxy {
+            route,
+            pool,
+            upstream_target,
+        } => {
+            ctx.route = Some(route);
+            ctx.deadline = runtime
+                .routes
+                .get(route)
+                .and_then(|r| r.deadline)
+                .map(|d| ctx.started + d);
+            ctx.upstream_target = upstream_target;
+            if runtime.routes.get(route).is_some_and(|r| r.cache.is_some()) {
+                // A cache hit never reaches the upstream: the in-flight slot and the
+                // retry-budget deposit wait for a miss (`proxy_upstream_filter`).
+                ctx.pool = Some(pool);
+                ctx.slot_deferred = true;
+                return Ok(false);
+            }
+            ctx.pool = Some(Arc::clone(&pool));
+            Ok(!admit(gw, session, ctx, &pool).await?)
+        }
+    }
+}
+
+/// Take a place in the upstream's in-flight limit for the whole request and deposit
+/// into its retry budget. `Ok(false)`: over the limit, the 503 was sent.
+pub(super) async fn admit(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    pool: &UpstreamPool,
+) -> Result<bool> {
+    let limits = pool.limits;
+    match pool
+        .state
+        .acquire(
+            limits.max_in_flight,
+            limits.max_pending,
+            pool.connect_timeout,
+        )
+        .await
+    {
+        Ok(slot) => ctx._slot = Some(slot),
+        Err(_) => {
+            gw.metrics.overloaded.with_label_values(&[&pool.name]).inc();
+            send_reply(session, ctx, reply::OVERLOADED).await?;
+            return Ok(false);
+        }
+    }
+    pool.state.budget.deposit();
+    Ok(true)
+}
+
+/// Run the route's JWT check and rewrite the identity headers. `Ok(true)`: a
+/// rejection was sent.
+pub(super) async fn authenticate(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: usize,
+    jwt: &RouteJwt,
+) -> Result<bool> {
+    let req = session.req_header();
+    let outcome = auth::authenticate(jwt, &req.headers, req.uri.query(), &gw.metrics).await;
+    // Client copies of the identity headers are already gone (`request_filter`
+    // removes `Runtime::identity_headers` on every route).
+    let req = session.req_header_mut();
+    if jwt.strip_authorization {
+        req.remove_header(&http::header::AUTHORIZATION);
+    }
+    match outcome {
+        AuthOutcome::Anonymous => Ok(false),
+        AuthOutcome::Verified { claims, .. } => {
+            for (name, value) in jwt.identity_headers(&claims) {
+                req.insert_header(name, value)?;
+            }
+            ctx.jwt_claims = Some(claims);
+            Ok(false)
+        }
+        AuthOutcome::Rejected(rejection) => {
+            ctx.route = Some(route);
+            let reply = reply::for_rejection(&rejection);
+            ctx.reply_code = Some(reply.code);
+            let body = reply.body(&ctx.request_id);
+            let www = rejection.www_authenticate();
+            let retry = match rejection {
+                auth::Rejection::Unavailable { retry_after } => Some(retry_after.to_string()),
+                _ => None,
+            };
+            let mut headers = vec![
+                ("content-type", "application/json"),
+                ("cache-control", "no-store"),
+                (X_REQUEST_ID, ctx.request_id.as_str()),
+            ];
+            if let Some(w) = www.as_deref() {
+                headers.push(("www-authenticate", w));
+            }
+            if let Some(r) = retry.as_deref() {
+                headers.push(("retry-after", r));
+            }
+            send(session, reply.status, &headers, body).await?;
+            Ok(true)
+        }
+    }
+}
