@@ -14,7 +14,7 @@ LAYERS = [
     ("runtime", {"runtime"}, False),
     ("config", {"config"}, False),
     ("features", {"router", "actions", "auth", "ratelimit", "cache", "upstream"}, False),
-    ("bottom", {"diag", "units", "metrics", "pattern", "http_head", "client_ip"}, False),
+    ("bottom", {"diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
 ]
 rank = {}
 same_ok = {}

@@ -560,3 +560,54 @@ fn sample_services_admit_only_the_gateway() {
         "orders"
     );
 }
+
+/// The gateway's admin API needs a bearer token from a Secret, and only the scraping
+/// namespaces and the gateway tier reach port 9901; the proxy port stays open.
+#[test]
+fn gateway_admin_is_token_protected_and_fenced() {
+    let objects = objects();
+    let gateway = one(&objects, "Deployment", "gateway");
+    let config = mounted_config(&objects, gateway, "/etc/gateway/gateway.yaml");
+    let admin = &config["admin"];
+    assert!(admin["insecure_no_auth"].is_null(), "{admin}");
+    assert_secret_file(
+        gateway,
+        admin["token_file"].as_str().expect("admin.token_file"),
+        "gateway-admin-token",
+    );
+    let policy = one(&objects, "NetworkPolicy", "gateway-admin");
+    assert_eq!(policy["metadata"]["namespace"], "gateway-system");
+    let labels = &gateway["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&labels[k], v, "the policy selects the gateway pods");
+    }
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    let admin_port = container_port(container, &Value::from("admin"));
+    let mut admin_rules = 0;
+    for rule in policy["spec"]["ingress"].as_array().unwrap() {
+        let ports: Vec<u64> = rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| container_port(container, &p["port"]))
+            .collect();
+        if ports.contains(&admin_port) {
+            admin_rules += 1;
+            let from = rule["from"].as_array().expect("admin rule names its peers");
+            assert!(!from.is_empty());
+            assert!(
+                from.iter()
+                    .all(|f| f["namespaceSelector"]["matchLabels"].is_object()),
+                "admin peers are named namespaces: {rule}"
+            );
+        }
+    }
+    assert_eq!(admin_rules, 1, "one rule admits the admin port");
+}

@@ -1,7 +1,11 @@
 //! Owns the admin listener: health, readiness, Prometheus metrics, read-only views
 //! of the running config and compiled routes, cache purges (`POST /admin/cache/purge`),
 //! and confirming a change held by the embedded discovery watcher's mass-deletion guard.
-//! Bound to 127.0.0.1 by default.
+//! Bound to 127.0.0.1 by default. Every request passes one gate first
+//! ([`auth::AdminAuth::check`]: a bearer token on everything but the probes); views
+//! never show secrets (header values routes set, URL credentials: see `crate::redact`).
+
+mod auth;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +22,7 @@ use crate::reload::RuntimeStore;
 use crate::router::RouteMatch;
 use crate::runtime::{Route, RouteAction};
 use crate::upstream::{HashOn, LoadBalancing, UpstreamPool};
+pub use auth::{AdminAuth, MIN_TOKEN_BYTES};
 
 #[derive(Debug)]
 pub struct AdminApp {
@@ -27,15 +32,23 @@ pub struct AdminApp {
     draining: Arc<AtomicBool>,
     /// The running discovery source, when the config has one.
     discovery: Option<crate::kubernetes::DiscoveryControl>,
+    /// Checked before any handler runs.
+    auth: AdminAuth,
 }
 
 impl AdminApp {
-    pub fn new(store: Arc<RuntimeStore>, metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        store: Arc<RuntimeStore>,
+        metrics: Arc<Metrics>,
+        draining: Arc<AtomicBool>,
+        auth: AdminAuth,
+    ) -> Self {
         Self {
             store,
             metrics,
             draining,
             discovery: None,
+            auth,
         }
     }
 
@@ -149,10 +162,11 @@ pub fn describe_route(route: &Route, m: &RouteMatch) -> Value {
         }),
     };
     let rewrite = route.rewrite.as_ref().map(PathRewrite::describe);
+    // Values routes set may be credentials (an upstream API key): names only.
     let ops = |o: &crate::actions::HeaderOps| {
         json!({
-            "set": o.set.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("")))).collect::<serde_json::Map<_, _>>(),
-            "add": o.add.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("")))).collect::<serde_json::Map<_, _>>(),
+            "set": o.set.iter().map(|(k, _)| (k.to_string(), Value::from(crate::redact::REDACTED))).collect::<serde_json::Map<_, _>>(),
+            "add": o.add.iter().map(|(k, _)| (k.to_string(), Value::from(crate::redact::REDACTED))).collect::<serde_json::Map<_, _>>(),
             "remove": o.remove.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
         })
     };
@@ -328,6 +342,10 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        // The one gate: no handler (present or future) runs before it.
+        if let Err(denied) = self.auth.check(req) {
+            return auth::unauthorized(denied);
+        }
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
         match path.as_str() {
             "/admin/cache/purge" => self.purge(session, &method).await,

@@ -11,7 +11,7 @@
 //! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`: each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
-//! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`.
+//! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
 
 // Bottom: shared pieces that import nothing above them.
 pub mod client_ip;
@@ -19,6 +19,7 @@ pub mod diag;
 pub mod http_head;
 pub mod metrics;
 pub mod pattern;
+pub mod redact;
 pub mod units;
 
 // Features.

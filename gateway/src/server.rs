@@ -15,7 +15,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, AdminAuth};
 use crate::auth::jwks::{JwksService, KeyStoreSource};
 use crate::config;
 use crate::kubernetes;
@@ -111,7 +111,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 
     let jwks_metrics = Arc::clone(&metrics);
-    let mut admin_app = AdminApp::new(Arc::clone(&store), metrics, Arc::clone(&draining));
+    let admin_auth = AdminAuth::from_spec(&spec.admin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if spec.admin.insecure() {
+        tracing::warn!(address = %spec.admin.address, "the admin API has no token and is reachable from other hosts (admin.insecure_no_auth: true): anyone who reaches it can purge the cache and confirm mass deletions");
+    }
+    let mut admin_app = AdminApp::new(
+        Arc::clone(&store),
+        metrics,
+        Arc::clone(&draining),
+        admin_auth,
+    );
     if let Some(d) = &discovery {
         admin_app = admin_app.with_discovery(d.control());
     }

@@ -78,7 +78,10 @@ impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyStore")
             .field("provider", &self.provider)
-            .field("remote", &self.remote)
+            .field(
+                "url",
+                &self.remote.as_ref().map(|s| crate::redact::url(&s.url)),
+            )
             .field("keys", &self.keys.load().keys.len())
             .finish_non_exhaustive()
     }
@@ -368,6 +371,9 @@ impl KeyStore {
                 tracing::info!(provider, keys = count, changed, "JWKS fetched");
             }
             Err(error) => {
+                // Fetch errors quote the URL: keep its credentials and query out of the
+                // log and the admin view.
+                let error = crate::redact::urls_in(&error).into_owned();
                 if let Ok(mut s) = self.state.lock() {
                     s.failures = s.failures.saturating_add(1);
                     let backoff = FIRST_RETRY
@@ -380,7 +386,7 @@ impl KeyStore {
                     .jwks_refresh
                     .with_label_values(&[provider, "error"])
                     .inc();
-                tracing::warn!(provider, url = %spec.url, %error, "JWKS fetch failed; keeping the last good keys");
+                tracing::warn!(provider, url = %crate::redact::url(&spec.url), %error, "JWKS fetch failed; keeping the last good keys");
             }
         }
         self.fetches.fetch_add(1, Ordering::AcqRel);
@@ -405,7 +411,7 @@ impl KeyStore {
         };
         json!({
             "source": self.remote.as_ref().map_or("static", |_| "jwks_url"),
-            "url": self.remote.as_ref().map(|s| s.url.as_str()),
+            "url": self.remote.as_ref().map(|s| crate::redact::url(&s.url)),
             "ready": self.ready(),
             "key_ids": keys.kids(),
             "usable_keys": usable.keys.len(),

@@ -15,7 +15,7 @@ pub use source::{Location, SourceMap};
 pub use spec::discovery_spec::{
     ApiSource, DiscoverySource, DiscoverySpec, KubernetesWatchSpec, TokenSource,
 };
-pub use spec::{ActionSpec, AdminSpec, ListenerSpec, RouteSpec, ServerSpec, Spec};
+pub use spec::{ActionSpec, AdminSpec, AdminToken, ListenerSpec, RouteSpec, ServerSpec, Spec};
 
 /// serde_yaml errors read "path: message at line L column C"; split them up.
 fn serde_error(file: &str, err: &serde_yaml_ng::Error) -> ConfigError {
@@ -62,7 +62,9 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
                         line: loc.map(|l| l.line),
                         column: loc.map(|l| l.column),
                         path: e.path,
-                        message: e.message,
+                        // Messages may quote a URL with a password (a Redis URL): they
+                        // reach logs and /admin/config.
+                        message: crate::redact::urls_in(&e.message).into_owned(),
                     }
                 })
                 .collect(),

@@ -198,6 +198,17 @@ pub struct Listener {
 pub struct Admin {
     /// Default `127.0.0.1:9901`: the admin API is never public unless asked for.
     pub address: Option<String>,
+    /// Bearer token every admin request needs (health and readiness aside), read from
+    /// this file (again whenever it changes)...
+    pub token_file: Option<String>,
+    /// ...or from this environment variable (at start).
+    pub token_env: Option<String>,
+    /// `/metrics` without the token (default false).
+    #[serde(default)]
+    pub metrics_public: bool,
+    /// A non-loopback address without a token is refused unless this is true.
+    #[serde(default)]
+    pub insecure_no_auth: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,7 +74,7 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(250);
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }

@@ -59,7 +59,7 @@ pub fn restart_settings(spec: &Spec) -> String {
     format!(
         "listeners={:?} admin={:?} threads={} grace={:?} debounce={:?} cache={:?} discovery={:?}",
         spec.listeners,
-        spec.admin.address,
+        spec.admin,
         spec.server.threads,
         spec.server.shutdown_grace_period,
         spec.server.reload_debounce,

@@ -80,8 +80,20 @@ impl Gateway {
         gw
     }
 
+    /// Like [`Gateway::start`], with extra environment variables for the process.
+    pub async fn start_with_env(template: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::launch_with_env(template, &[], env);
+        gw.wait_ready().await;
+        gw
+    }
+
     /// Start the gateway without waiting for it to be ready (see [`Gateway::wait_ready`]).
     pub fn launch(template: &str, wrapper: &[&str]) -> Gateway {
+        Self::launch_with_env(template, wrapper, &[])
+    }
+
+    /// [`Gateway::launch`] with extra environment variables.
+    pub fn launch_with_env(template: &str, wrapper: &[&str], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -103,6 +115,7 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -24,11 +24,13 @@ pub use crate::diag::{Errors, SpecError};
 use crate::ratelimit::PolicySpec;
 use crate::router::RouteMatch;
 use crate::router::matchers::{HeaderMatcher, MethodSet, QueryMatcher};
-use crate::units::{duration, socket_addr};
+use crate::units::duration;
 use crate::upstream::UpstreamSpec;
 use crate::upstream::policy::RetryPolicy;
+pub use admin::{AdminSpec, AdminToken};
 use discovery_spec::DiscoverySpec;
 
+pub mod admin;
 mod cache;
 pub mod discovery_spec;
 mod jwt;
@@ -52,11 +54,6 @@ pub struct ServerSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpec {
     pub name: String,
-    pub address: SocketAddr,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminSpec {
     pub address: SocketAddr,
 }
 
@@ -172,19 +169,7 @@ impl TryFrom<wire::File> for Spec {
         let mut e = Errors::default();
         let server = server::server_spec(&mut e, &file.server);
         let listeners = server::listener_specs(&mut e, &file.listeners);
-        let admin = AdminSpec {
-            address: e
-                .take(
-                    "admin.address",
-                    socket_addr(
-                        file.admin
-                            .address
-                            .as_deref()
-                            .unwrap_or(DEFAULT_ADMIN_ADDRESS),
-                    ),
-                )
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
-        };
+        let admin = admin::admin_spec(&mut e, &file.admin);
         if listeners.iter().any(|l| l.address == admin.address) {
             e.push("admin.address", "admin address is also used by a listener");
         }
