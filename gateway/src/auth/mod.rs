@@ -296,6 +296,38 @@ impl RouteJwt {
         })
     }
 
+    /// Remove every query parameter a provider of this route reads a token from
+    /// (`query:NAME`): tokens in URLs end up in upstream access logs, so one is never
+    /// forwarded. `None` when `query` has none of them.
+    pub fn strip_query_tokens(&self, query: &str) -> Option<String> {
+        let names: Vec<&str> = self
+            .providers
+            .iter()
+            .flat_map(|p| p.sources.iter())
+            .filter_map(|s| match s {
+                TokenSource::Query(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        let is_token = |pair: &str| {
+            let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+            names.contains(&name)
+        };
+        if !query.split('&').any(is_token) {
+            return None;
+        }
+        Some(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty() && !is_token(p))
+                .collect::<Vec<_>>()
+                .join("&"),
+        )
+    }
+
     /// The header value a claim becomes: strings as they are, numbers and booleans as
     /// text, arrays of those joined with `,`; objects, nulls and values that are not
     /// valid header text give no header.

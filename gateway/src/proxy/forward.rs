@@ -154,6 +154,10 @@ pub(super) async fn upstream_request_filter(
             .map_err(|e| Error::because(InternalError, "rewritten path is not a URI", e))?;
         upstream.set_uri(uri);
     }
+    if let Some(jwt) = ctx.route().and_then(|r| r.jwt.as_ref()) {
+        // The rewritten target was built from the query as the client sent it.
+        super::request::strip_query_tokens(upstream, jwt);
+    }
     upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(ip) = session
         .client_addr()

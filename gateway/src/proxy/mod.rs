@@ -374,6 +374,23 @@ impl ProxyHttp for Gateway {
         respond::fail_to_proxy(session, e, ctx).await
     }
 
+    /// What Pingora's own error lines ("Fail to proxy: ...") say about a request:
+    /// method, path (never the query: it may carry a token), route and request id.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, route: {}, request_id: {}",
+            req.method,
+            req.uri.path(),
+            ctx.route().map_or("-", |r| &*r.id),
+            if ctx.request_id.is_empty() {
+                "-"
+            } else {
+                ctx.request_id.as_str()
+            },
+        )
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         log::logging(self, session, error, ctx).await
     }

@@ -211,6 +211,9 @@ pub(super) async fn authenticate(
     if jwt.strip_authorization {
         req.remove_header(&http::header::AUTHORIZATION);
     }
+    if !matches!(outcome, AuthOutcome::Rejected(_)) {
+        strip_query_tokens(req, jwt);
+    }
     match outcome {
         AuthOutcome::Anonymous => Ok(false),
         AuthOutcome::Verified { claims, .. } => {
@@ -244,5 +247,28 @@ pub(super) async fn authenticate(
             send(session, reply.status, &headers, body).await?;
             Ok(true)
         }
+    }
+}
+
+/// `path` with `query` (none when empty).
+pub(super) fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+/// Drop the route's `query:NAME` token parameters from a request head (the client's, so
+/// neither the cache key nor a log line holds the token; and the upstream's).
+pub(super) fn strip_query_tokens(req: &mut pingora::http::RequestHeader, jwt: &RouteJwt) {
+    let Some(query) = req.uri.query() else {
+        return;
+    };
+    let Some(kept) = jwt.strip_query_tokens(query) else {
+        return;
+    };
+    if let Ok(uri) = with_query(req.uri.path(), &kept).parse::<http::Uri>() {
+        req.set_uri(uri);
     }
 }
