@@ -401,7 +401,7 @@ impl AdminApp {
                 }
             }
         }
-        match crate::cache::parse_purge(&body) {
+        match crate::cache::parse_purge(&body).and_then(normalize_purge) {
             Ok(what) => {
                 let purged = crate::cache::purge(&what);
                 self.metrics.cache.purged.inc_by(purged as u64);
@@ -411,4 +411,24 @@ impl AdminApp {
             Err(message) => error(StatusCode::BAD_REQUEST, "bad_purge", message),
         }
     }
+}
+
+/// Purge by the same normalized path the cache keys on (`//x` and `/./x` are `/x`).
+fn normalize_purge(what: crate::cache::Purge) -> Result<crate::cache::Purge, String> {
+    use crate::cache::Purge;
+    let normal = |p: &str| {
+        crate::router::path::normalize(p)
+            .map(|n| n.path.into_owned())
+            .map_err(|e| format!("path {p:?}: {e}"))
+    };
+    Ok(match what {
+        Purge::Url { host, path, query } => Purge::Url {
+            host,
+            path: normal(&path)?,
+            query,
+        },
+        // A prefix keeps its trailing slash: "/api/" must not purge "/apix".
+        Purge::Prefix(p) => Purge::Prefix(normal(&p)?),
+        other => other,
+    })
 }

@@ -53,7 +53,7 @@ fn mismatches(m: &RouteMatch, req: &RequestView<'_>) -> Vec<String> {
             hosts.join(", ")
         ));
     }
-    if !m.path.matches(req.path) {
+    if !m.path_matches(req.path) {
         out.push(format!(
             "path {} does not match {} {}",
             req.path,

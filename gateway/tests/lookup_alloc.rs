@@ -335,3 +335,18 @@ fn endpoint_selection_does_not_allocate() {
         assert_eq!(n, 0, "{settings}: {n} allocations in {LOOKUPS} picks");
     }
 }
+
+/// Reading the path before lookup borrows an already-normal path: no allocation.
+#[test]
+fn normalizing_a_normal_path_does_not_allocate() {
+    for case in cases() {
+        let n = allocations(|| {
+            for _ in 0..LOOKUPS {
+                let normal = gateway::router::path::normalize(black_box(case.path)).unwrap();
+                assert!(normal.findings.is_empty());
+                black_box(normal);
+            }
+        });
+        assert_eq!(n, 0, "{}: normalizing {} allocated", case.name, case.path);
+    }
+}

@@ -272,6 +272,15 @@ pub struct PathMatch {
     pub prefix: Option<String>,
     pub regex: Option<String>,
     pub template: Option<String>,
+    /// `exact` and `prefix` only: match ignoring ASCII case.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Accept `%2F` / `%5C` in the path (refused with 400 otherwise).
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
+    /// Accept `;` path parameters (refused with 400 otherwise).
+    #[serde(default)]
+    pub allow_path_parameters: bool,
 }
 
 /// A header or query-parameter matcher: exactly one of `exact`, `regex`, `present`.

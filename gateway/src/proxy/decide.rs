@@ -11,7 +11,8 @@ use super::reply::{self, Reply};
 use crate::actions::{RequestTarget, Scheme};
 pub use crate::http_head::raw_host;
 use crate::router::matchers::MAX_HOST_LEN;
-use crate::router::{RequestView, normalize_host, normalize_path};
+use crate::router::path::{self, Findings, PathError};
+use crate::router::{RequestView, normalize_host};
 use crate::runtime::{RouteAction, Runtime};
 use crate::upstream::UpstreamPool;
 
@@ -58,9 +59,16 @@ pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
     if head_size(req) > runtime.max_request_header_bytes {
         return Decision::Reject(reply::HEADERS_TOO_LARGE);
     }
-    let Ok(path) = normalize_path(req.uri.path()) else {
-        return Decision::Reject(reply::BAD_PATH);
+    let normal = match path::normalize(req.uri.path()) {
+        Ok(n) => n,
+        Err(e) => return Decision::Reject(reply::for_path(e)),
     };
+    let findings = normal.findings;
+    // Nothing to match when no route accepts what the path holds.
+    if !findings.is_empty() && !runtime.table.some_route_allows(findings) {
+        return Decision::Reject(reply::for_path(PathError::for_findings(findings)));
+    }
+    let path = normal.path;
     let raw_host = raw_host(req);
     let mut buf = [0u8; MAX_HOST_LEN];
     let host = normalize_host(raw_host, &mut buf);
@@ -75,6 +83,11 @@ pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
     let Some(hit) = runtime.table.find(&view) else {
         return Decision::Reject(reply::NOT_FOUND);
     };
+    if !findings.is_empty()
+        && let Err(e) = opted_in(runtime, &view, hit.route, findings)
+    {
+        return Decision::Reject(reply::for_path(e));
+    }
     let Some(route) = runtime.routes.get(hit.route) else {
         return Decision::Reject(reply::INTERNAL);
     };
@@ -122,5 +135,57 @@ pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
                 upstream_target,
             }
         }
+    }
+}
+
+/// A path with encoded slashes or `;` parameters reaches its route only when that route
+/// opts in *and* the path, read as a lenient backend reads it (`%2F` as `/`, `;params`
+/// dropped), would reach the same route: otherwise `/public/..%2Fadmin` could pass a
+/// permissive `/public` route and be served as `/admin` behind it.
+fn opted_in(
+    runtime: &Runtime,
+    view: &RequestView<'_>,
+    route: usize,
+    findings: Findings,
+) -> Result<(), PathError> {
+    let Some(m) = runtime.table.matchers().get(route) else {
+        return Err(PathError::for_findings(findings));
+    };
+    let refused = findings.without(m.path_options.allow);
+    if !refused.is_empty() {
+        return Err(PathError::for_findings(refused));
+    }
+    let lenient = path::lenient_reading(view.path);
+    let again = runtime.table.find(&RequestView {
+        path: &lenient,
+        ..*view
+    });
+    if again.map(|h| h.route) != Some(route) {
+        return Err(PathError::Ambiguous);
+    }
+    Ok(())
+}
+
+/// Put the normalized path into the request head itself (when normalizing changed it),
+/// so the cache key, purges, consistent hashing on the path and the access log all see
+/// the path that was matched and is forwarded. Scheme and authority stay.
+pub fn normalize_target(req: &mut RequestHeader) {
+    let Ok(normal) = path::normalize(req.uri.path()) else {
+        return;
+    };
+    let std::borrow::Cow::Owned(new_path) = normal.path else {
+        return;
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    let mut parts = req.uri.clone().into_parts();
+    let Ok(pq) = target.parse::<http::uri::PathAndQuery>() else {
+        return;
+    };
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        req.set_uri(uri);
     }
 }

@@ -27,6 +27,14 @@ pub const BAD_PATH: Reply = Reply {
     code: "bad_request_target",
     message: "request target must be an absolute path",
 };
+/// 400 for a path refused before routing (see `router::path`).
+pub fn for_path(e: crate::router::PathError) -> Reply {
+    Reply {
+        status: 400,
+        code: e.code(),
+        message: e.message(),
+    }
+}
 pub const BAD_REQUEST: Reply = Reply {
     status: 400,
     code: "bad_request",

@@ -36,6 +36,7 @@ pub(super) async fn request_filter(
             req.remove_header(name);
         }
     }
+    decide::normalize_target(session.req_header_mut());
     let req = session.req_header();
     ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
     let decision = decide::decide(&runtime, req);

@@ -13,10 +13,13 @@
 //! Lookup never allocates and never scans the routes of a host: exact paths are a hash
 //! lookup, templates and prefixes walk a segment trie, regexes are one `RegexSet` pass.
 
+mod fold;
 pub mod matchers;
+pub mod path;
 mod trie;
 
 pub use crate::pattern::Captures;
+pub use path::{Findings, NormalPath, PathError};
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -24,7 +27,10 @@ use std::collections::HashMap;
 use std::cell::RefCell;
 
 use http::{HeaderMap, Method};
+use indexmap::IndexMap;
 use regex_automata::{Input, MatchKind, PatternSet, meta};
+
+use fold::{Folded, FoldedKey};
 
 use matchers::{
     HeaderMatcher, HostPattern, MAX_HOST_LEN, MethodSet, PathPattern, QueryMatcher, TemplateSegment,
@@ -39,9 +45,30 @@ pub struct RouteMatch {
     pub methods: Option<MethodSet>,
     pub headers: Vec<HeaderMatcher>,
     pub query: Vec<QueryMatcher>,
+    pub path_options: PathOptions,
+}
+
+/// How a route reads the path: `case_insensitive` (exact and prefix paths), and which
+/// [`Findings`] it accepts (`allow_encoded_slashes`, `allow_path_parameters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathOptions {
+    pub case_insensitive: bool,
+    pub allow: Findings,
 }
 
 impl RouteMatch {
+    /// Does the path pattern match `path` (normalized), with the route's case rule?
+    pub fn path_matches(&self, path: &str) -> bool {
+        if self.path_options.case_insensitive {
+            match &self.path {
+                PathPattern::Exact(p) => return p.eq_ignore_ascii_case(path),
+                PathPattern::Prefix(p) => return fold::prefix_matches_folded(p, path),
+                _ => {}
+            }
+        }
+        self.path.matches(path)
+    }
+
     /// How many matchers beyond host and path this route has (precedence rule 3).
     pub fn extra_matchers(&self) -> usize {
         usize::from(self.methods.is_some()) + self.headers.len() + self.query.len()
@@ -142,18 +169,32 @@ impl RegexIndex {
 #[derive(Debug, Default)]
 struct HostTable {
     exact: HashMap<Box<str>, Vec<u32>>,
+    /// `case_insensitive` exact paths.
+    exact_folded: IndexMap<FoldedKey, Vec<u32>>,
     templates: TemplateTrie,
     prefixes: PrefixTrie,
+    /// `case_insensitive` prefixes.
+    prefixes_folded: PrefixTrie,
     regex: RegexIndex,
 }
 
 impl HostTable {
     fn build(members: &[u32], all: &[RouteMatch]) -> Result<Self, TableError> {
-        let mut table = HostTable::default();
+        let mut table = HostTable {
+            prefixes_folded: PrefixTrie::folded(),
+            ..HostTable::default()
+        };
         let mut regex = Vec::new();
         for &r in members {
+            let folded = all[r as usize].path_options.case_insensitive;
             match &all[r as usize].path {
+                PathPattern::Exact(p) if folded => table
+                    .exact_folded
+                    .entry(FoldedKey(p.clone()))
+                    .or_default()
+                    .push(r),
                 PathPattern::Exact(p) => table.exact.entry(p.clone()).or_default().push(r),
+                PathPattern::Prefix(p) if folded => table.prefixes_folded.insert(p, r),
                 PathPattern::Prefix(p) => table.prefixes.insert(p, r),
                 PathPattern::Template(t) => table.templates.insert(t, r),
                 PathPattern::Regex { .. } => regex.push(r),
@@ -162,24 +203,46 @@ impl HostTable {
         for list in table.exact.values_mut() {
             sort_candidates(list, all);
         }
+        for list in table.exact_folded.values_mut() {
+            sort_candidates(list, all);
+        }
         table.templates.sort(|l| sort_candidates(l, all));
         table.prefixes.sort(|l| sort_candidates(l, all));
+        table.prefixes_folded.sort(|l| sort_candidates(l, all));
         table.regex = RegexIndex::build(regex, all)?;
         Ok(table)
     }
 
     fn find(&self, req: &RequestView<'_>, all: &[RouteMatch]) -> Option<RouteHit> {
         let mut check = |r: u32| all[r as usize].matches_rest(req);
-        if let Some(list) = self.exact.get(req.path)
-            && let Some(&r) = list.iter().find(|r| check(**r))
-        {
+        let exact = self
+            .exact
+            .get(req.path)
+            .and_then(|list| list.iter().copied().find(|r| check(*r)));
+        // A case-sensitive and a case-insensitive candidate of the same kind: rules 3
+        // and 4 decide between them.
+        let exact = match self.exact_folded.get(&Folded(req.path)) {
+            Some(list) => better(exact, list.iter().copied().find(|r| check(*r)), all),
+            None => exact,
+        };
+        if let Some(r) = exact {
             return Some(hit(r, Captures::default()));
         }
         let mut captures = Captures::default();
         if let Some(r) = self.templates.find(req.path, &mut captures, &mut check) {
             return Some(hit(r, captures));
         }
-        if let Some(r) = self.prefixes.find(req.path, &mut check) {
+        let prefix = self.prefixes.find(req.path, &mut check);
+        let prefix = match self.prefixes_folded.find(req.path, &mut check) {
+            // The longer prefix wins; at equal depth, rules 3 and 4.
+            Some((r, depth)) => match prefix {
+                Some((p, d)) if d > depth => Some(p),
+                Some((p, d)) if d == depth => better(Some(p), Some(r), all),
+                _ => Some(r),
+            },
+            None => prefix.map(|(r, _)| r),
+        };
+        if let Some(r) = prefix {
             return Some(hit(r, Captures::default()));
         }
         self.regex
@@ -197,7 +260,23 @@ fn hit(route: u32, captures: Captures) -> RouteHit {
 
 /// Rule 3 and 4 within one path bucket: more matchers first, then declaration order.
 fn sort_candidates(list: &mut [u32], all: &[RouteMatch]) {
-    list.sort_by_key(|r| (Reverse(all[*r as usize].extra_matchers()), *r));
+    list.sort_by_key(|r| candidate_key(*r, all));
+}
+
+fn candidate_key(r: u32, all: &[RouteMatch]) -> (Reverse<usize>, u32) {
+    (Reverse(all[r as usize].extra_matchers()), r)
+}
+
+/// The better of two candidates of one path bucket (rules 3 and 4).
+fn better(a: Option<u32>, b: Option<u32>, all: &[RouteMatch]) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if candidate_key(b, all) < candidate_key(a, all) {
+            b
+        } else {
+            a
+        }),
+        (a, b) => a.or(b),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +287,8 @@ pub struct TableError(String);
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<RouteMatch>,
+    /// Every finding some route accepts.
+    allowed: Findings,
     exact_hosts: HashMap<Box<str>, HostTable>,
     wildcard_hosts: HashMap<Box<str>, HostTable>,
     any_host: HostTable,
@@ -244,12 +325,21 @@ impl RouteTable {
         let exact_hosts = build(exact)?;
         let wildcard_hosts = build(wildcard)?;
         let any_host = HostTable::build(&any, &routes)?;
+        let allowed = routes
+            .iter()
+            .fold(Findings::default(), |f, r| f.union(r.path_options.allow));
         Ok(Self {
+            allowed,
             exact_hosts,
             wildcard_hosts,
             any_host,
             routes,
         })
+    }
+
+    /// Does some route accept `findings` (so matching is worth trying)?
+    pub fn some_route_allows(&self, findings: Findings) -> bool {
+        findings.without(self.allowed).is_empty()
     }
 
     /// Every route's match criteria, by route index.
@@ -324,7 +414,7 @@ pub fn host_tier(m: &RouteMatch, host: &str) -> Option<(u8, Reverse<usize>)> {
 /// when it does not match at all.
 pub fn precedence(m: &RouteMatch, index: usize, req: &RequestView<'_>) -> Option<Precedence> {
     let host_tier = host_tier(m, req.host)?;
-    if !m.path.matches(req.path) || !m.matches_rest(req) {
+    if !m.path_matches(req.path) || !m.matches_rest(req) {
         return None;
     }
     let (path_kind, path_rank, depth) = match &m.path {
@@ -389,62 +479,9 @@ pub fn normalize_host<'b>(raw: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> &'b str
     std::str::from_utf8(out).unwrap_or("")
 }
 
-/// Why a request path was refused before routing.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    #[error("request path must start with '/'")]
-    NotOriginForm,
-}
-
-fn is_dot(seg: &str) -> bool {
-    seg == "." || seg.eq_ignore_ascii_case("%2e")
-}
-
-fn is_dot_dot(seg: &str) -> bool {
-    matches!(seg.len(), 2 | 4 | 6)
-        && (seg == ".."
-            || seg.eq_ignore_ascii_case(".%2e")
-            || seg.eq_ignore_ascii_case("%2e.")
-            || seg.eq_ignore_ascii_case("%2e%2e"))
-}
-
-/// Resolve `.` and `..` segments (also percent-encoded) and merge repeated slashes, so
-/// that `/public/../admin` is routed, and forwarded, as `/admin`. Borrows when the path
-/// is already normal, which is the common case.
-pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
-    if !path.starts_with('/') {
-        return Err(PathError::NotOriginForm);
-    }
-    let needs_work = path.contains("//") || path.split('/').any(|s| is_dot(s) || is_dot_dot(s));
-    if !needs_work {
-        return Ok(std::borrow::Cow::Borrowed(path));
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len().saturating_sub(1);
-    let mut trailing_slash = false;
-    for (i, seg) in segments.iter().enumerate() {
-        if is_dot(seg) {
-            trailing_slash = i == last;
-        } else if is_dot_dot(seg) {
-            out.pop();
-            trailing_slash = i == last;
-        } else if seg.is_empty() {
-            trailing_slash = i == last;
-        } else {
-            out.push(seg);
-            trailing_slash = false;
-        }
-    }
-    let mut s = String::with_capacity(path.len());
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if s.is_empty() || trailing_slash {
-        s.push('/');
-    }
-    Ok(std::borrow::Cow::Owned(s))
+/// Normalize a request path (see [`path::normalize`]), dropping what it found.
+pub fn normalize_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
+    path::normalize(raw).map(|n| n.path)
 }
 
 #[cfg(test)]

@@ -303,7 +303,7 @@ impl Rng {
 /// the fast table must pick exactly what the linear reference picks.
 #[test]
 fn fast_table_agrees_with_reference() {
-    let segs = ["a", "b", "c"];
+    let segs = ["a", "b", "c", "A"];
     let hosts = ["x.test", "y.test", "*.test", "*.y.test"];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut rounds = 0;
@@ -332,9 +332,14 @@ fn fast_table_agrees_with_reference() {
                 path.push('/');
                 path.push_str(&seg);
             }
+            let ci = if rng.next().is_multiple_of(3) {
+                ", case_insensitive: true"
+            } else {
+                ""
+            };
             let path_yaml = match kind {
-                0 => format!("{{exact: '{path}'}}"),
-                1 => format!("{{prefix: '{path}'}}"),
+                0 => format!("{{exact: '{path}'{ci}}}"),
+                1 => format!("{{prefix: '{path}'{ci}}}"),
                 2 if had_capture => format!("{{template: '{path}'}}"),
                 2 => format!("{{exact: '{path}'}}"),
                 _ => format!("{{regex: '{path}'}}"),
@@ -369,7 +374,7 @@ fn fast_table_agrees_with_reference() {
             let mut path = String::new();
             for _ in 0..depth {
                 path.push('/');
-                path.push_str(rng.pick(&["a", "b", "c", "d", ""]));
+                path.push_str(rng.pick(&["a", "b", "c", "d", "", "A", "B"]));
             }
             if path.is_empty() {
                 path.push('/');

@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
+use indexmap::IndexMap;
+
 use super::Captures;
+use super::fold::{Folded, FoldedKey};
 use super::matchers::{PathTemplate, TemplateSegment};
 
 const NONE: u32 = u32::MAX;
@@ -124,45 +127,75 @@ impl TemplateTrie {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct PrefixNode {
     children: HashMap<Box<str>, u32>,
+    /// The children of a case-folding trie.
+    folded: IndexMap<FoldedKey, u32>,
     parent: u32,
+    /// Segments from the root.
+    depth: usize,
     routes: Vec<u32>,
 }
 
 #[derive(Debug)]
 pub(super) struct PrefixTrie {
     nodes: Vec<PrefixNode>,
+    /// Segments compare ignoring ASCII case (`case_insensitive` prefixes).
+    fold: bool,
 }
 
 impl Default for PrefixTrie {
     fn default() -> Self {
         Self {
             nodes: vec![PrefixNode {
-                children: HashMap::new(),
                 parent: NONE,
-                routes: Vec::new(),
+                ..PrefixNode::default()
             }],
+            fold: false,
         }
     }
 }
 
 impl PrefixTrie {
+    /// A trie whose segments match ignoring ASCII case.
+    pub(super) fn folded() -> Self {
+        Self {
+            fold: true,
+            ..Self::default()
+        }
+    }
+
+    fn child(&self, node: usize, seg: &str) -> Option<u32> {
+        let n = &self.nodes[node];
+        if self.fold {
+            n.folded.get(&Folded(seg)).copied()
+        } else {
+            n.children.get(seg).copied()
+        }
+    }
+
     /// `prefix` is normalized: "/" or "/a/b" without a trailing slash.
     pub(super) fn insert(&mut self, prefix: &str, route: u32) {
         let mut node = 0usize;
         for seg in prefix.split('/').filter(|s| !s.is_empty()) {
-            node = match self.nodes[node].children.get(seg) {
-                Some(&n) => n as usize,
+            node = match self.child(node, seg) {
+                Some(n) => n as usize,
                 None => {
                     let n = self.nodes.len();
+                    let depth = self.nodes[node].depth + 1;
                     self.nodes.push(PrefixNode {
-                        children: HashMap::new(),
                         parent: node as u32,
-                        routes: Vec::new(),
+                        depth,
+                        ..PrefixNode::default()
                     });
-                    self.nodes[node].children.insert(seg.into(), n as u32);
+                    if self.fold {
+                        self.nodes[node]
+                            .folded
+                            .insert(FoldedKey(seg.into()), n as u32);
+                    } else {
+                        self.nodes[node].children.insert(seg.into(), n as u32);
+                    }
                     n
                 }
             };
@@ -177,22 +210,27 @@ impl PrefixTrie {
     }
 
     /// Walk down as far as the path's segments go, then try routes from the deepest
-    /// node back up to the root: the longest matching prefix wins.
-    pub(super) fn find(&self, path: &str, check: &mut impl FnMut(u32) -> bool) -> Option<u32> {
+    /// node back up to the root: the longest matching prefix wins. Returns the route and
+    /// its prefix's depth in segments.
+    pub(super) fn find(
+        &self,
+        path: &str,
+        check: &mut impl FnMut(u32) -> bool,
+    ) -> Option<(u32, usize)> {
         if self.nodes.len() == 1 && self.nodes[0].routes.is_empty() {
             return None;
         }
         let mut node = 0usize;
         for seg in path.split('/').skip(1) {
-            match self.nodes[node].children.get(seg) {
-                Some(&n) => node = n as usize,
+            match self.child(node, seg) {
+                Some(n) => node = n as usize,
                 None => break,
             }
         }
         loop {
             let n = &self.nodes[node];
             if let Some(&r) = n.routes.iter().find(|r| check(**r)) {
-                return Some(r);
+                return Some((r, n.depth));
             }
             if n.parent == NONE {
                 return None;

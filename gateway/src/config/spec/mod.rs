@@ -304,9 +304,14 @@ fn match_signature(m: &RouteMatch) -> String {
     headers.sort();
     let mut query: Vec<String> = m.query.iter().map(QueryMatcher::describe).collect();
     query.sort();
+    let source = if m.path_options.case_insensitive {
+        m.path.source().to_ascii_lowercase()
+    } else {
+        m.path.source().to_owned()
+    };
     format!(
-        "{hosts:?}|{}:{}|{methods:?}|{headers:?}|{query:?}",
+        "{hosts:?}|{}:{source}:{:?}|{methods:?}|{headers:?}|{query:?}",
         m.path.kind(),
-        m.path.source()
+        m.path_options.case_insensitive,
     )
 }

@@ -12,10 +12,10 @@ use super::{
 };
 use crate::actions::{DirectResponse, HeaderOps, PathRewrite, Redirect, RewritePart, Scheme};
 use crate::pattern::compile_regex;
-use crate::router::RouteMatch;
 use crate::router::matchers::{
     HeaderMatcher, HostPattern, MethodSet, PathPattern, PathTemplate, QueryMatcher, ValueTest,
 };
+use crate::router::{Findings, PathOptions, RouteMatch};
 use crate::upstream::policy::{RetryOn, RetryPolicy};
 
 fn retry_policy(e: &mut Errors, path: &str, r: Option<&wire::Retry>) -> RetryPolicy {
@@ -97,6 +97,20 @@ fn path_pattern(e: &mut Errors, path: &str, p: Option<&wire::PathMatch>) -> Opti
     .collect();
     match set.as_slice() {
         [(kind, raw)] => {
+            if *kind != "regex"
+                && let Err(msg) = normal_literal(kind, raw, path_options(p).allow)
+            {
+                e.push(format!("{path}.{kind}"), msg);
+                return None;
+            }
+            if p.case_insensitive && !matches!(*kind, "exact" | "prefix") {
+                e.push(
+                    format!("{path}.case_insensitive"),
+                    format!(
+                        "case_insensitive applies to exact and prefix paths; a {kind} can say (?i) or list the spellings"
+                    ),
+                );
+            }
             let r = match *kind {
                 "exact" => PathPattern::exact(raw),
                 "prefix" => PathPattern::prefix(raw),
@@ -114,6 +128,50 @@ fn path_pattern(e: &mut Errors, path: &str, p: Option<&wire::PathMatch>) -> Opti
             None
         }
     }
+}
+
+fn path_options(p: &wire::PathMatch) -> PathOptions {
+    let mut allow = Findings::default();
+    if p.allow_encoded_slashes {
+        allow = allow.union(Findings::ENCODED_SLASH);
+    }
+    if p.allow_path_parameters {
+        allow = allow.union(Findings::PATH_PARAMETERS);
+    }
+    PathOptions {
+        case_insensitive: p.case_insensitive,
+        allow,
+    }
+}
+
+/// A literal path (exact, prefix, template) must already be in the normal form requests
+/// are matched in, or it could never match.
+fn normal_literal(kind: &str, raw: &str, allow: Findings) -> Result<(), String> {
+    let n = crate::router::path::normalize(raw)
+        .map_err(|e| format!("{kind} path {raw:?}: {e}; no request could match it"))?;
+    let trimmed = if kind == "prefix" && raw.len() > 1 {
+        raw.trim_end_matches('/')
+    } else {
+        raw
+    };
+    let normal = if kind == "prefix" && n.path.len() > 1 {
+        n.path.trim_end_matches('/')
+    } else {
+        &n.path
+    };
+    if normal != trimmed {
+        return Err(format!(
+            "{kind} path {raw:?} is not in normal form (requests are matched as {normal:?}: escapes of letters, digits and -._~ decoded, dot segments resolved, slashes merged)"
+        ));
+    }
+    let refused = n.findings.without(allow);
+    if !refused.is_empty() {
+        return Err(format!(
+            "{kind} path {raw:?} has {}; set allow_encoded_slashes / allow_path_parameters to accept such paths",
+            crate::router::PathError::for_findings(refused)
+        ));
+    }
+    Ok(())
 }
 
 fn route_match(e: &mut Errors, path: &str, m: &wire::Match) -> Option<RouteMatch> {
@@ -181,6 +239,7 @@ fn route_match(e: &mut Errors, path: &str, m: &wire::Match) -> Option<RouteMatch
         methods,
         headers,
         query,
+        path_options: m.path.as_ref().map(path_options).unwrap_or_default(),
     })
 }
 
