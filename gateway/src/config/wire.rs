@@ -123,13 +123,26 @@ pub struct Server {
     pub max_request_header_bytes: Option<u64>,
     /// Quiet time after a config file change before it is reloaded; default 200ms.
     pub reload_debounce: Option<String>,
-    /// Proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded` name the client.
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client (the older spelling
+    /// of `client_ip.trusted_proxies`).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Where the client's address comes from behind trusted proxies.
+    pub client_ip: Option<ClientIp>,
     /// Redis for `scope: cluster` rate limits.
     pub redis: Option<Redis>,
     /// The process-wide response cache (used by routes with `cache:`).
     pub cache: Option<ServerCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIp {
+    /// `x_forwarded_for` (default), `forwarded`, `x_real_ip` or `peer`.
+    pub source: Option<String>,
+    /// Proxies (CIDRs or addresses) whose header is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,10 +46,7 @@ pub(super) async fn upstream_peer(
     };
     ctx.connection = Some(connection);
     let req = session.req_header();
-    let client = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let client = ctx.client_ip;
     let chosen = match pool.sticky_choice(&req.headers, ctx.tried()) {
         Some(pinned) => Some(pinned),
         None => {
@@ -159,20 +156,25 @@ pub(super) async fn upstream_request_filter(
         super::request::strip_query_tokens(upstream, jwt);
     }
     upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    // The peer joins the chain. From an untrusted peer the chain was dropped in
+    // `request_filter` (`client_ip::sanitize`), so it starts over with the peer.
     if let Some(ip) = session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
+        .map(|a| a.ip().to_canonical())
     {
-        let xff = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        upstream.insert_header("x-forwarded-for", xff)?;
+        if let Some(xff) = joined(upstream, "x-forwarded-for", ip.to_string()) {
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        if upstream.headers.contains_key("forwarded") {
+            let hop = match ip {
+                std::net::IpAddr::V4(v4) => format!("for={v4}"),
+                std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+            };
+            if let Some(f) = joined(upstream, "forwarded", hop) {
+                upstream.insert_header("forwarded", f)?;
+            }
+        }
     }
     upstream.insert_header("x-forwarded-proto", "http")?;
     let host = decide::raw_host(session.req_header()).to_owned();
@@ -196,6 +198,22 @@ pub(super) async fn upstream_request_filter(
         }
     }
     Ok(())
+}
+
+/// Every line of `name`, then `hop`, as one comma-separated value; `None` when a line
+/// is not text (it is then left as it is).
+fn joined(req: &RequestHeader, name: &str, hop: String) -> Option<String> {
+    let prev = req
+        .headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(if prev.is_empty() {
+        hop
+    } else {
+        format!("{}, {hop}", prev.join(", "))
+    })
 }
 
 pub(super) async fn upstream_response_filter(

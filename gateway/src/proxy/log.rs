@@ -53,6 +53,7 @@ pub(super) async fn logging(
         bytes_received = session.body_bytes_read(),
         bytes_sent = session.body_bytes_sent(),
         client = session.client_addr().map(|a| a.to_string()),
+        client_ip = ctx.client_ip.map(|ip| ip.to_string()),
         reply = ctx.reply_code,
         error = error.map(|e| e.etype().as_str()),
     );

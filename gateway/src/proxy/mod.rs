@@ -129,6 +129,11 @@ pub struct RequestCtx {
     /// Claims of the request's verified JWT (routes with `auth.jwt`); the cache key may
     /// use them.
     pub(crate) jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The client's address, computed once (`crate::client_ip`): rate limits,
+    /// consistent hashing, IP rules and the access log all use this value.
+    pub(crate) client_ip: Option<std::net::IpAddr>,
+    /// The TCP peer is a trusted proxy (its forwarding headers were kept).
+    peer_trusted: bool,
     /// The client sent `Authorization` (noted before JWT auth may strip it), so the
     /// shared cache treats the request as authorized.
     sent_authorization: bool,
@@ -206,6 +211,8 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             reply_code: None,
             jwt_claims: None,
+            client_ip: None,
+            peer_trusted: false,
             sent_authorization: false,
             _in_flight: InFlight::enter(&self.in_flight),
             cache: crate::cache::CacheCtx::default(),

@@ -28,6 +28,21 @@ pub(super) async fn request_filter(
         .req_header()
         .headers
         .contains_key(http::header::AUTHORIZATION);
+    // Who the client is, once, before anything is removed; then what only a trusted
+    // proxy may say goes (and spoofs such as `X_User_Id` from anyone).
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    ctx.client_ip = runtime
+        .client_ip
+        .resolve(peer, &session.req_header().headers);
+    ctx.peer_trusted = peer.is_some_and(|p| runtime.client_ip.is_trusted(p));
+    crate::client_ip::sanitize(
+        session.req_header_mut(),
+        ctx.peer_trusted,
+        &runtime.identity_headers,
+    );
     // Identity headers are the gateway's to set, on every route (see `Runtime`), and
     // removed before matching so a client cannot steer routing with them either.
     if !runtime.identity_headers.is_empty() {
@@ -54,14 +69,7 @@ pub(super) async fn request_filter(
         && !route.rate_limits.is_empty()
     {
         let input = ratelimit::KeyInput {
-            client_ip: crate::client_ip::resolve(
-                session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-                &req.headers,
-                &runtime.trusted_proxies,
-            ),
+            client_ip: ctx.client_ip,
             headers: &req.headers,
             route_id: &route.id,
         };

@@ -33,7 +33,8 @@ pub struct Runtime {
     pub upstreams: IndexMap<String, Arc<UpstreamPool>>,
     /// Limiters by policy name; an unchanged policy keeps its limiter across reloads.
     pub rate_limiters: IndexMap<String, Arc<PolicyLimiter>>,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Who the client is behind trusted proxies.
+    pub client_ip: crate::client_ip::ClientIpSpec,
     /// The Redis connection of cluster rate limits; kept across reloads while unchanged.
     pub redis: Option<Arc<RedisBackend>>,
     pub max_request_header_bytes: usize,
@@ -226,7 +227,7 @@ pub fn compile_with(
         table,
         upstreams,
         rate_limiters,
-        trusted_proxies: spec.server.trusted_proxies.clone(),
+        client_ip: spec.server.client_ip.clone(),
         redis,
         max_request_header_bytes: spec.server.max_request_header_bytes,
         restart_settings: restart_settings(spec),

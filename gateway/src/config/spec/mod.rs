@@ -45,7 +45,8 @@ pub struct ServerSpec {
     pub shutdown_grace_period: Duration,
     pub max_request_header_bytes: usize,
     pub reload_debounce: Duration,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Who the client is behind trusted proxies (also `server.trusted_proxies`).
+    pub client_ip: crate::client_ip::ClientIpSpec,
     /// `(url, per-call timeout)` for cluster rate limits.
     pub redis: Option<(String, Duration)>,
     pub cache: crate::cache::CacheSettings,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{Errors, ListenerSpec, ServerSpec, opt_duration, wire};
 use crate::cache::CacheSettings;
+use crate::client_ip::{ClientIpSpec, Source};
 use crate::units::socket_addr;
 
 pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
@@ -53,20 +54,7 @@ pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
             );
             ok.then(|| (r.url.clone(), timeout))
         }),
-        trusted_proxies: s
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .filter_map(|(i, raw)| {
-                let parsed = raw
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        format!("invalid CIDR {raw:?}: expected e.g. 10.0.0.0/8 or 10.1.2.3")
-                    });
-                e.take(format!("server.trusted_proxies[{i}]"), parsed)
-            })
-            .collect(),
+        client_ip: client_ip(e, s),
         reload_debounce: opt_duration(
             e,
             "server.reload_debounce",
@@ -74,6 +62,53 @@ pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
             Duration::from_millis(200),
         ),
         cache: server_cache(e, s.cache.as_ref()),
+    }
+}
+
+fn cidrs(e: &mut Errors, path: &str, raw: &[String]) -> Vec<ipnet::IpNet> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let parsed = raw
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("invalid CIDR {raw:?}: expected e.g. 10.0.0.0/8 or 10.1.2.3"));
+            e.take(format!("{path}[{i}]"), parsed)
+        })
+        .collect()
+}
+
+/// `server.client_ip`, or the older `server.trusted_proxies` (read as
+/// `x_forwarded_for` behind those proxies).
+fn client_ip(e: &mut Errors, s: &wire::Server) -> ClientIpSpec {
+    let legacy = cidrs(e, "server.trusted_proxies", &s.trusted_proxies);
+    let Some(c) = &s.client_ip else {
+        return ClientIpSpec {
+            source: Source::XForwardedFor,
+            trusted_proxies: legacy,
+        };
+    };
+    if !s.trusted_proxies.is_empty() {
+        e.push(
+            "server.trusted_proxies",
+            "set client_ip.trusted_proxies or server.trusted_proxies, not both",
+        );
+    }
+    let source = c
+        .source
+        .as_deref()
+        .and_then(|raw| e.take("server.client_ip.source", Source::parse(raw)))
+        .unwrap_or_default();
+    let trusted_proxies = cidrs(e, "server.client_ip.trusted_proxies", &c.trusted_proxies);
+    if c.trusted_proxies.is_empty() && source != Source::Peer && c.source.is_some() {
+        e.push(
+            "server.client_ip.trusted_proxies",
+            "a header source needs trusted_proxies: only their headers are believed (use source: peer to ignore headers)",
+        );
+    }
+    ClientIpSpec {
+        source,
+        trusted_proxies,
     }
 }
 
