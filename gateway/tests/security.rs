@@ -160,3 +160,60 @@ routes:
         "a query reached the log:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_keys_on_the_identity_it_forwards() {
+    let (up, hits) = raw_echo().await;
+    let config = format!(
+        r#"
+listeners: [{{name: main, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+{}
+upstreams:
+  app: {{endpoints: [{{address: "{up}"}}]}}
+routes:
+  - id: profile
+    match: {{path: {{prefix: /profile}}}}
+    auth: {{jwt: {{providers: [hmac], required: false, claims_to_headers: {{sub: X-User-Id}}, strip_authorization: true}}}}
+    cache: {{}}
+    upstream: app
+"#,
+        provider("[bearer]")
+    );
+    let gw = Gateway::start(&config).await;
+    let client = reqwest::Client::new();
+    let get = |t: Option<String>| {
+        let mut req = client.get(gw.url("/profile"));
+        if let Some(t) = t {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.headers()["cache-status"].to_str().unwrap().to_owned();
+            let body: Value = r.json().await.unwrap();
+            (body["user"].as_str().unwrap().to_owned(), status)
+        }
+    };
+    // The origin personalizes on X-User-Id and still says `public, max-age=60`.
+    assert_eq!(get(Some(token("alice"))).await.0, "alice");
+    let (user, status) = get(None).await;
+    assert_eq!(
+        user, "anonymous",
+        "an anonymous caller got alice's answer ({status})"
+    );
+    assert_eq!(get(Some(token("bob"))).await.0, "bob");
+    // Each identity still has its own cached entry.
+    let (user, status) = get(Some(token("alice"))).await;
+    assert_eq!(user, "alice");
+    assert!(status.contains("hit"), "{status}");
+    let (user, status) = get(None).await;
+    assert_eq!(user, "anonymous");
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // The admin view says what the key is made of.
+    let routes = gw.admin_json("/admin/routes").await;
+    assert_eq!(
+        routes["routes"][0]["cache"]["key"]["claims"],
+        json!(["sub"])
+    );
+}

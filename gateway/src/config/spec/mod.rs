@@ -243,6 +243,17 @@ impl TryFrom<wire::File> for Spec {
                 jwt::route_auth(&mut e, &format!("{path}.auth"), a, &file.jwt_providers)
             });
             if let Some(mut spec) = routes::route_spec(&mut e, &path, r, &file.upstreams) {
+                // The origin sees the claims a route forwards as headers, and may answer
+                // per identity while saying `public`: key the cache on those claims too,
+                // so one caller's answer never reaches another (or an anonymous one).
+                if let (Some(c), Some(j)) = (spec.cache.as_mut(), route_jwt.as_ref()) {
+                    let c = Arc::make_mut(c);
+                    for (claim, _) in &j.claims_to_headers {
+                        if !c.key.claims.contains(claim) {
+                            c.key.claims.push(claim.clone());
+                        }
+                    }
+                }
                 spec.jwt = route_jwt;
                 if let Some(c) = spec.cache.as_mut()
                     && r.cache
