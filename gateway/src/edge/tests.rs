@@ -300,7 +300,7 @@ fn scan_finds_the_end_of_the_head() {
     }
     assert_eq!(
         scan(b"\r\n\r\nGET / HTTP/1.1\nHost: a\n\n"),
-        Scan::Complete(26)
+        Scan::Complete(28)
     );
     // Not HTTP at all: refused before any line end.
     assert_eq!(
