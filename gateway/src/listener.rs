@@ -194,25 +194,25 @@ impl ListenerApp {
                     self.timed_out(bound, "keepalive_idle");
                     return;
                 }
-                HeadRead::TimedOut { received } => {
+                HeadRead::TimedOut { partial } => {
                     self.timed_out(bound, "request_header");
                     // Nothing came: there is no request to answer, just close.
-                    if received > 0 {
+                    if !partial.is_empty() {
                         let reply = reply::REQUEST_HEADER_TIMEOUT;
-                        self.refuse(&mut stream, bound, reply, None, &timeouts)
+                        self.refuse(&mut stream, bound, reply, Some(&partial), &timeouts)
                             .await;
                     }
                     return;
                 }
-                HeadRead::TooLarge => {
+                HeadRead::TooLarge { partial } => {
                     let reply = reply::HEADERS_TOO_LARGE;
-                    self.refuse(&mut stream, bound, reply, None, &timeouts)
+                    self.refuse(&mut stream, bound, reply, Some(&partial), &timeouts)
                         .await;
                     return;
                 }
-                HeadRead::Malformed(e) => {
-                    let reply = reply::for_framing(e);
-                    self.refuse(&mut stream, bound, reply, None, &timeouts)
+                HeadRead::Malformed { error, partial } => {
+                    let reply = reply::for_framing(error);
+                    self.refuse(&mut stream, bound, reply, Some(&partial), &timeouts)
                         .await;
                     return;
                 }
@@ -261,7 +261,7 @@ impl ListenerApp {
     }
 
     /// Answer a refused head with the gateway's JSON error and close the connection.
-    /// `head`: the complete head, when there is one (for the request id and method).
+    /// `head`: what came of the head (for the method and request id, when they came).
     async fn refuse(
         &self,
         stream: &mut Stream,
@@ -395,21 +395,23 @@ async fn linger(stream: &mut Stream) {
     }
 }
 
-/// The method and `X-Request-Id` of a head that parsed as far as its fields.
+/// The method (once the request line has its first space) and `X-Request-Id` (once the
+/// fields are complete) of what came of a head.
 fn request_line_and_id(head: &[u8]) -> Option<(&str, Option<&[u8]>)> {
     let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
     let line = &head[start..];
-    let method = line.split(|&b| b == b' ').next()?;
+    let method = &line[..line.iter().position(|&b| b == b' ')?];
     let method = std::str::from_utf8(method).ok()?;
     let mut storage = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
-    let nl = line.iter().position(|&b| b == b'\n')?;
-    let id = match httparse::parse_headers(&line[nl + 1..], &mut storage) {
-        Ok(httparse::Status::Complete((_, headers))) => headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
-            .map(|h| h.value),
-        _ => None,
-    };
+    let id = line.iter().position(|&b| b == b'\n').and_then(|nl| {
+        match httparse::parse_headers(&line[nl + 1..], &mut storage) {
+            Ok(httparse::Status::Complete((_, headers))) => headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
+                .map(|h| h.value),
+            _ => None,
+        }
+    });
     Some((method, id))
 }
 

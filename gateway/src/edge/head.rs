@@ -41,14 +41,17 @@ pub enum HeadRead {
     Idle,
     /// The process is shutting down and no request had started.
     Shutdown,
-    /// The head did not complete within `request_header`; `received` bytes of it came.
-    TimedOut { received: usize },
+    /// The head did not complete within `request_header`; `partial` is what came.
+    TimedOut { partial: BytesMut },
     /// The client closed, or the read failed, part way through a head.
     Truncated,
     /// The head grew past `max_bytes` without ending.
-    TooLarge,
-    /// What arrived can never become a valid head.
-    Malformed(FramingError),
+    TooLarge { partial: BytesMut },
+    /// What arrived (`partial`) can never become a valid head.
+    Malformed {
+        error: FramingError,
+        partial: BytesMut,
+    },
 }
 
 /// Read until a whole request head is buffered (see the module doc). `fresh`: the
@@ -86,11 +89,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         };
         match read {
             Err(_) if buf.is_empty() && !fresh => return HeadRead::Idle,
-            Err(_) => {
-                return HeadRead::TimedOut {
-                    received: buf.len(),
-                };
-            }
+            Err(_) => return HeadRead::TimedOut { partial: buf },
             Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return HeadRead::Closed,
             Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Truncated,
             Ok(Ok(n)) => {
@@ -105,17 +104,24 @@ pub async fn read_head<S: AsyncRead + Unpin>(
                 let new = &buf[buf.len() - n..];
                 if buf.len() > EARLY_CHECK && !new.contains(&b'\n') {
                     if buf.len() > limits.max_bytes {
-                        return HeadRead::TooLarge;
+                        return HeadRead::TooLarge { partial: buf };
                     }
                     continue;
                 }
                 match framing::scan(&buf) {
                     Scan::Complete(head_len) if head_len > limits.max_bytes => {
-                        return HeadRead::TooLarge;
+                        return HeadRead::TooLarge { partial: buf };
                     }
                     Scan::Complete(head_len) => return HeadRead::Complete { buf, head_len },
-                    Scan::Malformed(e) => return HeadRead::Malformed(e),
-                    Scan::Partial if buf.len() > limits.max_bytes => return HeadRead::TooLarge,
+                    Scan::Malformed(error) => {
+                        return HeadRead::Malformed {
+                            error,
+                            partial: buf,
+                        };
+                    }
+                    Scan::Partial if buf.len() > limits.max_bytes => {
+                        return HeadRead::TooLarge { partial: buf };
+                    }
                     Scan::Partial => {}
                 }
             }
