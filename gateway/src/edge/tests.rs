@@ -570,7 +570,8 @@ async fn head_reader_outcomes() {
 fn connection_limits() {
     let gauge = prometheus::IntGauge::new("g", "g").unwrap();
     let counts = ConnectionCounts::new(gauge.clone());
-    let a = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    let ip_a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let a = Some(ip_a);
     let b = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
     let g1 = counts.admit(a, 3, 2).unwrap();
     let g2 = counts.admit(a, 3, 2).unwrap();
@@ -583,7 +584,7 @@ fn connection_limits() {
     assert_eq!(counts.active(), 3);
     assert_eq!(gauge.get(), 3);
     drop(g1);
-    assert_eq!(counts.from_ip(a.unwrap()), 1);
+    assert_eq!(counts.from_ip(ip_a), 1);
     let g4 = counts.admit(a, 3, 2).unwrap();
     // IPv4-mapped IPv6 is the same client.
     let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
@@ -591,7 +592,7 @@ fn connection_limits() {
     drop((g2, g3, g4));
     assert_eq!(counts.active(), 0);
     assert_eq!(gauge.get(), 0);
-    assert_eq!(counts.from_ip(a.unwrap()), 0);
+    assert_eq!(counts.from_ip(ip_a), 0);
     // 0: no limit.
     let many: Vec<_> = (0..100).map(|_| counts.admit(a, 0, 0).unwrap()).collect();
     assert_eq!(counts.active(), 100);

@@ -334,6 +334,7 @@ routes:
         ..Config::default()
     });
     let result = tokio::task::block_in_place(|| {
+        // The failing case is reported in the message; keep the error small.
         runner.run(&case(), |case| {
             let id = next.fetch_add(1, Ordering::Relaxed);
             let status = exchange(port, &case.render(id));
@@ -375,6 +376,7 @@ routes:
             prop_assert_eq!(e2e(&seen.headers), e2e(&sent));
             Ok(())
         })
+        .map_err(|e| e.to_string())
     });
     if let Err(e) = result {
         panic!("{e}\n{}", gw.log());
