@@ -8,12 +8,12 @@ import os, re, sys
 src = sys.argv[1] if len(sys.argv) > 1 else "gateway/src"
 # Top to bottom. Modules of one layer may use each other only where the layer says so.
 LAYERS = [
-    ("process", {"server", "admin", "explain"}, True),
+    ("process", {"server", "listener", "admin", "explain"}, True),
     ("proxy", {"proxy"}, False),
     ("writer", {"reload", "kubernetes"}, True),
     ("runtime", {"runtime"}, False),
     ("config", {"config"}, False),
-    ("features", {"router", "actions", "auth", "ratelimit", "cache", "upstream"}, False),
+    ("features", {"router", "actions", "auth", "ratelimit", "cache", "upstream", "edge"}, False),
     ("bottom", {"diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
 ]
 rank = {}

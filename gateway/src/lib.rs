@@ -2,13 +2,14 @@
 //!
 //! Layers, top to bottom (dependencies point down only; `gateway/README.md` has the
 //! picture and which folder owns each feature):
-//! - `server`, `admin`, `explain` (and `main.rs`): process, listeners, admin API, CLI;
+//! - `server`, `listener`, `admin`, `explain` (and `main.rs`): process, listeners (and
+//!   the edge deadlines in front of Pingora), admin API, CLI;
 //! - `proxy`: the Pingora phases, calling the features in order;
 //! - `reload`, `kubernetes`: the one writer of the `ArcSwap<Runtime>` and its inputs;
 //! - `runtime`: `Spec` + discovery snapshot -> immutable `Runtime` (`Route` bundles a
 //!   route's policies);
 //! - `config`: file -> wire -> `Spec`, calling each section's builder;
-//! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`: each owns
+//! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`: each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
 //! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
@@ -26,6 +27,7 @@ pub mod units;
 pub mod actions;
 pub mod auth;
 pub mod cache;
+pub mod edge;
 pub mod ratelimit;
 pub mod router;
 pub mod upstream;
@@ -39,5 +41,6 @@ pub mod runtime;
 // Request phases, then the process.
 pub mod admin;
 pub mod explain;
+pub mod listener;
 pub mod proxy;
 pub mod server;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub jwks_last_success: GaugeVec,
     /// Response cache counters (the cache feature updates them).
     pub cache: CacheMetrics,
+    /// Client connections and edge limits (the listener and `edge` update them).
+    pub edge: EdgeMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -248,6 +250,7 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
         }
         let cache = CacheMetrics::new(&registry)?;
+        let edge = EdgeMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -279,6 +282,7 @@ impl Metrics {
             jwks_keys,
             jwks_last_success,
             cache,
+            edge,
             discovery_updates,
             discovery_update_failures,
             discovery_snapshot_version,
@@ -319,6 +323,11 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The `status_class` of a request that got no response because the client went away
+/// first (nginx logs these as 499).
+pub const CLIENT_CLOSED: &str = "client_closed";
+
+/// The `status_class` of a status; 0 (no response) is `none`, see [`CLIENT_CLOSED`].
 pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -327,6 +336,49 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         500..=599 => "5xx",
         _ => "none",
+    }
+}
+
+/// Client connections and the edge limits: open connections and refusals per listener,
+/// and client-side timeouts by kind.
+#[derive(Debug)]
+pub struct EdgeMetrics {
+    pub connections_active: IntGaugeVec,
+    pub connections_rejected: IntCounterVec,
+    pub downstream_timeouts: IntCounterVec,
+}
+
+impl EdgeMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "gateway_connections_active",
+                "Open client connections, by listener",
+            ),
+            &["listener"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "gateway_connections_rejected_total",
+                "Client connections closed at accept, by listener and reason (max_connections, max_connections_per_client_ip)",
+            ),
+            &["listener", "reason"],
+        )?;
+        let downstream_timeouts = IntCounterVec::new(
+            Opts::new(
+                "gateway_downstream_timeouts_total",
+                "Client connections cut off by a client-side timeout, by listener and kind (request_header, keepalive_idle, request_body_idle, downstream_write)",
+            ),
+            &["listener", "kind"],
+        )?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(connections_rejected.clone()))?;
+        registry.register(Box::new(downstream_timeouts.clone()))?;
+        Ok(Self {
+            connections_active,
+            connections_rejected,
+            downstream_timeouts,
+        })
     }
 }
 

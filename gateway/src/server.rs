@@ -19,6 +19,7 @@ use crate::admin::{AdminApp, AdminAuth};
 use crate::auth::jwks::{JwksService, KeyStoreSource};
 use crate::config;
 use crate::kubernetes;
+use crate::listener::ListenerApp;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader, RuntimeStore};
@@ -96,14 +97,23 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let http = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(
             Arc::clone(&store),
             Arc::clone(&metrics),
             Arc::clone(&in_flight),
         ),
-        "gateway",
+    );
+    // Connection limits and the edge deadlines run in front of Pingora's HTTP loop.
+    let mut proxy = Service::new(
+        "gateway".to_owned(),
+        ListenerApp::new(
+            http,
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            &spec.listeners,
+        ),
     );
     for l in &spec.listeners {
         proxy.add_tcp(&l.address.to_string());

@@ -133,6 +133,36 @@ pub struct Server {
     pub redis: Option<Redis>,
     /// The process-wide response cache (used by routes with `cache:`).
     pub cache: Option<ServerCache>,
+    /// Client-side timeouts of every listener (each may override them).
+    pub timeouts: Option<Timeouts>,
+    /// Open connections per listener; default 10000, 0 = no limit.
+    pub max_connections: Option<u32>,
+    /// Open connections from one client address per listener; default: no limit.
+    pub max_connections_per_client_ip: Option<u32>,
+    /// Largest request body; default 10 MiB, 0 = no limit. Routes may override it.
+    pub max_request_body_bytes: Option<Size>,
+}
+
+/// Client-side timeouts (`edge::Timeouts`); each defaults to the server-wide value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Whole request head; default 10s.
+    pub request_header: Option<String>,
+    /// Longest gap between request body reads; default 30s.
+    pub request_body_idle: Option<String>,
+    /// Wait for the next request on a connection; default 60s.
+    pub keepalive_idle: Option<String>,
+    /// Longest blocked write to the client; default 60s.
+    pub downstream_write: Option<String>,
+}
+
+/// A byte count: a number, or a string such as `64KiB` or `10MiB`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Number(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +234,12 @@ pub struct Redis {
 pub struct Listener {
     pub name: String,
     pub address: String,
+    /// Overrides of `server.timeouts` for this listener.
+    pub timeouts: Option<Timeouts>,
+    /// Overrides `server.max_connections`.
+    pub max_connections: Option<u32>,
+    /// Overrides `server.max_connections_per_client_ip`.
+    pub max_connections_per_client_ip: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +285,8 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Response caching; off unless present.
     pub cache: Option<RouteCache>,
+    /// Overrides `server.max_request_body_bytes` (0 = no limit).
+    pub max_request_body_bytes: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,10 +1,15 @@
 //! Owns the `logging` phase: request metrics and the access-log line.
+//!
+//! A request that got no response at all is one whose client went away first: every
+//! other failure is answered (see `reply::for_error`). It is counted with
+//! `status_class="client_closed"` and logged with status 499 (nginx's convention), so
+//! it is never mistaken for a gateway error or for a missing label.
 
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::{Gateway, RequestCtx};
-use crate::metrics::{method_label, status_class};
+use crate::metrics::{CLIENT_CLOSED, method_label, status_class};
 
 pub(super) async fn logging(
     gw: &Gateway,
@@ -12,17 +17,38 @@ pub(super) async fn logging(
     error: Option<&Error>,
     ctx: &mut RequestCtx,
 ) {
-    let status = session
+    let mut status = session
         .response_written()
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
+    let client_closed = status == 0
+        && (ctx.client_gone || error.is_some_and(|e| e.esource() == &ErrorSource::Downstream));
+    let class = if client_closed {
+        status = 499;
+        ctx.reply_code = Some(CLIENT_CLOSED);
+        CLIENT_CLOSED
+    } else {
+        status_class(status)
+    };
+    if let Some(kind) = error.and_then(client_timeout) {
+        let listener = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .and_then(|a| ctx.runtime.edge.listener_at(*a))
+            .map_or("-", |l| l.name.as_str());
+        gw.metrics
+            .edge
+            .downstream_timeouts
+            .with_label_values(&[listener, kind])
+            .inc();
+    }
     let route = ctx.route().map(|r| &*r.id).unwrap_or("-");
     let req = session.req_header();
     let method = method_label(&req.method);
     let elapsed = ctx.started.elapsed();
     gw.metrics
         .requests
-        .with_label_values(&[route, method, status_class(status)])
+        .with_label_values(&[route, method, class])
         .inc();
     gw.metrics
         .request_duration
@@ -57,4 +83,16 @@ pub(super) async fn logging(
         reply = ctx.reply_code,
         error = error.map(|e| e.etype().as_str()),
     );
+}
+
+/// The client-side timeout that ended the request, if one did.
+fn client_timeout(e: &Error) -> Option<&'static str> {
+    if e.esource() != &ErrorSource::Downstream {
+        return None;
+    }
+    match e.etype() {
+        ErrorType::ReadTimedout => Some("request_body_idle"),
+        ErrorType::WriteTimedout => Some("downstream_write"),
+        _ => None,
+    }
 }

@@ -4,11 +4,13 @@
 //! | feature                                              | phase                      |
 //! |------------------------------------------------------|----------------------------|
 //! | pin one runtime version for the request              | `new_ctx`                  |
-//! | request id, 431, 400, route match, 404, redirect,    | `request_filter` (`decide`)|
+//! | request id, 431, 400, route match, 413 (declared     | `request_filter` (`decide`,|
+//! | body over the limit), 404, redirect,                 | `body_limit`)              |
 //! | direct response, split choice, in-flight limit (503),|                            |
 //! | retry-budget deposit, deadline                       |                            |
 //! | JWT auth (401/403/503), claims to headers (client    | `request_filter` (`auth`), |
 //! | copies removed), strip Authorization                 | before rate limits         |
+//! | body size limit on streamed bodies (413 / close)     | `request_body_filter`      |
 //! | sticky cookie, endpoint selection, retry backoff,    | `upstream_peer`            |
 //! | per-try timeout                                      |                            |
 //! | retry on connect failure, passive failure            | `fail_to_connect`          |
@@ -29,6 +31,7 @@
 //! | revalidation headers, hop-by-hop stripping           | `upstream_request_filter`  |
 //! | `Cache-Status`, unsafe-method invalidation           | `response_filter`          |
 
+mod body_limit;
 pub mod decide;
 mod forward;
 mod log;
@@ -142,6 +145,10 @@ pub struct RequestCtx {
     cache: crate::cache::CacheCtx,
     /// A caching route takes its upstream in-flight slot only on a miss.
     slot_deferred: bool,
+    /// Request body bytes against the route's size limit (`body_limit`).
+    body: crate::edge::body::BodyBudget,
+    /// Writing a response to the client failed: it went away.
+    client_gone: bool,
 }
 
 impl RequestCtx {
@@ -192,8 +199,11 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let runtime = self.store.load();
+        // The server-wide limit until `request_filter` knows the route.
+        let body = crate::edge::body::BodyBudget::new(runtime.edge.max_request_body_bytes);
         RequestCtx {
-            runtime: self.store.load(),
+            runtime,
             started: Instant::now(),
             request_id: String::new(),
             route: None,
@@ -217,11 +227,23 @@ impl ProxyHttp for Gateway {
             _in_flight: InFlight::enter(&self.in_flight),
             cache: crate::cache::CacheCtx::default(),
             slot_deferred: false,
+            body,
+            client_gone: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         request::request_filter(self, session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        body_limit::count(ctx, body.as_ref().map_or(0, bytes::Bytes::len))
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {

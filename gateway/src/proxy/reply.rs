@@ -115,6 +115,67 @@ pub fn for_rejection(r: &crate::auth::Rejection) -> Reply {
     }
 }
 
+pub const REQUEST_HEADER_TIMEOUT: Reply = Reply {
+    status: 408,
+    code: "request_header_timeout",
+    message: "the request head did not arrive within the time this gateway waits",
+};
+pub const REQUEST_BODY_TIMEOUT: Reply = Reply {
+    status: 408,
+    code: "request_body_timeout",
+    message: "the request body stalled for longer than this gateway waits",
+};
+pub const BODY_TOO_LARGE: Reply = Reply {
+    status: 413,
+    code: "request_body_too_large",
+    message: "the request body is larger than this route accepts",
+};
+/// The error type that ends a request whose streamed body crossed its size limit.
+pub const BODY_TOO_LARGE_ERROR: ErrorType = ErrorType::Custom("request_body_too_large");
+
+/// The reply for a request head refused by the framing checks (`edge::framing`).
+pub fn for_framing(e: crate::edge::framing::FramingError) -> Reply {
+    use crate::edge::framing::FramingError::*;
+    let (code, message) = match e {
+        BadRequestLine => (
+            "bad_request_line",
+            "the request line must be METHOD SP TARGET SP HTTP/1.1",
+        ),
+        BadHeader => (
+            "bad_header",
+            "a header field is malformed (obs-fold, bad name or control character)",
+        ),
+        TooManyHeaders => return HEADERS_TOO_LARGE,
+        MissingHost => ("missing_host", "an HTTP/1.1 request needs a Host header"),
+        DuplicateHost => (
+            "duplicate_host",
+            "the request has more than one Host header",
+        ),
+        BadHost => ("bad_host", "the Host header is not a valid authority"),
+        ContentLengthWithTransferEncoding => (
+            "content_length_with_transfer_encoding",
+            "Content-Length and Transfer-Encoding must not both be sent",
+        ),
+        BadContentLength => (
+            "bad_content_length",
+            "Content-Length must be one field holding one decimal number",
+        ),
+        BadTransferEncoding => (
+            "bad_transfer_encoding",
+            "Transfer-Encoding must end in a single chunked (and is not allowed in HTTP/1.0)",
+        ),
+        UnsupportedTransferEncoding => (
+            "unsupported_transfer_encoding",
+            "transfer codings other than chunked are not implemented",
+        ),
+    };
+    Reply {
+        status: e.status(),
+        code,
+        message,
+    }
+}
+
 pub const INTERNAL: Reply = Reply {
     status: 500,
     code: "internal_error",
@@ -161,8 +222,12 @@ pub fn for_error(etype: &ErrorType, source: &ErrorSource) -> Option<Reply> {
         (_, HTTPStatus(503)) => Some(NO_ENDPOINT),
         (_, Custom("upstream_overloaded")) => Some(OVERLOADED),
         (_, HTTPStatus(504)) => Some(DEADLINE),
+        (_, Custom("request_body_too_large")) => Some(BODY_TOO_LARGE),
+        // Reading the body is the only downstream read with a timeout (request heads
+        // are read by `listener`): `request_body_idle` ran out.
+        (ErrorSource::Downstream, ReadTimedout) => Some(REQUEST_BODY_TIMEOUT),
         (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
-        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => None,
+        (ErrorSource::Downstream, WriteTimedout) => None,
         (ErrorSource::Downstream, _) => Some(BAD_REQUEST),
         (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
             Some(GATEWAY_TIMEOUT)
@@ -213,6 +278,11 @@ mod tests {
             (ReadTimedout, Upstream, Some(504)),
             (ConnectionClosed, Upstream, Some(502)),
             (ReadError, Downstream, None),
+            (ReadTimedout, Downstream, Some(408)),
+            (WriteTimedout, Downstream, None),
+            (ConnectionClosed, Downstream, None),
+            (BODY_TOO_LARGE_ERROR, Internal, Some(413)),
+            (BODY_TOO_LARGE_ERROR, Unset, Some(413)),
             (InvalidHTTPHeader, Downstream, Some(400)),
             (H1Error, Downstream, Some(400)),
             (InternalError, Internal, Some(500)),

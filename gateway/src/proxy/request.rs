@@ -9,6 +9,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use super::body_limit;
 use super::decide::{self, Decision};
 use super::reply;
 use super::respond::{X_REQUEST_ID, send, send_reply};
@@ -55,6 +56,12 @@ pub(super) async fn request_filter(
     let req = session.req_header();
     ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
     let decision = decide::decide(&runtime, req);
+    // The body size limit comes before everything the route does (and applies when no
+    // route matches); a malformed head keeps its own 400/431.
+    let malformed = matches!(&decision, Decision::Reject(r) if r.status != 404);
+    if !malformed && body_limit::refuse_declared(session, ctx, decision.route()).await? {
+        return Ok(true);
+    }
     // JWT auth of the matched route, before rate limits, so that header-keyed limits
     // and consistent hashing see the verified identity.
     if let Some(route) = decision.route().and_then(|r| runtime.routes.get(r))

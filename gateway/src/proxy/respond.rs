@@ -114,6 +114,10 @@ pub(super) async fn fail_to_proxy(
             session.set_keepalive(None);
             if let Err(err) = send_reply(session, ctx, reply).await {
                 tracing::debug!(error = %err, "could not send error response");
+                ctx.client_gone = true;
+            } else if reply.status == 413 {
+                // The client may still be sending the body it was refused.
+                super::body_limit::linger(session).await;
             }
         }
     }

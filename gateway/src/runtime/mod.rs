@@ -53,6 +53,9 @@ pub struct Runtime {
     /// The discovery snapshot this runtime was compiled with, and whether a route
     /// waits for one.
     pub discovery: DiscoveryState,
+    /// Client-side timeouts, connection and body limits; read per connection and per
+    /// request head, so a reload changes them for what comes next.
+    pub edge: Arc<crate::edge::EdgeSpec>,
 }
 
 /// The settings that only take effect at process start, as comparable text.
@@ -203,6 +206,10 @@ pub fn compile_with(
                 .collect(),
             jwt: r.jwt.as_ref().map(|j| RouteJwt::compile(j, &jwt)),
             cache: r.cache.clone(),
+            max_request_body: crate::edge::body::effective(
+                r.max_request_body_bytes,
+                spec.edge.max_request_body_bytes,
+            ),
         });
     }
     let mut identity_headers: Vec<http::HeaderName> = spec
@@ -235,6 +242,7 @@ pub fn compile_with(
         jwt,
         identity_headers,
         cache: spec.server.cache.clone(),
+        edge: Arc::new(spec.edge.clone()),
     })
 }
 

@@ -41,6 +41,8 @@ pub struct Route {
     pub jwt: Option<RouteJwt>,
     /// Response caching, when enabled on the route.
     pub cache: Option<Arc<RouteCache>>,
+    /// Largest request body (the route's or the server's); `None`: unlimited.
+    pub max_request_body: Option<u64>,
 }
 
 impl Route {

@@ -33,6 +33,7 @@ use discovery_spec::DiscoverySpec;
 pub mod admin;
 mod cache;
 pub mod discovery_spec;
+mod edge;
 mod jwt;
 mod ratelimit;
 mod routes;
@@ -83,6 +84,9 @@ pub struct RouteSpec {
     pub jwt: Option<RouteJwtSpec>,
     /// Response caching, when enabled.
     pub cache: Option<Arc<crate::cache::RouteCache>>,
+    /// The route's own body size limit, as written (`Some(0)`: unlimited); `None`:
+    /// `server.max_request_body_bytes`.
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// A fully validated gateway configuration.
@@ -97,6 +101,8 @@ pub struct Spec {
     pub jwt_providers: IndexMap<String, ProviderSpec>,
     /// Where `kubernetes` upstreams get their endpoints; required when one exists.
     pub discovery: Option<DiscoverySpec>,
+    /// Client-side timeouts, connection and body limits (reloadable).
+    pub edge: crate::edge::EdgeSpec,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -170,6 +176,7 @@ impl TryFrom<wire::File> for Spec {
         let mut e = Errors::default();
         let server = server::server_spec(&mut e, &file.server);
         let listeners = server::listener_specs(&mut e, &file.listeners);
+        let edge = edge::edge_spec(&mut e, &file.server, &file.listeners);
         let admin = admin::admin_spec(&mut e, &file.admin);
         if listeners.iter().any(|l| l.address == admin.address) {
             e.push("admin.address", "admin address is also used by a listener");
@@ -242,6 +249,7 @@ impl TryFrom<wire::File> for Spec {
             let route_jwt = r.auth.as_ref().and_then(|a| {
                 jwt::route_auth(&mut e, &format!("{path}.auth"), a, &file.jwt_providers)
             });
+            let body_limit = edge::route_body_limit(&mut e, &path, r);
             if let Some(mut spec) = routes::route_spec(&mut e, &path, r, &file.upstreams) {
                 // The origin sees the claims a route forwards as headers, and may answer
                 // per identity while saying `public`: key the cache on those claims too,
@@ -255,6 +263,7 @@ impl TryFrom<wire::File> for Spec {
                     }
                 }
                 spec.jwt = route_jwt;
+                spec.max_request_body_bytes = body_limit;
                 if let Some(c) = spec.cache.as_mut()
                     && r.cache
                         .as_ref()
@@ -300,6 +309,7 @@ impl TryFrom<wire::File> for Spec {
                 rate_limit_policies,
                 jwt_providers,
                 discovery,
+                edge,
             })
         } else {
             Err(e.0)

@@ -567,5 +567,6 @@ pub(super) fn route_spec(
         rate_limits: r.rate_limits.clone(),
         jwt: None,
         cache,
+        max_request_body_bytes: None,
     })
 }
