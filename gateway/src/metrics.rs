@@ -39,6 +39,13 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_last_success: GaugeVec,
+    /// JWKS keys left out of a fetch, by provider and reason (weak_key, unusable).
+    pub jwks_keys_skipped: IntCounterVec,
+    /// Per Redis backend: circuit state (0 closed, 1 half-open, 2 open) and transitions.
+    pub redis_circuit_state: IntGaugeVec,
+    pub redis_circuit_transitions: IntCounterVec,
+    /// Redis calls by backend and result (ok, error, skipped: the circuit was open).
+    pub redis_calls: IntCounterVec,
     /// Response cache counters (the cache feature updates them).
     pub cache: CacheMetrics,
     /// Client connections and edge limits (the listener and `edge` update them).
@@ -225,6 +232,38 @@ impl Metrics {
             "gateway_discovery_waiting",
             "1 while a route uses a kubernetes upstream and no snapshot has arrived (not ready)",
         )?;
+        let jwks_keys_skipped = IntCounterVec::new(
+            Opts::new(
+                "gateway_jwks_keys_skipped_total",
+                "JWKS keys left out of a fetched key set, by provider and reason (weak_key, unusable)",
+            ),
+            &["provider", "reason"],
+        )?;
+        let redis_circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "gateway_redis_circuit_state",
+                "Circuit breaker of a Redis backend: 0 closed, 1 half-open (probing), 2 open (Redis skipped)",
+            ),
+            &["backend"],
+        )?;
+        let redis_circuit_transitions = IntCounterVec::new(
+            Opts::new(
+                "gateway_redis_circuit_transitions_total",
+                "Circuit breaker transitions of a Redis backend, by the state entered",
+            ),
+            &["backend", "state"],
+        )?;
+        let redis_calls = IntCounterVec::new(
+            Opts::new(
+                "gateway_redis_calls_total",
+                "Rate-limit calls to a Redis backend, by result (ok, error, skipped while the circuit is open)",
+            ),
+            &["backend", "result"],
+        )?;
+        registry.register(Box::new(jwks_keys_skipped.clone()))?;
+        registry.register(Box::new(redis_circuit_state.clone()))?;
+        registry.register(Box::new(redis_circuit_transitions.clone()))?;
+        registry.register(Box::new(redis_calls.clone()))?;
         registry.register(Box::new(discovery_updates.clone()))?;
         registry.register(Box::new(discovery_update_failures.clone()))?;
         registry.register(Box::new(discovery_snapshot_version.clone()))?;
@@ -281,6 +320,10 @@ impl Metrics {
             jwks_refresh,
             jwks_keys,
             jwks_last_success,
+            jwks_keys_skipped,
+            redis_circuit_state,
+            redis_circuit_transitions,
+            redis_calls,
             cache,
             edge,
             discovery_updates,

@@ -319,8 +319,14 @@ impl KeyStore {
         }
         let outcome = match self.get(spec).await {
             Ok((body, max_age)) => match KeySet::from_jwks(&body) {
-                Ok((keys, _)) if keys.is_empty() => Err("JWKS has no usable keys".to_owned()),
-                Ok((keys, skipped)) => Ok((body, keys, skipped, max_age)),
+                Ok((keys, skipped)) => {
+                    self.count_skipped(&skipped, metrics);
+                    if keys.is_empty() {
+                        Err("JWKS has no usable keys".to_owned())
+                    } else {
+                        Ok((body, keys, skipped, max_age))
+                    }
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -390,6 +396,24 @@ impl KeyStore {
             }
         }
         self.fetches.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Count the keys a fetch left out; weak ones (an attack, or a broken issuer) are
+    /// also logged, at every fetch.
+    fn count_skipped(&self, skipped: &[String], metrics: &Metrics) {
+        let provider = &*self.provider;
+        for s in skipped {
+            let reason = if s.contains(super::keys::WEAK_KEY) {
+                tracing::warn!(provider, key = %s, "JWKS key refused");
+                "weak_key"
+            } else {
+                "unusable"
+            };
+            metrics
+                .jwks_keys_skipped
+                .with_label_values(&[provider, reason])
+                .inc();
+        }
     }
 
     /// For `/admin/jwt`.

@@ -91,6 +91,8 @@ impl Key {
             });
         }
         if let Ok(decoding) = DecodingKey::from_ed_pem(pem) {
+            let point = ed25519_of_pem(pem).ok_or("not an Ed25519 public key")?;
+            check_ed25519(&point)?;
             return Ok(Key {
                 kid,
                 family: AlgorithmFamily::Ed,
@@ -141,6 +143,15 @@ impl Key {
                     .map_err(|_| format!("key algorithm {a} is not a signature algorithm"))?,
             ),
         };
+        if let AlgorithmParameters::OctetKeyPair(p) = &jwk.algorithm
+            && p.curve == EllipticCurve::Ed25519
+        {
+            use base64::Engine;
+            let point = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.x.trim_end_matches('='))
+                .map_err(|_| "unusable key: `x` is not base64url".to_owned())?;
+            check_ed25519(&point)?;
+        }
         let decoding = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
         Ok(Key {
             kid: jwk.common.key_id.as_deref().map(Into::into),
@@ -150,6 +161,56 @@ impl Key {
             decoding,
         })
     }
+}
+
+/// How a refusal of a weak key starts (so a JWKS fetch can count them apart).
+pub const WEAK_KEY: &str = "weak key";
+
+/// Refuse an Ed25519 public key that is not a point of the prime-order subgroup: with
+/// a small-order key (the identity, or a point of order 2, 4 or 8) a signature with
+/// R = identity and S = 0 verifies for many messages, so anyone could mint tokens; a
+/// key with a small-order component is never one an honest signer made either.
+pub fn check_ed25519(public: &[u8]) -> Result<(), String> {
+    let bytes: [u8; 32] = public.try_into().map_err(|_| {
+        format!(
+            "unusable key: an Ed25519 key is 32 bytes, not {}",
+            public.len()
+        )
+    })?;
+    let point = curve25519_dalek::edwards::CompressedEdwardsY(bytes)
+        .decompress()
+        .ok_or_else(|| "unusable key: not a point of Ed25519".to_owned())?;
+    if point.is_small_order() {
+        return Err(format!(
+            "{WEAK_KEY}: Ed25519 public key of small order (signatures would verify for anyone)"
+        ));
+    }
+    if !point.is_torsion_free() {
+        return Err(format!(
+            "{WEAK_KEY}: Ed25519 public key outside the prime-order subgroup"
+        ));
+    }
+    Ok(())
+}
+
+/// The 32 key bytes of an Ed25519 SubjectPublicKeyInfo in PEM form.
+fn ed25519_of_pem(pem: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    // SEQUENCE { SEQUENCE { OID 1.3.101.112 } BIT STRING (32 bytes) }
+    const PREFIX: &[u8] = &[
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let text = String::from_utf8_lossy(pem);
+    let b64: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    (der.len() == PREFIX.len() + 32 && der.starts_with(PREFIX))
+        .then(|| der[PREFIX.len()..].to_vec())
 }
 
 /// The named curve in an EC SubjectPublicKeyInfo: look for the curve's OID bytes.

@@ -375,6 +375,10 @@ pub enum Rejection {
     Forbidden { realm: String },
     /// 503: no keys to verify with.
     Unavailable { retry_after: u64 },
+    /// 400 `invalid_request` (RFC 6750 section 3.1): more than one `Authorization`,
+    /// or different tokens in several places, so the upstream could act on one the
+    /// gateway did not verify.
+    Ambiguous { realm: String },
 }
 
 impl Rejection {
@@ -388,6 +392,9 @@ impl Rejection {
             )),
             Rejection::Forbidden { realm } => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"the token does not grant access to this route\""
+            )),
+            Rejection::Ambiguous { realm } => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"the request carries more than one token\""
             )),
             Rejection::Unavailable { .. } => None,
         }
@@ -449,6 +456,75 @@ pub fn extract<'a>(
     None
 }
 
+/// Every token a request carries at one source, empty ones left out.
+fn tokens_at<'a>(
+    source: &'a TokenSource,
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+    let found: Box<dyn Iterator<Item = &'a str> + 'a> = match source {
+        TokenSource::Bearer => Box::new(
+            headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| {
+                    let (scheme, rest) = v.trim().split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                }),
+        ),
+        TokenSource::Header(name) => Box::new(
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim),
+        ),
+        TokenSource::Cookie(name) => Box::new(
+            headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(move |pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then_some(v)
+                }),
+        ),
+        TokenSource::Query(name) => Box::new(
+            query
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .filter_map(move |pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    (k == name).then_some(v)
+                }),
+        ),
+    };
+    Box::new(found.filter(|t| !t.is_empty()))
+}
+
+/// Would the request leave doubt about which token counts? More than one
+/// `Authorization` line, or two different tokens anywhere the route's providers look
+/// (two cookies of the name, a bearer token and another cookie...). The same token in
+/// two places is not ambiguous.
+pub fn ambiguous(route: &RouteJwt, headers: &HeaderMap, query: Option<&str>) -> bool {
+    if headers.get_all(http::header::AUTHORIZATION).iter().count() > 1 {
+        return true;
+    }
+    let mut first: Option<&str> = None;
+    for source in route.providers.iter().flat_map(|p| p.sources.iter()) {
+        for token in tokens_at(source, headers, query) {
+            match first {
+                None => first = Some(token),
+                Some(f) if f != token => return true,
+                Some(_) => {}
+            }
+        }
+    }
+    false
+}
+
 /// Seconds since the Unix epoch, the clock token claims use.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -508,6 +584,19 @@ pub async fn authenticate(
     query: Option<&str>,
     metrics: &Metrics,
 ) -> AuthOutcome {
+    if ambiguous(route, headers, query) {
+        if let Some(p) = route.providers.first() {
+            metrics
+                .jwt_validations
+                .with_label_values(&[&p.name, "ambiguous"])
+                .inc();
+        }
+        let realm = route
+            .providers
+            .first()
+            .map_or_else(|| "gateway".to_owned(), |p| p.realm.clone());
+        return AuthOutcome::Rejected(Rejection::Ambiguous { realm });
+    }
     let now = unix_now();
     let mut first_failure: Option<(String, Failure)> = None;
     let mut unavailable: Option<u64> = None;

@@ -88,6 +88,11 @@ pub const INSUFFICIENT_SCOPE: Reply = Reply {
     code: "insufficient_scope",
     message: "the token does not grant access to this route",
 };
+pub const AMBIGUOUS_CREDENTIALS: Reply = Reply {
+    status: 400,
+    code: "invalid_request",
+    message: "the request carries more than one Authorization header or several different tokens",
+};
 pub const AUTH_UNAVAILABLE: Reply = Reply {
     status: 503,
     code: "auth_unavailable",
@@ -112,6 +117,7 @@ pub fn for_rejection(r: &crate::auth::Rejection) -> Reply {
         Rejection::Invalid { failure, .. } => invalid_token(failure.description()),
         Rejection::Forbidden { .. } => INSUFFICIENT_SCOPE,
         Rejection::Unavailable { .. } => AUTH_UNAVAILABLE,
+        Rejection::Ambiguous { .. } => AMBIGUOUS_CREDENTIALS,
     }
 }
 

@@ -152,7 +152,19 @@ fn key_source(e: &mut Errors, path: &str, p: &wire::JwtProvider) -> Option<KeySo
             p.clone(),
             std::fs::read(file).map_err(|err| format!("cannot read {file:?}: {err}")),
         )?;
-        let (keys, _) = e.take(p.clone(), KeySet::from_jwks(&bytes))?;
+        let (keys, skipped) = e.take(p.clone(), KeySet::from_jwks(&bytes))?;
+        // A file is under the operator's control: a weak key in it is a mistake (or an
+        // attack on the file) to fix, not to skip.
+        let weak: Vec<&String> = skipped
+            .iter()
+            .filter(|s| s.contains(crate::auth::keys::WEAK_KEY))
+            .collect();
+        if !weak.is_empty() {
+            for w in weak {
+                e.push(p.clone(), format!("{file:?}: {w}"));
+            }
+            return None;
+        }
         if keys.is_empty() {
             e.push(p, format!("{file:?} has no usable keys"));
             return None;
