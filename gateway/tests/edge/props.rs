@@ -154,9 +154,11 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 impl Case {
-    /// Well formed: the gateway must forward it.
+    /// Well formed: the gateway must forward it. Encoded slashes and `;` parameters
+    /// are refused on routes that do not opt in (the test route does not).
     fn valid(&self) -> bool {
-        self.evil.is_none() && normalize_path(&self.path).is_ok()
+        self.evil.is_none()
+            && gateway::router::path::normalize(&self.path).is_ok_and(|n| n.findings.is_empty())
     }
 
     fn render(&self, id: u64) -> Vec<u8> {
@@ -335,48 +337,49 @@ routes:
     });
     let result = tokio::task::block_in_place(|| {
         // The failing case is reported in the message; keep the error small.
-        runner.run(&case(), |case| {
-            let id = next.fetch_add(1, Ordering::Relaxed);
-            let status = exchange(port, &case.render(id));
-            prop_assert!(
-                (200..300).contains(&status) || (400..500).contains(&status) || status == 501,
-                "status {status} for {case:?}"
-            );
-            if case.valid() {
-                prop_assert_eq!(status, 200, "well-formed request refused: {:?}", case);
-            }
-            if status != 200 {
-                return Ok(());
-            }
-            let seen = rec.case(id);
-            prop_assert!(seen.is_some(), "answered 200 without reaching the upstream");
-            let seen = seen.unwrap();
-            prop_assert!(seen.complete);
-            prop_assert_eq!(&seen.method, case.method);
-            let normalized = normalize_path(&case.path).unwrap();
-            let want_target = match case.query {
-                Some(q) => format!("{normalized}?{q}"),
-                None => normalized.into_owned(),
-            };
-            prop_assert_eq!(&seen.target, &want_target);
-            prop_assert_eq!(seen.header("host"), Some(&b"a.example"[..]));
-            prop_assert_eq!(seen.body, case.body_bytes());
-            // End-to-end fields arrive unchanged, in order per name; nothing else does.
-            let e2e = |h: &[(String, Vec<u8>)]| {
-                let mut v: Vec<(String, Vec<u8>)> = h
-                    .iter()
-                    .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
-                    .filter(|(n, _)| !MANAGED.contains(&n.as_str()))
-                    .collect();
-                v.sort_by(|a, b| a.0.cmp(&b.0));
-                v
-            };
-            let mut sent = case.fields.clone();
-            sent.push(("x-case".into(), id.to_string().into_bytes()));
-            prop_assert_eq!(e2e(&seen.headers), e2e(&sent));
-            Ok(())
-        })
-        .map_err(|e| e.to_string())
+        runner
+            .run(&case(), |case| {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let status = exchange(port, &case.render(id));
+                prop_assert!(
+                    (200..300).contains(&status) || (400..500).contains(&status) || status == 501,
+                    "status {status} for {case:?}"
+                );
+                if case.valid() {
+                    prop_assert_eq!(status, 200, "well-formed request refused: {:?}", case);
+                }
+                if status != 200 {
+                    return Ok(());
+                }
+                let seen = rec.case(id);
+                prop_assert!(seen.is_some(), "answered 200 without reaching the upstream");
+                let seen = seen.unwrap();
+                prop_assert!(seen.complete);
+                prop_assert_eq!(&seen.method, case.method);
+                let normalized = normalize_path(&case.path).unwrap();
+                let want_target = match case.query {
+                    Some(q) => format!("{normalized}?{q}"),
+                    None => normalized.into_owned(),
+                };
+                prop_assert_eq!(&seen.target, &want_target);
+                prop_assert_eq!(seen.header("host"), Some(&b"a.example"[..]));
+                prop_assert_eq!(seen.body, case.body_bytes());
+                // End-to-end fields arrive unchanged, in order per name; nothing else does.
+                let e2e = |h: &[(String, Vec<u8>)]| {
+                    let mut v: Vec<(String, Vec<u8>)> = h
+                        .iter()
+                        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                        .filter(|(n, _)| !MANAGED.contains(&n.as_str()))
+                        .collect();
+                    v.sort_by(|a, b| a.0.cmp(&b.0));
+                    v
+                };
+                let mut sent = case.fields.clone();
+                sent.push(("x-case".into(), id.to_string().into_bytes()));
+                prop_assert_eq!(e2e(&seen.headers), e2e(&sent));
+                Ok(())
+            })
+            .map_err(|e| e.to_string())
     });
     if let Err(e) = result {
         panic!("{e}\n{}", gw.log());
