@@ -6,7 +6,10 @@
 //! them (and set the gauges that mirror their state before a scrape); this module
 //! imports nothing from the rest of the crate.
 
+mod policies;
+
 use http::Method;
+pub use policies::PolicyMetrics;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -41,6 +44,8 @@ pub struct Metrics {
     pub jwks_last_success: GaugeVec,
     /// Response cache counters (the cache feature updates them).
     pub cache: CacheMetrics,
+    /// IP rules, CORS, API keys, forward auth, compression.
+    pub policies: PolicyMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -248,6 +253,7 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
         }
         let cache = CacheMetrics::new(&registry)?;
+        let policies = PolicyMetrics::new(&registry, &LATENCY_BUCKETS)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -279,6 +285,7 @@ impl Metrics {
             jwks_keys,
             jwks_last_success,
             cache,
+            policies,
             discovery_updates,
             discovery_update_failures,
             discovery_snapshot_version,

@@ -7,6 +7,7 @@
 pub mod source;
 pub mod spec;
 mod wire;
+mod wire_policies;
 
 use std::path::Path;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use indexmap::IndexMap;
 
 pub mod discovery_state;
+pub mod policies;
 pub mod route;
 
 use crate::auth::{JwtRuntime, RouteJwt};
@@ -20,6 +21,7 @@ use crate::ratelimit::{ClusterPolicy, PolicyLimiter, RedisBackend};
 use crate::router::RouteTable;
 use crate::upstream::{Backends, UpstreamPool};
 pub use discovery_state::DiscoveryState;
+pub use policies::{ListenerPolicies, RoutePolicies, RuntimePolicies};
 pub use route::{Route, RouteAction};
 
 #[derive(Debug)]
@@ -52,6 +54,8 @@ pub struct Runtime {
     /// The discovery snapshot this runtime was compiled with, and whether a route
     /// waits for one.
     pub discovery: DiscoveryState,
+    /// Consumers, CORS policies and the listeners' rules and defaults.
+    pub policies: RuntimePolicies,
 }
 
 /// The settings that only take effect at process start, as comparable text.
@@ -171,6 +175,13 @@ pub fn compile_with(
                 message: e.to_string(),
             }]
         })?;
+    let policies = RuntimePolicies::compile(&spec.policies);
+    let previous_forward: std::collections::HashMap<&str, &Arc<crate::forward_auth::ForwardAuth>> =
+        previous
+            .iter()
+            .flat_map(|p| p.routes.iter())
+            .filter_map(|r| r.policies.forward_auth.as_ref().map(|f| (&*r.id, f)))
+            .collect();
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (index, r) in spec.routes.iter().enumerate() {
         let action = match &r.action {
@@ -202,6 +213,7 @@ pub fn compile_with(
                 .collect(),
             jwt: r.jwt.as_ref().map(|j| RouteJwt::compile(j, &jwt)),
             cache: r.cache.clone(),
+            policies: policies.compile_route(&r.id, &r.policies, &previous_forward),
         });
     }
     let mut identity_headers: Vec<http::HeaderName> = spec
@@ -210,6 +222,11 @@ pub fn compile_with(
         .filter_map(|r| r.jwt.as_ref())
         .flat_map(|j| j.claims_to_headers.iter().map(|(_, h)| h.clone()))
         .collect();
+    identity_headers.extend(
+        crate::config::spec::policies::PoliciesSpec::identity_headers(
+            spec.routes.iter().map(|r| &r.policies),
+        ),
+    );
     identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     identity_headers.dedup();
     let discovery = DiscoveryState::new(
@@ -234,6 +251,7 @@ pub fn compile_with(
         jwt,
         identity_headers,
         cache: spec.server.cache.clone(),
+        policies,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Owns the compiled `Route`: what one matched route does, with every policy it carries
-//! (rewrite, headers, action, timeouts, retries, rate limits, JWT, cache) resolved to
-//! the runtime's shared objects. The router finds a route's index; the runtime keeps the
-//! route at that index.
+//! (rewrite, headers, action, timeouts, retries, rate limits, JWT, cache, and the edge
+//! policies) resolved to the runtime's shared objects. The router finds a route's
+//! index; the runtime keeps the route at that index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,8 @@ pub struct Route {
     pub jwt: Option<RouteJwt>,
     /// Response caching, when enabled on the route.
     pub cache: Option<Arc<RouteCache>>,
+    /// IP rules, CORS, compression, API key, forward auth (`runtime::policies`).
+    pub policies: super::RoutePolicies,
 }
 
 impl Route {

@@ -29,9 +29,16 @@ use crate::upstream::UpstreamSpec;
 use crate::upstream::policy::RetryPolicy;
 use discovery_spec::DiscoverySpec;
 
+mod auth;
 mod cache;
+mod compression;
+mod consumers;
+mod cors;
 pub mod discovery_spec;
+mod forward_auth;
+mod ip_rules;
 mod jwt;
+pub mod policies;
 mod ratelimit;
 mod routes;
 mod server;
@@ -85,6 +92,8 @@ pub struct RouteSpec {
     pub jwt: Option<RouteJwtSpec>,
     /// Response caching, when enabled.
     pub cache: Option<Arc<crate::cache::RouteCache>>,
+    /// IP rules, CORS, compression, API key and forward auth.
+    pub policies: policies::RoutePoliciesSpec,
 }
 
 /// A fully validated gateway configuration.
@@ -99,6 +108,8 @@ pub struct Spec {
     pub jwt_providers: IndexMap<String, ProviderSpec>,
     /// Where `kubernetes` upstreams get their endpoints; required when one exists.
     pub discovery: Option<DiscoverySpec>,
+    /// Consumers, CORS policies, listener policy defaults.
+    pub policies: policies::PoliciesSpec,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -239,6 +250,7 @@ impl TryFrom<wire::File> for Spec {
             }
         }
 
+        let policies = policies::file_policies(&mut e, &file, &listeners);
         let mut routes = Vec::new();
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut signatures: HashMap<String, usize> = HashMap::new();
@@ -253,11 +265,10 @@ impl TryFrom<wire::File> for Spec {
                     ),
                 );
             }
-            let route_jwt = r.auth.as_ref().and_then(|a| {
-                jwt::route_auth(&mut e, &format!("{path}.auth"), a, &file.jwt_providers)
-            });
+            let (route_jwt, route_policies) = policies::route_policies(&mut e, &path, r, &file);
             if let Some(mut spec) = routes::route_spec(&mut e, &path, r, &file.upstreams) {
                 spec.jwt = route_jwt;
+                spec.policies = route_policies;
                 if let Some(c) = spec.cache.as_mut()
                     && r.cache
                         .as_ref()
@@ -303,6 +314,7 @@ impl TryFrom<wire::File> for Spec {
                 rate_limit_policies,
                 jwt_providers,
                 discovery,
+                policies,
             })
         } else {
             Err(e.0)
@@ -325,3 +337,6 @@ fn match_signature(m: &RouteMatch) -> String {
         m.path.source()
     )
 }
+
+#[cfg(test)]
+mod tests;

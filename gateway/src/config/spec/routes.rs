@@ -508,5 +508,6 @@ pub(super) fn route_spec(
         rate_limits: r.rate_limits.clone(),
         jwt: None,
         cache,
+        policies: Default::default(),
     })
 }
