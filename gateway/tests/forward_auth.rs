@@ -12,7 +12,6 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use common::Gateway;
 use example_services::authz::{self, AuthzConfig, AuthzState, Rule};

@@ -1,14 +1,15 @@
 //! Owns response compression as a route policy (`compression:`, off by default): the
 //! typed spec, `Accept-Encoding` negotiation by q-value (RFC 9110 section 12.5.3), the
 //! rules for what is never compressed, and [`module::CompressionModule`], which encodes
-//! the body chunk by chunk with Pingora's encoders (zstd, brotli, gzip) as it streams to
-//! the client.
+//! the body chunk by chunk as it streams to the client, with Pingora's encoders for zstd
+//! and gzip and the same `brotli` crate for br (`brotli.rs` says why).
 //!
 //! The module runs on the way out, after the cache: a caching route stores the identity
 //! response once and compresses it for each client that accepts an encoding, so one
 //! stored entry serves every encoding and `Vary: Accept-Encoding` never multiplies the
 //! stored variants. The price is compressing again on every hit.
 
+mod brotli;
 pub mod module;
 
 use std::sync::Arc;
@@ -55,12 +56,16 @@ impl Algo {
         }
     }
 
-    fn pingora(self) -> pingora::protocols::http::compression::Algorithm {
+    /// A streaming encoder at `level`: Pingora's for zstd and gzip, ours for brotli.
+    pub fn encoder(
+        self,
+        level: u32,
+    ) -> Option<Box<dyn pingora::protocols::http::compression::Encode + Send + Sync>> {
         use pingora::protocols::http::compression::Algorithm;
         match self {
-            Algo::Zstd => Algorithm::Zstd,
-            Algo::Brotli => Algorithm::Brotli,
-            Algo::Gzip => Algorithm::Gzip,
+            Algo::Zstd => Algorithm::Zstd.compressor(level),
+            Algo::Brotli => Some(Box::new(brotli::BrotliEncoder::new(level))),
+            Algo::Gzip => Algorithm::Gzip.compressor(level),
         }
     }
 }

@@ -107,7 +107,7 @@ impl CompressionModule {
         }
         // Streamed: the length is not known ahead (HTTP/2 drops this header itself).
         let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
-        self.encoder = algo.pingora().compressor(level);
+        self.encoder = algo.encoder(level);
         self.stats = Some((algo, 0, 0));
         self.encoder.is_some()
     }

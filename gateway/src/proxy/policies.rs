@@ -63,8 +63,9 @@ pub(super) fn listener<'a>(
 
 /// For a CORS preflight, route it as the request it announces (the method in
 /// `Access-Control-Request-Method`), so it finds the route that would serve that
-/// request even when the route's `methods` leave out OPTIONS. Returns whether the
-/// request is a preflight the gateway answers (its route has a CORS policy).
+/// request even when the route's `methods` leave out OPTIONS; failing that as a GET,
+/// then as the OPTIONS it is. Returns whether the request is a preflight the gateway
+/// answers (its route has a CORS policy).
 pub(super) fn route_preflight(
     runtime: &Runtime,
     session: &Session,
@@ -85,10 +86,13 @@ pub(super) fn route_preflight(
                     .is_some()
             })
     };
-    if let Some(method) = cors::requested_method(&req.headers) {
-        let mut announced = req.clone();
-        announced.set_method(method);
-        let d = decide::decide(runtime, &announced);
+    // The announced method; then GET, so that a method no route serves (or one that
+    // is not a method at all) still finds the path's policy, which refuses it.
+    let announced = cors::requested_method(&req.headers);
+    for method in announced.into_iter().chain([http::Method::GET]) {
+        let mut as_announced = req.clone();
+        as_announced.set_method(method);
+        let d = decide::decide(runtime, &as_announced);
         if has_cors(&d) {
             *decision = d;
             return true;
@@ -164,6 +168,10 @@ pub(super) async fn cors(
         .inc();
     match result {
         Ok(answer) => {
+            // Also on the gateway's own answers to it (a 429, say).
+            if let Some(m) = session.downstream_modules_ctx.get_mut::<CorsModule>() {
+                m.set(answer.clone());
+            }
             ctx.policy.preflight = Some(answer);
             Ok(false)
         }

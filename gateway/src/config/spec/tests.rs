@@ -142,8 +142,8 @@ routes:
 ";
     let got = errors(text);
     let want = [
-        "gw.yaml:1:56: listeners[0].ip.allow[0]: invalid CIDR \"10.0.0.0/33\"",
-        "gw.yaml:3:18: consumers[0].keys[0]: not a SHA-256 digest",
+        "gw.yaml:1:60: listeners[0].ip.allow[0]: invalid CIDR \"10.0.0.0/33\"",
+        "gw.yaml:3:22: consumers[0].keys[0]: not a SHA-256 digest",
         "consumers[1].name: duplicate consumer \"a\"",
         "consumers[2].keys_file: cannot read \"/no/such/file\"",
         "cors_policies.bad.allow_credentials: allow_credentials: true cannot be used with allow_origins \"*\"",
