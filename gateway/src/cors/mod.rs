@@ -154,7 +154,7 @@ impl CorsPolicy {
             Allowed::List(l) => join(l),
         };
         CorsPolicy {
-            any_origin: spec.origins.iter().any(|o| *o == OriginRule::Any),
+            any_origin: spec.origins.contains(&OriginRule::Any),
             allow_methods: match &spec.methods {
                 Allowed::Any => None,
                 Allowed::List(l) => join(l),

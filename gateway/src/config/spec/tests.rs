@@ -85,7 +85,7 @@ routes:
     let spec = parse(&text, "gw.yaml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(spec.policies.consumers.len(), 2);
     assert_eq!(spec.policies.consumers[0].keys.len(), 2);
-    assert_eq!(spec.policies.watched_files, [keys.clone()]);
+    assert_eq!(spec.policies.watched_files, std::slice::from_ref(&keys));
     assert_eq!(spec.policies.listeners.len(), 1);
     let keyed = &spec.routes[0].policies;
     assert_eq!(keyed.ip.as_ref().unwrap().allow.len(), 3);
