@@ -35,6 +35,7 @@ fn decisions(c: &mut Criterion) {
         client_ip: Some("203.0.113.7".parse().unwrap()),
         headers: &headers,
         route_id: "orders",
+        consumer: None,
     };
     let mut group = c.benchmark_group("ratelimit");
 

@@ -1,9 +1,11 @@
 //! Sample Axum services that sit behind the gateway, each with its own SQLite database:
 //! `catalog` (products, the caching showcase) and `users` (profiles). `echo` answers every
 //! request with what it received, which makes the gateway's rewrites, header operations
-//! and load balancing visible. `common` holds what they share.
+//! and load balancing visible. `authz` is a forward-auth check endpoint (sessions,
+//! login redirects, path rules). `common` holds what they share.
 
 pub mod auth;
+pub mod authz;
 pub mod catalog;
 pub mod common;
 pub mod echo;

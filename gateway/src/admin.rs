@@ -1,9 +1,10 @@
 //! Owns the admin listener: health, readiness, Prometheus metrics, read-only views
-//! of the running config and compiled routes, cache purges (`POST /admin/cache/purge`),
-//! and confirming a change held by the embedded discovery watcher's mass-deletion guard.
-//! Bound to 127.0.0.1 by default. Every request passes one gate first
-//! ([`auth::AdminAuth::check`]: a bearer token on everything but the probes); views
-//! never show secrets (header values routes set, URL credentials: see `crate::redact`).
+//! of the running config, compiled routes and API consumers (never their keys), cache
+//! purges (`POST /admin/cache/purge`), and confirming a change held by the embedded
+//! discovery watcher's mass-deletion guard. Bound to 127.0.0.1 by default. Every request
+//! passes one gate first ([`auth::AdminAuth::check`]: a bearer token on everything but
+//! the probes); views never show secrets (header values routes set, URL credentials:
+//! see `crate::redact`).
 
 mod auth;
 
@@ -206,6 +207,28 @@ pub fn describe_route(route: &Route, m: &RouteMatch) -> Value {
             "set_cookie": format!("{:?}", c.set_cookie).to_lowercase(),
         })),
         "action": action,
+        "policies": describe_policies(route),
+    })
+}
+
+/// A route's edge policies (never key material: consumers are counted, not listed).
+fn describe_policies(route: &Route) -> Value {
+    let p = &route.policies;
+    json!({
+        "ip": p.ip.as_ref().map(|r| r.describe()),
+        "cors": match &p.cors {
+            crate::cors::RouteCors::Inherit => json!("listener default"),
+            crate::cors::RouteCors::Off => json!(false),
+            crate::cors::RouteCors::On(c) => c.describe(),
+        },
+        "compression": match &p.compression {
+            crate::compression::RouteCompression::Inherit => json!("listener default"),
+            crate::compression::RouteCompression::Off => json!(false),
+            crate::compression::RouteCompression::On(c) => c.describe(),
+        },
+        "api_key": p.api_key.as_ref().map(|k| k.describe()),
+        "any_of": route.jwt.is_some() && p.api_key.is_some(),
+        "forward_auth": p.forward_auth.as_ref().map(|f| f.describe()),
     })
 }
 
@@ -320,6 +343,13 @@ impl AdminApp {
                     &json!({"version": rt.version, "providers": rt.jwt.describe()}),
                 )
             }
+            "/admin/consumers" => {
+                let rt = self.store.load();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"version": rt.version, "consumers": rt.policies.consumers.describe()}),
+                )
+            }
             "/admin/routes" => {
                 let rt = self.store.load();
                 json_response(
@@ -332,7 +362,7 @@ impl AdminApp {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes, /admin/upstreams, /admin/jwt, /admin/cache or POST /admin/cache/purge"}}),
+                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes, /admin/upstreams, /admin/jwt, /admin/consumers, /admin/cache or POST /admin/cache/purge"}}),
             ),
         }
     }

@@ -144,6 +144,7 @@ fn describe_action(route: &Route, out: &mut String) {
                 .join(", ")
         );
     }
+    describe_policies(route, out);
     for l in &route.rate_limits {
         let scope = if l.cluster.is_some() {
             "cluster"
@@ -331,4 +332,41 @@ fn route_name(runtime: &Runtime, index: usize) -> String {
         .get(index)
         .map(|r| format!("{} (routes[{}])", r.id, r.index))
         .unwrap_or_else(|| format!("routes[{index}]"))
+}
+
+/// The route's edge policies, one line each (consumers and keys are never shown).
+fn describe_policies(route: &Route, out: &mut String) {
+    let p = &route.policies;
+    if let Some(ip) = &p.ip {
+        let _ = writeln!(out, "  ip rules: {}", ip.describe());
+    }
+    match &p.cors {
+        crate::cors::RouteCors::On(c) => {
+            let _ = writeln!(out, "  cors: {}", c.describe());
+        }
+        crate::cors::RouteCors::Off => {
+            let _ = writeln!(out, "  cors: off (listener default not used)");
+        }
+        crate::cors::RouteCors::Inherit => {}
+    }
+    if let Some(k) = &p.api_key {
+        let either = if route.jwt.is_some() {
+            " (or the jwt above: any_of)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  api key{either}: {}", k.describe());
+    }
+    if let Some(f) = &p.forward_auth {
+        let _ = writeln!(out, "  forward auth: {}", f.describe());
+    }
+    match &p.compression {
+        crate::compression::RouteCompression::On(c) => {
+            let _ = writeln!(out, "  compression: {}", c.describe());
+        }
+        crate::compression::RouteCompression::Off => {
+            let _ = writeln!(out, "  compression: off (listener default not used)");
+        }
+        crate::compression::RouteCompression::Inherit => {}
+    }
 }

@@ -9,7 +9,8 @@
 //! - `runtime`: `Spec` + discovery snapshot -> immutable `Runtime` (`Route` bundles a
 //!   route's policies);
 //! - `config`: file -> wire -> `Spec`, calling each section's builder;
-//! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`: each owns
+//! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`, and
+//!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`: each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
 //! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
@@ -25,9 +26,14 @@ pub mod units;
 
 // Features.
 pub mod actions;
+pub mod apikey;
 pub mod auth;
 pub mod cache;
+pub mod compression;
+pub mod cors;
 pub mod edge;
+pub mod forward_auth;
+pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
 pub mod upstream;

@@ -1,4 +1,5 @@
-//! The `gateway` command: run the proxy, check config files, explain a routing decision.
+//! The `gateway` command: run the proxy, check config files, explain a routing decision,
+//! hash an API key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,37 @@ enum Command {
         #[arg(short = 'H', long = "header", value_name = "HEADER")]
         headers: Vec<String>,
     },
+    /// Print the SHA-256 digest (hex) of an API key read from stdin, for `consumers[].keys`
+    /// or a `keys_file`; one trailing newline is ignored: `printf %s "$KEY" | gateway hash-key`.
+    HashKey,
+}
+
+fn hash_key() -> ExitCode {
+    use std::io::Read;
+    let mut key = Vec::new();
+    if let Err(e) = std::io::stdin().take(64 * 1024).read_to_end(&mut key) {
+        eprintln!("gateway hash-key: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    if key.ends_with(b"\n") {
+        key.pop();
+        if key.ends_with(b"\r") {
+            key.pop();
+        }
+    }
+    if key.is_empty() {
+        eprintln!("gateway hash-key: no key on stdin");
+        return ExitCode::FAILURE;
+    }
+    if key.len() > gateway::apikey::MAX_KEY_BYTES {
+        eprintln!(
+            "gateway hash-key: keys longer than {} bytes are never accepted",
+            gateway::apikey::MAX_KEY_BYTES
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("{}", hex::encode(gateway::apikey::digest(&key)));
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {
@@ -143,5 +175,6 @@ fn main() -> ExitCode {
             url,
             headers,
         } => explain(&config, &method, &url, &headers),
+        Command::HashKey => hash_key(),
     }
 }

@@ -6,7 +6,10 @@
 //! them (and set the gauges that mirror their state before a scrape); this module
 //! imports nothing from the rest of the crate.
 
+mod policies;
+
 use http::Method;
+pub use policies::PolicyMetrics;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -50,6 +53,8 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     /// Client connections and edge limits (the listener and `edge` update them).
     pub edge: EdgeMetrics,
+    /// IP rules, CORS, API keys, forward auth, compression.
+    pub policies: PolicyMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -290,6 +295,7 @@ impl Metrics {
         }
         let cache = CacheMetrics::new(&registry)?;
         let edge = EdgeMetrics::new(&registry)?;
+        let policies = PolicyMetrics::new(&registry, &LATENCY_BUCKETS)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -326,6 +332,7 @@ impl Metrics {
             redis_calls,
             cache,
             edge,
+            policies,
             discovery_updates,
             discovery_update_failures,
             discovery_snapshot_version,

@@ -106,6 +106,19 @@ pub struct Reloader {
     debounce: Duration,
     last_text: Mutex<String>,
     discovery: Option<DiscoveryInput>,
+    /// Files the running spec read besides the config (`keys_file`s) with the bytes it
+    /// read: a change to one reloads like a change to the config itself.
+    inputs: Mutex<Vec<(PathBuf, Option<Vec<u8>>)>>,
+    /// File names the watcher reports (the config's and the inputs').
+    watched_names: Arc<Mutex<Vec<std::ffi::OsString>>>,
+}
+
+/// Read each file (`None` when unreadable: that is a state to compare too).
+fn read_inputs(paths: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    paths
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).ok()))
+        .collect()
 }
 
 /// Longest we wait for a burst of file events to go quiet before reloading anyway.
@@ -119,7 +132,24 @@ impl Reloader {
             debounce,
             last_text: Mutex::new(text),
             discovery: None,
+            inputs: Mutex::new(Vec::new()),
+            watched_names: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Also watch `files` (the running spec's `keys_file`s): their changes reload.
+    pub fn with_inputs(self, files: &[PathBuf]) -> Self {
+        if let Ok(mut i) = self.inputs.lock() {
+            *i = read_inputs(files);
+        }
+        self
+    }
+
+    fn input_paths(&self) -> Vec<PathBuf> {
+        self.inputs
+            .lock()
+            .map(|i| i.iter().map(|(p, _)| p.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Also follow `snapshots`: each new one recompiles `spec` (and later, the last
@@ -208,7 +238,11 @@ impl Reloader {
                 return self.reject(attempt, errors);
             }
         };
-        if !force && self.last_text.lock().is_ok_and(|t| *t == text) {
+        let inputs = read_inputs(&self.input_paths());
+        if !force
+            && self.last_text.lock().is_ok_and(|t| *t == text)
+            && self.inputs.lock().is_ok_and(|i| *i == inputs)
+        {
             return ReloadOutcome::Unchanged;
         }
         let spec = match config::parse(&text, &name) {
@@ -248,6 +282,9 @@ impl Reloader {
         metrics.config_reloads.inc();
         if let Ok(mut t) = self.last_text.lock() {
             *t = text;
+        }
+        if let Ok(mut i) = self.inputs.lock() {
+            *i = read_inputs(&spec.policies.watched_files);
         }
         if let Some(input) = &self.discovery {
             if let Ok(mut s) = input.spec.lock() {
@@ -303,17 +340,17 @@ impl Reloader {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let file_name = self.path.file_name().map(|n| n.to_os_string());
+        let names = Arc::clone(&self.watched_names);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Only events about the config file itself, or Kubernetes' `..data` symlink
-            // swap; other files in the directory (logs, say) must not keep the debounce
-            // from ever going quiet.
+            // Only events about the config file itself (or a file it names, such as a
+            // keys_file), or Kubernetes' `..data` symlink swap; other files in the
+            // directory (logs, say) must not keep the debounce from ever going quiet.
             let relevant = |e: &notify::Event| {
                 !e.kind.is_access()
                     && (e.paths.is_empty()
                         || e.paths.iter().any(|p| {
                             p.file_name().is_some_and(|n| {
-                                Some(n) == file_name.as_deref()
+                                names.lock().is_ok_and(|names| names.iter().any(|w| w == n))
                                     || n.to_string_lossy().starts_with("..")
                             })
                         }))
@@ -324,7 +361,7 @@ impl Reloader {
         })
         .and_then(|mut w| w.watch(&watch_dir, RecursiveMode::NonRecursive).map(|()| w));
         // Keep the watcher alive for the loop's lifetime.
-        let _watcher = match watcher {
+        let mut watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
@@ -341,6 +378,8 @@ impl Reloader {
         };
         // A private receiver: `changed` marks what this loop has seen.
         let mut snapshots = self.discovery.as_ref().map(|d| d.snapshots.clone());
+        let mut dirs = vec![watch_dir];
+        self.sync_watches(watcher.as_mut(), &mut dirs);
         // A snapshot may have arrived between start-up and this loop.
         self.apply_snapshot_blocking().await;
         loop {
@@ -373,6 +412,40 @@ impl Reloader {
                 }
             }
             self.reload_blocking(force).await;
+            self.sync_watches(watcher.as_mut(), &mut dirs);
+        }
+    }
+
+    /// Watch the directories of the running spec's input files too (once each), and
+    /// report their names as well as the config's.
+    fn sync_watches(
+        &self,
+        watcher: Option<&mut notify::RecommendedWatcher>,
+        dirs: &mut Vec<PathBuf>,
+    ) {
+        let paths = self.input_paths();
+        if let Ok(mut names) = self.watched_names.lock() {
+            *names = std::iter::once(&self.path)
+                .chain(&paths)
+                .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+                .collect();
+        }
+        let Some(watcher) = watcher else { return };
+        for p in &paths {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            if dirs.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => dirs.push(dir),
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %dir.display(), "cannot watch a keys_file's directory; reload with SIGHUP");
+                }
+            }
         }
     }
 }

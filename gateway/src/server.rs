@@ -143,7 +143,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path.to_path_buf(),
         spec.server.reload_debounce,
         text,
-    );
+    )
+    .with_inputs(&spec.policies.watched_files);
     if let Some(d) = &discovery {
         reloader = reloader.with_discovery(Arc::new(spec), d.snapshots.clone());
     }

@@ -7,6 +7,7 @@
 pub mod source;
 pub mod spec;
 mod wire;
+mod wire_policies;
 
 use std::path::Path;
 
@@ -48,8 +49,22 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
     if text.trim().is_empty() {
         return Err(ConfigErrors::single(file, "config file is empty".into()));
     }
-    let wire: wire::File =
+    let mut wire: wire::File =
         serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![serde_error(file, &e)]))?;
+    // A relative keys_file is next to the config (as a Kubernetes Secret mounted beside
+    // a ConfigMap is), wherever the gateway was started from.
+    if let Some(dir) = Path::new(file)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        for c in &mut wire.consumers {
+            if let Some(k) = c.keys_file.as_mut()
+                && Path::new(k.as_str()).is_relative()
+            {
+                *k = dir.join(&*k).display().to_string();
+            }
+        }
+    }
     Spec::try_from(wire).map_err(|errors| {
         let map = SourceMap::index(text);
         ConfigErrors(

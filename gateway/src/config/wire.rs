@@ -4,6 +4,8 @@
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+pub use super::wire_policies::*;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
@@ -24,6 +26,12 @@ pub struct File {
     pub jwt_providers: IndexMap<String, JwtProvider>,
     /// Where `kubernetes` upstreams get their endpoints.
     pub discovery: Option<Discovery>,
+    /// API consumers and their key digests (`routes[].auth.api_key`).
+    #[serde(default)]
+    pub consumers: Vec<Consumer>,
+    /// Named CORS policies that routes and listeners refer to.
+    #[serde(default)]
+    pub cors_policies: IndexMap<String, Cors>,
 }
 
 /// Exactly one of `kubernetes` (embedded watcher) or `control_plane`.
@@ -240,6 +248,12 @@ pub struct Listener {
     pub max_connections: Option<u32>,
     /// Overrides `server.max_connections_per_client_ip`.
     pub max_connections_per_client_ip: Option<u32>,
+    /// Client address rules for every request on this listener.
+    pub ip: Option<IpRules>,
+    /// Default CORS policy of the routes served here.
+    pub cors: Option<CorsRef>,
+    /// Default response compression of the routes served here.
+    pub compression: Option<Compression>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +301,12 @@ pub struct Route {
     pub cache: Option<RouteCache>,
     /// Overrides `server.max_request_body_bytes` (0 = no limit).
     pub max_request_body_bytes: Option<Size>,
+    /// Client address rules, checked right after the route matched.
+    pub ip: Option<IpRules>,
+    /// CORS: a `cors_policies` name, an inline policy, or false.
+    pub cors: Option<CorsRef>,
+    /// Response compression; off unless present (or a listener default).
+    pub compression: Option<Compression>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -562,6 +582,11 @@ pub struct JwtCache {
 #[serde(deny_unknown_fields)]
 pub struct RouteAuth {
     pub jwt: Option<RouteJwt>,
+    pub api_key: Option<RouteApiKey>,
+    /// Alternatives, any one of which passes (a JWT or an API key).
+    pub any_of: Option<Vec<AuthAlternative>>,
+    /// An external check after the JWT / API key, before rate limits.
+    pub forward: Option<ForwardAuth>,
 }
 
 #[derive(Debug, Deserialize)]

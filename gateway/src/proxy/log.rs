@@ -1,4 +1,5 @@
-//! Owns the `logging` phase: request metrics and the access-log line.
+//! Owns the `logging` phase: request metrics (compression's too) and the access-log
+//! line (with the API consumer).
 //!
 //! A request that got no response at all is one whose client went away first: every
 //! other failure is answered (see `reply::for_error`). It is counted with
@@ -57,6 +58,20 @@ pub(super) async fn logging(
     if let Some((outcome, collapsed)) = ctx.cache.outcome {
         crate::cache::stats::observe(&gw.metrics.cache, route, outcome, collapsed);
     }
+    if let Some((algo, bytes_in, bytes_out)) = session
+        .downstream_modules_ctx
+        .get::<crate::compression::CompressionModule>()
+        .and_then(|m| m.stats())
+    {
+        let p = &gw.metrics.policies;
+        p.compressed.with_label_values(&[algo.token()]).inc();
+        p.compression_bytes
+            .with_label_values(&[algo.token(), "in"])
+            .inc_by(bytes_in as u64);
+        p.compression_bytes
+            .with_label_values(&[algo.token(), "out"])
+            .inc_by(bytes_out as u64);
+    }
     if let (Some(pool), Some(up)) = (&ctx.pool, ctx.upstream_elapsed) {
         gw.metrics
             .upstream_duration
@@ -81,6 +96,7 @@ pub(super) async fn logging(
         client = session.client_addr().map(|a| a.to_string()),
         client_ip = ctx.client_ip.map(|ip| ip.to_string()),
         reply = ctx.reply_code,
+        consumer = ctx.policy.consumer.as_deref(),
         error = error.map(|e| e.etype().as_str()),
     );
 }

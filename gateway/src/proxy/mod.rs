@@ -8,6 +8,9 @@
 //! | body over the limit), 404, redirect,                 | `body_limit`)              |
 //! | direct response, split choice, in-flight limit (503),|                            |
 //! | retry-budget deposit, deadline                       |                            |
+//! | IP rules (403), CORS preflight (204/403, after rate  | `request_filter`           |
+//! | limits, no auth), JWT / API key / any_of / forward   | (`policies`), in this      |
+//! | auth (401/403/413/503, the auth service's answer)    | order, before rate limits  |
 //! | JWT auth (401/403/503), claims to headers (client    | `request_filter` (`auth`), |
 //! | copies removed), strip Authorization                 | before rate limits         |
 //! | body size limit on streamed bodies (413 / close)     | `request_body_filter`      |
@@ -19,6 +22,8 @@
 //! | latency (metrics, peak EWMA), passive outcome,       | `upstream_response_filter` |
 //! | retry on 502/503/504                                 |                            |
 //! | response headers, sticky Set-Cookie, X-Request-Id    | `response_filter`          |
+//! | CORS headers + Vary: Origin (after the cache), then  | downstream modules, after  |
+//! | compression (streamed, Vary: Accept-Encoding)        | `response_filter`          |
 //! | 502 / 503 / 504 JSON errors                          | `fail_to_proxy`            |
 //! | metrics and access log                               | `logging`                  |
 //! | cache on/off, key, lookup, Authorization hits,       | `request_cache_filter`,    |
@@ -35,6 +40,7 @@ mod body_limit;
 pub mod decide;
 mod forward;
 mod log;
+mod policies;
 pub mod reply;
 mod request;
 pub mod resilience;
@@ -149,14 +155,19 @@ pub struct RequestCtx {
     body: crate::edge::body::BodyBudget,
     /// Writing a response to the client failed: it went away.
     client_gone: bool,
+    /// What the edge-policy steps learned (consumer, preflight, key to strip).
+    policy: policies::PolicyCtx,
 }
 
 impl RequestCtx {
-    /// Credentials came with the request: `Authorization`, or a verified token from any
-    /// source (a cookie is a credential too). Such requests get shared-cache answers only
+    /// Credentials came with the request: `Authorization`, a verified token from any
+    /// source (a cookie is a credential too), an API key, or what forward auth checked. Such requests get shared-cache answers only
     /// when the stored response allows it (RFC 9111 section 3.5).
     fn sent_credentials(&self) -> bool {
-        self.sent_authorization || self.jwt_claims.is_some()
+        self.sent_authorization
+            || self.jwt_claims.is_some()
+            || self.policy.consumer.is_some()
+            || self.policy.forward_authorized
     }
 
     fn route(&self) -> Option<&Route> {
@@ -229,7 +240,17 @@ impl ProxyHttp for Gateway {
             slot_deferred: false,
             body,
             client_gone: false,
+            policy: policies::PolicyCtx::default(),
         }
+    }
+
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora's own compression module, off (its default): ours replaces it.
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        // After the cache, for every response: the route's CORS answer, then compression.
+        modules.add_module(Box::new(crate::cors::module::CorsModuleBuilder));
+        modules.add_module(Box::new(crate::compression::CompressionModuleBuilder));
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -182,6 +182,90 @@ pub fn for_framing(e: crate::edge::framing::FramingError) -> Reply {
     }
 }
 
+pub const IP_FORBIDDEN: Reply = Reply {
+    status: 403,
+    code: "ip_forbidden",
+    message: "requests from this client address are not allowed",
+};
+pub const CORS_ORIGIN: Reply = Reply {
+    status: 403,
+    code: "cors_origin_not_allowed",
+    message: "the CORS policy does not allow this origin",
+};
+pub const CORS_METHOD: Reply = Reply {
+    status: 403,
+    code: "cors_method_not_allowed",
+    message: "the CORS policy does not allow the requested method",
+};
+pub const CORS_HEADERS: Reply = Reply {
+    status: 403,
+    code: "cors_headers_not_allowed",
+    message: "the CORS policy does not allow a requested header",
+};
+pub const API_KEY_MISSING: Reply = Reply {
+    status: 401,
+    code: "api_key_missing",
+    message: "this route needs an API key",
+};
+pub const API_KEY_INVALID: Reply = Reply {
+    status: 401,
+    code: "invalid_api_key",
+    message: "the API key is not valid",
+};
+pub const API_KEY_AMBIGUOUS: Reply = Reply {
+    status: 400,
+    code: "ambiguous_api_key",
+    message: "send one API key, in one place",
+};
+pub const CONSUMER_DISABLED: Reply = Reply {
+    status: 403,
+    code: "consumer_disabled",
+    message: "the consumer of this API key is disabled",
+};
+pub const CONSUMER_FORBIDDEN: Reply = Reply {
+    status: 403,
+    code: "consumer_not_allowed",
+    message: "the consumer's groups do not allow this route",
+};
+pub const CREDENTIALS_MISSING: Reply = Reply {
+    status: 401,
+    code: "unauthenticated",
+    message: "this route needs a bearer token or an API key",
+};
+pub const FORWARD_AUTH_UNAVAILABLE: Reply = Reply {
+    status: 503,
+    code: "forward_auth_unavailable",
+    message: "the authorization service could not be asked; retry later",
+};
+pub const AUTH_BODY_TOO_LARGE: Reply = Reply {
+    status: 413,
+    code: "auth_body_too_large",
+    message: "the request body is larger than the authorization check accepts",
+};
+
+/// The reply for a refused API key, or `None` for a verified one.
+pub fn for_key_outcome(o: &crate::apikey::KeyOutcome) -> Option<Reply> {
+    use crate::apikey::KeyOutcome;
+    Some(match o {
+        KeyOutcome::Missing => API_KEY_MISSING,
+        KeyOutcome::Invalid => API_KEY_INVALID,
+        KeyOutcome::Ambiguous => API_KEY_AMBIGUOUS,
+        KeyOutcome::Disabled(_) => CONSUMER_DISABLED,
+        KeyOutcome::Forbidden(_) => CONSUMER_FORBIDDEN,
+        KeyOutcome::Verified { .. } => return None,
+    })
+}
+
+/// The reply for a refused CORS preflight.
+pub fn for_cors_refusal(r: crate::cors::Refusal) -> Reply {
+    use crate::cors::Refusal;
+    match r {
+        Refusal::Origin => CORS_ORIGIN,
+        Refusal::Method => CORS_METHOD,
+        Refusal::Headers => CORS_HEADERS,
+    }
+}
+
 pub const INTERNAL: Reply = Reply {
     status: 500,
     code: "internal_error",

@@ -1,6 +1,7 @@
 //! Owns `request_filter`: framing and request id, the routing decision (`decide`), then
-//! the matched route's JWT auth and rate limits, in that order, and the route's own
-//! answer (redirect, direct response) or the upstream admission (in-flight limit and
+//! the matched route's IP rules, CORS preflight, auth (JWT, API key, forward auth; see
+//! `policies`) and rate limits, in that order, and the route's own answer (preflight,
+//! redirect, direct response) or the upstream admission (in-flight limit and
 //! retry-budget deposit) before proxying.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use pingora::proxy::Session;
 
 use super::body_limit;
 use super::decide::{self, Decision};
+use super::policies;
 use super::reply;
 use super::respond::{X_REQUEST_ID, send, send_reply};
 use super::{Gateway, RequestCtx};
@@ -55,20 +57,29 @@ pub(super) async fn request_filter(
     decide::normalize_target(session.req_header_mut());
     let req = session.req_header();
     ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
-    let decision = decide::decide(&runtime, req);
+    let mut decision = decide::decide(&runtime, req);
     // The body size limit comes before everything the route does (and applies when no
     // route matches); a malformed head keeps its own 400/431.
     let malformed = matches!(&decision, Decision::Reject(r) if r.status != 404);
     if !malformed && body_limit::refuse_declared(session, ctx, decision.route()).await? {
         return Ok(true);
     }
-    // JWT auth of the matched route, before rate limits, so that header-keyed limits
-    // and consistent hashing see the verified identity.
-    if let Some(route) = decision.route().and_then(|r| runtime.routes.get(r))
-        && let Some(jwt) = &route.jwt
-        && authenticate(gw, session, ctx, route.index, jwt).await?
-    {
+    let listener = policies::listener(session, &runtime);
+    let preflight = policies::route_preflight(&runtime, session, listener, &mut decision);
+    let matched = decision.route().and_then(|r| runtime.routes.get(r));
+    // IP rules, then the CORS preflight (answered below, after the rate limits, without
+    // auth), then auth, before rate limits, so that header-keyed limits and consistent
+    // hashing see the verified identity.
+    if policies::check_ip(gw, session, ctx, matched, listener).await? {
         return Ok(true);
+    }
+    if let Some(route) = matched {
+        policies::compression(session, route, listener);
+        if policies::cors(gw, session, ctx, route, listener, preflight).await?
+            || (!preflight && policies::authenticate(gw, session, ctx, route).await?)
+        {
+            return Ok(true);
+        }
     }
     let req = session.req_header();
     // Rate limits of the matched route, before it acts.
@@ -79,6 +90,7 @@ pub(super) async fn request_filter(
             client_ip: ctx.client_ip,
             headers: &req.headers,
             route_id: &route.id,
+            consumer: ctx.policy.consumer.as_deref(),
         };
         let outcome = ratelimit::decide(&route.rate_limits, &input, &gw.metrics).await;
         for (name, _, _, remaining, _) in &outcome.entries {
@@ -103,6 +115,10 @@ pub(super) async fn request_filter(
             send_reply(session, ctx, reply::RATE_LIMITED).await?;
             return Ok(true);
         }
+    }
+    if let (Some(answer), Some(route)) = (ctx.policy.preflight.take(), decision.route()) {
+        policies::answer_preflight(session, ctx, route, &answer).await?;
+        return Ok(true);
     }
     match decision {
         Decision::Reject(reply) => {
@@ -167,7 +183,7 @@ pub(super) async fn request_filter(
                 .get(route)
                 .and_then(|r| r.deadline)
                 .map(|d| ctx.started + d);
-            ctx.upstream_target = upstream_target;
+            ctx.upstream_target = policies::strip_key_from_target(session, ctx, upstream_target);
             if runtime.routes.get(route).is_some_and(|r| r.cache.is_some()) {
                 // A cache hit never reaches the upstream: the in-flight slot and the
                 // retry-budget deposit wait for a miss (`proxy_upstream_filter`).
@@ -221,6 +237,18 @@ pub(super) async fn authenticate(
 ) -> Result<bool> {
     let req = session.req_header();
     let outcome = auth::authenticate(jwt, &req.headers, req.uri.query(), &gw.metrics).await;
+    apply_jwt(session, ctx, route, jwt, outcome).await
+}
+
+/// Act on a JWT outcome: identity headers and claims, or the RFC 6750 refusal.
+/// `Ok(true)`: a rejection was sent.
+pub(super) async fn apply_jwt(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: usize,
+    jwt: &RouteJwt,
+    outcome: AuthOutcome,
+) -> Result<bool> {
     // Client copies of the identity headers are already gone (`request_filter`
     // removes `Runtime::identity_headers` on every route).
     let req = session.req_header_mut();

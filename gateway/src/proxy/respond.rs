@@ -39,6 +39,16 @@ pub(super) async fn send_reply(
     ctx: &mut RequestCtx,
     reply: Reply,
 ) -> Result<()> {
+    send_reply_with(session, ctx, reply, &[]).await
+}
+
+/// [`send_reply`] with `extra` headers (a `WWW-Authenticate` challenge, say).
+pub(super) async fn send_reply_with(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    reply: Reply,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
     ctx.reply_code = Some(reply.code);
     let body = reply.body(&ctx.request_id);
     let retry_after = (reply.status == 503).then_some(("retry-after", "1"));
@@ -59,6 +69,7 @@ pub(super) async fn send_reply(
         .chain(retry_after)
         .chain(ctx.rate_headers.iter().map(|(k, v)| (*k, v.as_str())))
         .chain(cache_status.as_deref().map(|v| ("cache-status", v)))
+        .chain(extra.iter().copied())
         .collect();
     send(session, reply.status, &all, body).await
 }

@@ -26,6 +26,8 @@ pub enum KeyPart {
     ClientIp,
     Header(HeaderName),
     RouteId,
+    /// The API consumer the request authenticated as (client IP when there is none).
+    Consumer,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +110,8 @@ pub struct KeyInput<'a> {
     pub client_ip: Option<IpAddr>,
     pub headers: &'a HeaderMap,
     pub route_id: &'a str,
+    /// The consumer of a verified API key.
+    pub consumer: Option<&'a str>,
 }
 
 /// Build `policy`'s key for a request. A missing header falls back to the client IP, so
@@ -126,6 +130,16 @@ pub fn key_for(spec: &PolicySpec, input: &KeyInput<'_>) -> String {
         match part {
             KeyPart::ClientIp => key.push_str(&ip()),
             KeyPart::RouteId => key.push_str(input.route_id),
+            KeyPart::Consumer => match input.consumer {
+                Some(c) => {
+                    key.push_str("c=");
+                    key.push_str(c);
+                }
+                None => {
+                    key.push_str("ip=");
+                    key.push_str(&ip());
+                }
+            },
             KeyPart::Header(name) => match input.headers.get(name).and_then(|v| v.to_str().ok()) {
                 Some(v) if !v.is_empty() => {
                     key.push_str("h=");

@@ -21,6 +21,7 @@ fn input(headers: &HeaderMap) -> KeyInput<'_> {
         client_ip: Some("10.0.0.1".parse().unwrap()),
         headers,
         route_id: "r",
+        consumer: None,
     }
 }
 
@@ -98,4 +99,15 @@ fn overflow_bucket_bounds_memory_but_still_limits() {
     assert!(matches!(l.check("c"), Verdict::Allowed { .. }));
     assert!(matches!(l.check("d"), Verdict::Limited { .. }));
     assert_eq!(l.overflowed.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn consumer_keys_fall_back_to_the_client_ip() {
+    let mut spec = spec(1, Duration::from_secs(1), 1);
+    spec.key = vec![KeyPart::Consumer, KeyPart::RouteId];
+    let h = HeaderMap::new();
+    let mut i = input(&h);
+    assert_eq!(key_for(&spec, &i), "ip=10.0.0.1|r");
+    i.consumer = Some("acme");
+    assert_eq!(key_for(&spec, &i), "c=acme|r");
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use indexmap::IndexMap;
 
 pub mod discovery_state;
+pub mod policies;
 pub mod route;
 
 use crate::auth::{JwtRuntime, RouteJwt};
@@ -20,6 +21,7 @@ use crate::ratelimit::{ClusterPolicy, PolicyLimiter, RedisBackend};
 use crate::router::RouteTable;
 use crate::upstream::{Backends, UpstreamPool};
 pub use discovery_state::DiscoveryState;
+pub use policies::{ListenerPolicies, RoutePolicies, RuntimePolicies};
 pub use route::{Route, RouteAction};
 
 #[derive(Debug)]
@@ -56,6 +58,8 @@ pub struct Runtime {
     /// Client-side timeouts, connection and body limits; read per connection and per
     /// request head, so a reload changes them for what comes next.
     pub edge: Arc<crate::edge::EdgeSpec>,
+    /// Consumers, CORS policies and the listeners' rules and defaults.
+    pub policies: RuntimePolicies,
 }
 
 /// The settings that only take effect at process start, as comparable text.
@@ -175,6 +179,13 @@ pub fn compile_with(
                 message: e.to_string(),
             }]
         })?;
+    let policies = RuntimePolicies::compile(&spec.policies);
+    let previous_forward: std::collections::HashMap<&str, &Arc<crate::forward_auth::ForwardAuth>> =
+        previous
+            .iter()
+            .flat_map(|p| p.routes.iter())
+            .filter_map(|r| r.policies.forward_auth.as_ref().map(|f| (&*r.id, f)))
+            .collect();
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (index, r) in spec.routes.iter().enumerate() {
         let action = match &r.action {
@@ -210,6 +221,7 @@ pub fn compile_with(
                 r.max_request_body_bytes,
                 spec.edge.max_request_body_bytes,
             ),
+            policies: policies.compile_route(&r.id, &r.policies, &previous_forward),
         });
     }
     let mut identity_headers: Vec<http::HeaderName> = spec
@@ -218,6 +230,11 @@ pub fn compile_with(
         .filter_map(|r| r.jwt.as_ref())
         .flat_map(|j| j.claims_to_headers.iter().map(|(_, h)| h.clone()))
         .collect();
+    identity_headers.extend(
+        crate::config::spec::policies::PoliciesSpec::identity_headers(
+            spec.routes.iter().map(|r| &r.policies),
+        ),
+    );
     identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     identity_headers.dedup();
     let discovery = DiscoveryState::new(
@@ -243,6 +260,7 @@ pub fn compile_with(
         identity_headers,
         cache: spec.server.cache.clone(),
         edge: Arc::new(spec.edge.clone()),
+        policies,
     })
 }
 

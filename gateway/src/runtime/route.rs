@@ -1,7 +1,7 @@
 //! Owns the compiled `Route`: what one matched route does, with every policy it carries
-//! (rewrite, headers, action, timeouts, retries, rate limits, JWT, cache) resolved to
-//! the runtime's shared objects. The router finds a route's index; the runtime keeps the
-//! route at that index.
+//! (rewrite, headers, action, timeouts, retries, rate limits, JWT, cache, and the edge
+//! policies) resolved to the runtime's shared objects. The router finds a route's
+//! index; the runtime keeps the route at that index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,8 @@ pub struct Route {
     pub cache: Option<Arc<RouteCache>>,
     /// Largest request body (the route's or the server's); `None`: unlimited.
     pub max_request_body: Option<u64>,
+    /// IP rules, CORS, compression, API key, forward auth (`runtime::policies`).
+    pub policies: super::RoutePolicies,
 }
 
 impl Route {

@@ -402,17 +402,13 @@ fn claim_rule(e: &mut Errors, path: &str, c: &wire::ClaimRequirement) -> Option<
     })
 }
 
-pub(super) fn route_auth(
+/// A route's `auth.jwt` (or a `jwt` alternative of `auth.any_of`) at `path`.
+pub(super) fn route_jwt(
     e: &mut Errors,
     path: &str,
-    auth: &wire::RouteAuth,
+    jwt: &wire::RouteJwt,
     providers: &IndexMap<String, wire::JwtProvider>,
 ) -> Option<RouteJwtSpec> {
-    let Some(jwt) = &auth.jwt else {
-        e.push(path, "auth needs jwt");
-        return None;
-    };
-    let path = format!("{path}.jwt");
     let before = e.0.len();
     if jwt.providers.is_empty() {
         e.push(

@@ -31,10 +31,17 @@ pub use admin::{AdminSpec, AdminToken};
 use discovery_spec::DiscoverySpec;
 
 pub mod admin;
+mod auth;
 mod cache;
+mod compression;
+mod consumers;
+mod cors;
 pub mod discovery_spec;
 mod edge;
+mod forward_auth;
+mod ip_rules;
 mod jwt;
+pub mod policies;
 mod ratelimit;
 mod routes;
 mod server;
@@ -87,6 +94,8 @@ pub struct RouteSpec {
     /// The route's own body size limit, as written (`Some(0)`: unlimited); `None`:
     /// `server.max_request_body_bytes`.
     pub max_request_body_bytes: Option<u64>,
+    /// IP rules, CORS, compression, API key and forward auth.
+    pub policies: policies::RoutePoliciesSpec,
 }
 
 /// A fully validated gateway configuration.
@@ -103,6 +112,8 @@ pub struct Spec {
     pub discovery: Option<DiscoverySpec>,
     /// Client-side timeouts, connection and body limits (reloadable).
     pub edge: crate::edge::EdgeSpec,
+    /// Consumers, CORS policies, listener policy defaults.
+    pub policies: policies::PoliciesSpec,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -232,6 +243,7 @@ impl TryFrom<wire::File> for Spec {
             }
         }
 
+        let policies = policies::file_policies(&mut e, &file, &listeners);
         let mut routes = Vec::new();
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut signatures: HashMap<String, usize> = HashMap::new();
@@ -246,9 +258,7 @@ impl TryFrom<wire::File> for Spec {
                     ),
                 );
             }
-            let route_jwt = r.auth.as_ref().and_then(|a| {
-                jwt::route_auth(&mut e, &format!("{path}.auth"), a, &file.jwt_providers)
-            });
+            let (route_jwt, route_policies) = policies::route_policies(&mut e, &path, r, &file);
             let body_limit = edge::route_body_limit(&mut e, &path, r);
             if let Some(mut spec) = routes::route_spec(&mut e, &path, r, &file.upstreams) {
                 // The origin sees the claims a route forwards as headers, and may answer
@@ -264,6 +274,7 @@ impl TryFrom<wire::File> for Spec {
                 }
                 spec.jwt = route_jwt;
                 spec.max_request_body_bytes = body_limit;
+                spec.policies = route_policies;
                 if let Some(c) = spec.cache.as_mut()
                     && r.cache
                         .as_ref()
@@ -310,6 +321,7 @@ impl TryFrom<wire::File> for Spec {
                 jwt_providers,
                 discovery,
                 edge,
+                policies,
             })
         } else {
             Err(e.0)
@@ -337,3 +349,6 @@ fn match_signature(m: &RouteMatch) -> String {
         m.path_options.case_insensitive,
     )
 }
+
+#[cfg(test)]
+mod tests;

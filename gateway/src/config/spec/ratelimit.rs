@@ -45,11 +45,14 @@ pub(super) fn rate_limit_policy(
         match k.as_str() {
             "client_ip" => key.push(KeyPart::ClientIp),
             "route" => key.push(KeyPart::RouteId),
+            "consumer" => key.push(KeyPart::Consumer),
             other => match other.strip_prefix("header:").map(header_name) {
                 Some(Ok(h)) => key.push(KeyPart::Header(h)),
                 _ => e.push(
                     format!("{path}.key[{i}]"),
-                    format!("invalid key part {other:?}: use client_ip, route or header:NAME"),
+                    format!(
+                        "invalid key part {other:?}: use client_ip, route, consumer or header:NAME"
+                    ),
                 ),
             },
         }

@@ -568,5 +568,6 @@ pub(super) fn route_spec(
         jwt: None,
         cache,
         max_request_body_bytes: None,
+        policies: Default::default(),
     })
 }
