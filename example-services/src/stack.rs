@@ -146,8 +146,7 @@ impl Stack {
         )
         .await?;
 
-        let (pool, metrics) =
-            open(&cfg, "users", users::SCHEMA, &mut locks, &mut targets).await?;
+        let (pool, metrics) = open(&cfg, "users", users::SCHEMA, &mut locks, &mut targets).await?;
         let users = spawn(
             "users",
             cfg.users,

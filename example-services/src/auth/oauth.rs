@@ -149,7 +149,10 @@ fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !form {
         return Err(OAuthError::invalid_request(
             "the body must be application/x-www-form-urlencoded",
@@ -228,7 +231,9 @@ async fn authenticate(
             ));
         }
         (None, None, Some(_)) => {
-            return Err(OAuthError::invalid_request("client_secret without client_id"));
+            return Err(OAuthError::invalid_request(
+                "client_secret without client_id",
+            ));
         }
         (None, None, None) => return Ok(None),
     };
@@ -242,8 +247,7 @@ async fn authenticate(
 pub fn scope_token_ok(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 64
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
@@ -409,9 +413,7 @@ async fn revoke(State(s): State<AuthState>, headers: HeaderMap, body: Bytes) -> 
             refresh::Revoked::OtherClient => Err(OAuthError::invalid_request(
                 "the token was not issued to this client",
             )),
-            refresh::Revoked::Done | refresh::Revoked::Unknown => {
-                Ok(no_store(StatusCode::OK))
-            }
+            refresh::Revoked::Done | refresh::Revoked::Unknown => Ok(no_store(StatusCode::OK)),
         }
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
@@ -464,7 +466,10 @@ mod tests {
         );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert_eq!(basic_credentials(&h).unwrap_err().code(), "invalid_client");
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x.y.z"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer x.y.z"),
+        );
         assert_eq!(basic_credentials(&h).unwrap(), None);
     }
 

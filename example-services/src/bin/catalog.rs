@@ -16,7 +16,12 @@ struct Args {
     #[arg(long, env = "CATALOG_LISTEN", default_value = "127.0.0.1:3003")]
     listen: String,
     /// SQLite database file (created when missing), or a sqlite: URL.
-    #[arg(long, env = "CATALOG_DATABASE", default_value = "catalog.db", global = true)]
+    #[arg(
+        long,
+        env = "CATALOG_DATABASE",
+        default_value = "catalog.db",
+        global = true
+    )]
     database: String,
     #[command(flatten)]
     backup: BackupArgs,
@@ -29,7 +34,14 @@ async fn main() -> anyhow::Result<()> {
     serve::init_logging();
     let args = Args::parse();
     if let Some(cmd) = args.command {
-        return ops::run_command(cmd, "catalog", &args.database, catalog::SCHEMA, &args.backup).await;
+        return ops::run_command(
+            cmd,
+            "catalog",
+            &args.database,
+            catalog::SCHEMA,
+            &args.backup,
+        )
+        .await;
     }
     args.backup.check()?;
     let _lock = backup::hold_lock(&args.database)?;

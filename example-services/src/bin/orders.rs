@@ -20,7 +20,12 @@ struct Args {
     #[arg(long, env = "ORDERS_LISTEN", default_value = "127.0.0.1:3004")]
     listen: String,
     /// SQLite database file (created when missing), or a sqlite: URL.
-    #[arg(long, env = "ORDERS_DATABASE", default_value = "orders.db", global = true)]
+    #[arg(
+        long,
+        env = "ORDERS_DATABASE",
+        default_value = "orders.db",
+        global = true
+    )]
     database: String,
     /// Base URL of the catalog service.
     #[arg(
@@ -63,8 +68,7 @@ async fn main() -> anyhow::Result<()> {
     serve::init_logging();
     let args = Args::parse();
     if let Some(cmd) = args.command {
-        return ops::run_command(cmd, "orders", &args.database, orders::SCHEMA, &args.backup)
-            .await;
+        return ops::run_command(cmd, "orders", &args.database, orders::SCHEMA, &args.backup).await;
     }
     args.backup.check()?;
     let _lock = backup::hold_lock(&args.database)?;

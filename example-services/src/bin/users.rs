@@ -16,7 +16,12 @@ struct Args {
     #[arg(long, env = "USERS_LISTEN", default_value = "127.0.0.1:3002")]
     listen: String,
     /// SQLite database file (created when missing), or a sqlite: URL.
-    #[arg(long, env = "USERS_DATABASE", default_value = "users.db", global = true)]
+    #[arg(
+        long,
+        env = "USERS_DATABASE",
+        default_value = "users.db",
+        global = true
+    )]
     database: String,
     #[command(flatten)]
     backup: BackupArgs,
