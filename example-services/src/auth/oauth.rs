@@ -143,6 +143,19 @@ impl IntoResponse for OAuthError {
     }
 }
 
+/// Client input fit for `error_description`, which allows only `%x20-21 / %x23-5B /
+/// %x5D-7E` (RFC 6749 5.2): anything else becomes `?`, and it is cut at 40 characters.
+fn echo(input: &str) -> String {
+    input
+        .chars()
+        .take(40)
+        .map(|c| match c {
+            ' ' | '!' | '#'..='[' | ']'..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 /// The form body: each parameter at most once; empty values are absent.
 fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let form = headers
@@ -162,7 +175,8 @@ fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String
     for (k, v) in form_urlencoded::parse(body) {
         if params.insert(k.to_string(), v.to_string()).is_some() {
             return Err(OAuthError::invalid_request(format!(
-                "parameter {k} is given more than once"
+                "parameter {} is given more than once",
+                echo(&k)
             )));
         }
     }
@@ -260,7 +274,8 @@ fn requested_scope(params: &HashMap<String, String>) -> Result<Option<Vec<String
     for t in raw.split(' ').filter(|t| !t.is_empty()) {
         if !scope_token_ok(t) {
             return Err(OAuthError::invalid_scope(format!(
-                "{t:?} is not a valid scope token"
+                "{} is not a valid scope token",
+                echo(t)
             )));
         }
         if !out.iter().any(|o| o == t) {
@@ -471,6 +486,12 @@ mod tests {
             HeaderValue::from_static("Bearer x.y.z"),
         );
         assert_eq!(basic_credentials(&h).unwrap(), None);
+    }
+
+    #[test]
+    fn descriptions_echo_only_allowed_characters() {
+        assert_eq!(echo("caf\u{e9} \"x\"\\"), "caf? ?x??");
+        assert_eq!(echo(&"a".repeat(100)).len(), 40);
     }
 
     #[test]
