@@ -24,7 +24,7 @@ use super::backup::{self, Backups, Target};
 use super::error::{ApiError, QueryParams};
 
 /// Backup flags, the same on every service binary.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct BackupArgs {
     /// Directory for backups (`<service>-<time>.db`); needed by the schedule, the admin
     /// port and the `backup` subcommand.
@@ -39,6 +39,18 @@ pub struct BackupArgs {
     /// Loopback address for the admin port (`POST /admin/backup`); off without it.
     #[arg(long, env = "ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+}
+
+impl Default for BackupArgs {
+    /// No backups, as without any flag.
+    fn default() -> Self {
+        Self {
+            backup_dir: None,
+            backup_interval: None,
+            backup_keep: 24,
+            admin_listen: None,
+        }
+    }
 }
 
 /// Subcommands for the service's database; without one, the binary serves.
