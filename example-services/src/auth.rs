@@ -5,6 +5,11 @@
 //! Signing keys are generated on first start and kept in the service's database (never
 //! logged). Rotation (`POST /v1/admin/rotate`, or `--rotate` at start) adds a new key and
 //! retires the old one, which stays in the JWKS until every token it signed has expired.
+//!
+//! OAuth2 (`POST /oauth/token`: client credentials for services, rotating refresh tokens
+//! for users, issued at login) lives in [`oauth`].
+
+pub mod oauth;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -90,6 +95,8 @@ pub struct AuthConfig {
     pub signing_alg: SigningAlg,
     /// Accounts registered with these emails get the `admin` role.
     pub admin_emails: Vec<String>,
+    /// Lifetime of a refresh token (each use returns a new one with a fresh lifetime).
+    pub refresh_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +105,7 @@ pub struct AuthState {
     pub config: Arc<AuthConfig>,
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -177,6 +184,8 @@ pub async fn rotate(db: &SqlitePool, alg: SigningAlg) -> Result<String, ApiError
 
 /// Make sure both algorithms have an active key (first start).
 pub async fn ensure_keys(db: &SqlitePool) -> Result<(), ApiError> {
+    // The OAuth tables live with their module; every start comes through here.
+    sqlx::raw_sql(oauth::SCHEMA).execute(db).await?;
     for alg in [SigningAlg::Rs256, SigningAlg::EdDsa] {
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM signing_keys WHERE alg = ? AND retired_at IS NULL",
@@ -323,6 +332,30 @@ async fn login(
     };
     let id: String = row.try_get("id")?;
     let roles: String = row.try_get("roles")?;
+    let roles: Vec<&str> = roles.split(',').collect();
+    let scope = user_scope(&roles);
+    let token = user_token(&s, &id, &email, &roles, scope).await?;
+    let refresh = oauth::refresh::issue(&s.db, &id, None, scope, s.config.refresh_ttl).await?;
+    Ok(oauth::no_store(axum::Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": s.config.token_ttl.as_secs(),
+        "refresh_token": refresh,
+        "scope": scope,
+    }))))
+}
+
+/// The scopes an account's roles grant.
+pub(crate) fn user_scope(roles: &[&str]) -> &'static str {
+    if roles.contains(&"admin") {
+        "profile orders:read orders:write catalog:write users:read"
+    } else {
+        "profile orders:read orders:write"
+    }
+}
+
+/// Sign `claims` with the active key of the configured algorithm (`kid` in the header).
+pub(crate) async fn sign<C: Serialize>(s: &AuthState, claims: &C) -> Result<String, ApiError> {
     let alg = s.config.signing_alg;
     let key = sqlx::query(
         "SELECT kid, private_der FROM signing_keys WHERE alg = ? AND retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
@@ -338,34 +371,33 @@ async fn login(
             .map_err(ApiError::internal)?,
         SigningAlg::EdDsa => EncodingKey::from_ed_der(&der),
     };
+    let mut header = Header::new(alg.jwt());
+    header.kid = Some(kid);
+    jsonwebtoken::encode(&header, claims, &encoding).map_err(ApiError::internal)
+}
+
+/// An access token for account `id` with `scope`.
+pub(crate) async fn user_token(
+    s: &AuthState,
+    id: &str,
+    email: &str,
+    roles: &[&str],
+    scope: &str,
+) -> Result<String, ApiError> {
     let now = now_secs();
     let ttl = s.config.token_ttl.as_secs() as i64;
-    let roles: Vec<&str> = roles.split(',').collect();
-    let scope = if roles.contains(&"admin") {
-        "profile orders:read orders:write catalog:write users:read"
-    } else {
-        "profile orders:read orders:write"
-    };
     let claims = Claims {
         iss: &s.config.issuer,
         aud: &s.config.audience,
-        sub: &id,
+        sub: id,
         exp: now + ttl,
         iat: now,
         nbf: now,
         scope,
-        roles,
-        email: &email,
+        roles: roles.to_vec(),
+        email,
     };
-    let mut header = Header::new(alg.jwt());
-    header.kid = Some(kid);
-    let token = jsonwebtoken::encode(&header, &claims, &encoding).map_err(ApiError::internal)?;
-    Ok(axum::Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": ttl,
-    }))
-    .into_response())
+    sign(s, &claims).await
 }
 
 async fn jwks(State(s): State<AuthState>) -> Result<Response, ApiError> {
@@ -410,6 +442,7 @@ pub fn app(state: AuthState, metrics: Arc<Metrics>) -> Router {
         .route("/v1/login", post(login))
         .route("/v1/admin/rotate", post(rotate_handler))
         .route("/.well-known/jwks.json", get(jwks))
+        .merge(oauth::routes())
         .with_state(state);
     finish(routes, db, metrics)
 }

@@ -1,6 +1,7 @@
 //! Owns the `orders` service: `POST /v1/orders` (products validated by calling catalog
 //! over HTTP, with a timeout; 503 when catalog cannot be reached, 502 when it answers
-//! nonsense) and `GET /v1/orders` for the caller.
+//! nonsense) and `GET /v1/orders` for the caller. Each order placed writes an
+//! `order.created` event into the outbox in the same transaction ([`crate::events`]).
 //!
 //! Versioning: `/v2/orders` serves the same orders in a changed representation (money as
 //! `{amount_cents, currency}`, `lines` with the product's name, RFC 3339 times) while
@@ -19,13 +20,16 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::{Row, SqlitePool};
+use tokio::sync::Notify;
 
 use crate::common::error::{ApiError, FieldError, JsonBody, PathParam};
 use crate::common::http::{Metrics, finish};
 use crate::common::identity::Caller;
 use crate::common::request_id::REQUEST_ID;
+use crate::events::{Event, ORDER_CREATED, outbox};
 
-pub const SCHEMA: &str = "
+pub const SCHEMA: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS orders (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id     TEXT    NOT NULL,
@@ -41,7 +45,10 @@ CREATE TABLE IF NOT EXISTS order_lines (
     quantity         INTEGER NOT NULL,
     unit_price_cents INTEGER NOT NULL
 );
-";
+",
+    // `order.created` events, written in the order's own transaction.
+    crate::outbox_schema!()
+);
 
 const MAX_LINES: usize = 50;
 const CURRENCY: &str = "EUR";
@@ -53,6 +60,9 @@ pub struct OrdersState {
     pub catalog: String,
     /// Client with the catalog call's timeout.
     pub http: reqwest::Client,
+    /// Notified after each commit that wrote an outbox row, so the relay publishes
+    /// at once instead of at its next poll.
+    pub outbox_wake: Arc<Notify>,
 }
 
 impl OrdersState {
@@ -64,6 +74,7 @@ impl OrdersState {
                 .timeout(timeout)
                 .connect_timeout(timeout)
                 .build()?,
+            outbox_wake: Arc::new(Notify::new()),
         })
     }
 }
@@ -284,13 +295,14 @@ async fn create(
         })
         .collect();
     let total: i64 = lines.iter().map(|l| l.unit_price_cents * l.quantity).sum();
+    let now = now_secs();
     let mut tx = s.db.begin().await?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO orders (user_id, status, total_cents, created_at) VALUES (?, 'placed', ?, ?) RETURNING id",
     )
     .bind(&caller.user_id)
     .bind(total)
-    .bind(now_secs())
+    .bind(now)
     .fetch_one(&mut *tx)
     .await?;
     for l in &lines {
@@ -305,7 +317,26 @@ async fn create(
         .execute(&mut *tx)
         .await?;
     }
+    // The event commits with the order or not at all (events::outbox).
+    let event = Event::new(
+        ORDER_CREATED,
+        json!({
+            "order_id": id,
+            "user_id": caller.user_id,
+            "total_cents": total,
+            "currency": CURRENCY,
+            "items": lines.iter().map(|l| json!({
+                "product_id": l.product_id,
+                "name": l.name,
+                "quantity": l.quantity,
+                "unit_price_cents": l.unit_price_cents,
+            })).collect::<Vec<_>>(),
+            "created_at": now,
+        }),
+    );
+    outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
+    s.outbox_wake.notify_one();
     load_orders(&s.db, &caller.user_id, Some(id))
         .await?
         .pop()

@@ -1,6 +1,12 @@
-//! Owns the local stack: all four services (auth, users, catalog, orders) started in one
-//! process, each on its own port with its own database. The `stack` binary runs it on
-//! fixed ports for `.ci/local`; the end-to-end test runs the same code on free ports.
+//! Owns the local stack: the five services (auth, users, catalog, orders, notifications)
+//! started in one process, each on its own port with its own database, plus the orders
+//! outbox relay and, with Redis, the notifications stream consumer. The `stack` binary
+//! runs it on fixed ports for `.ci/local`; the end-to-end test runs the same code on free
+//! ports.
+//!
+//! Without `redis_url` (the embedded default) the relay hands events straight to the
+//! notifications store in this process; with it, they go through a Redis Stream and a
+//! consumer group exactly as separate processes would.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +18,14 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{self, AuthConfig, AuthState, SigningAlg};
 use crate::catalog::{self, CatalogState};
+use crate::common::backup::{self, DbLock, Target};
+use crate::common::ops::{self, BackupArgs, Ops};
 use crate::common::{db, http::Metrics};
+use crate::events::consumer::{ConsumerConfig, StreamConsumer};
+use crate::events::outbox::{Publisher, Relay, RelayConfig};
+use crate::events::redis::{Redis, StreamPublisher};
+use crate::events::{EventSink, ORDERS_STREAM};
+use crate::notifications::{self, NotificationsState, Store};
 use crate::orders::{self, OrdersState};
 use crate::users::{self, UsersState};
 
@@ -23,10 +36,16 @@ pub struct StackConfig {
     pub users: SocketAddr,
     pub catalog: SocketAddr,
     pub orders: SocketAddr,
-    /// Directory for the four database files; `None` keeps them in memory.
+    pub notifications: SocketAddr,
+    /// Directory for the database files; `None` keeps them in memory.
     pub data_dir: Option<PathBuf>,
     pub issuer: String,
     pub admin_emails: Vec<String>,
+    /// Order events through this Redis (a stream and a consumer group); `None` delivers
+    /// them in-process.
+    pub redis_url: Option<String>,
+    /// Backups of all five databases (schedule, admin port).
+    pub backup: BackupArgs,
 }
 
 /// A running stack; `stop` shuts every service down gracefully.
@@ -36,8 +55,13 @@ pub struct Stack {
     pub users: SocketAddr,
     pub catalog: SocketAddr,
     pub orders: SocketAddr,
+    pub notifications: SocketAddr,
+    /// The admin port (`POST /admin/backup`), when configured.
+    pub admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    _ops: Ops,
+    _locks: Vec<DbLock>,
 }
 
 fn database(dir: &Option<PathBuf>, name: &str) -> String {
@@ -71,15 +95,34 @@ async fn spawn(
     Ok(bound)
 }
 
+/// Open one service's database (locked while the stack runs) and its metrics.
+async fn open(
+    cfg: &StackConfig,
+    name: &'static str,
+    schema: &str,
+    locks: &mut Vec<DbLock>,
+    targets: &mut Vec<Target>,
+) -> anyhow::Result<(sqlx::SqlitePool, Arc<Metrics>)> {
+    let location = database(&cfg.data_dir, name);
+    locks.extend(backup::hold_lock(&location)?);
+    let pool = db::open(&location, schema).await?;
+    let metrics = Arc::new(Metrics::new(name)?);
+    targets.push(Target::new(name, pool.clone(), &metrics)?);
+    Ok((pool, metrics))
+}
+
 impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Stack> {
+        cfg.backup.check()?;
         if let Some(dir) = &cfg.data_dir {
             std::fs::create_dir_all(dir)?;
         }
         let (shutdown, _) = watch::channel(false);
         let mut tasks = Vec::new();
+        let mut locks = Vec::new();
+        let mut targets = Vec::new();
 
-        let pool = db::open(&database(&cfg.data_dir, "auth"), auth::SCHEMA).await?;
+        let (pool, metrics) = open(&cfg, "auth", auth::SCHEMA, &mut locks, &mut targets).await?;
         auth::ensure_keys(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("signing keys: {}", e.message))?;
@@ -91,59 +134,123 @@ impl Stack {
                 token_ttl: Duration::from_secs(900),
                 signing_alg: SigningAlg::Rs256,
                 admin_emails: cfg.admin_emails.clone(),
+                refresh_ttl: Duration::from_secs(14 * 24 * 3600),
             }),
         };
         let auth = spawn(
             "auth",
             cfg.auth,
-            auth::app(auth_state, Arc::new(Metrics::new("auth")?)),
+            auth::app(auth_state, metrics),
             &shutdown,
             &mut tasks,
         )
         .await?;
 
-        let pool = db::open(&database(&cfg.data_dir, "users"), users::SCHEMA).await?;
+        let (pool, metrics) = open(&cfg, "users", users::SCHEMA, &mut locks, &mut targets).await?;
         let users = spawn(
             "users",
             cfg.users,
-            users::app(UsersState { db: pool }, Arc::new(Metrics::new("users")?)),
+            users::app(UsersState { db: pool }, metrics),
             &shutdown,
             &mut tasks,
         )
         .await?;
 
-        let pool = db::open(&database(&cfg.data_dir, "catalog"), catalog::SCHEMA).await?;
+        let (pool, metrics) =
+            open(&cfg, "catalog", catalog::SCHEMA, &mut locks, &mut targets).await?;
         catalog::seed(&pool).await?;
         let catalog = spawn(
             "catalog",
             cfg.catalog,
-            catalog::app(
-                CatalogState { db: pool },
-                Arc::new(Metrics::new("catalog")?),
+            catalog::app(CatalogState { db: pool }, metrics),
+            &shutdown,
+            &mut tasks,
+        )
+        .await?;
+
+        let (pool, metrics) = open(
+            &cfg,
+            "notifications",
+            notifications::SCHEMA,
+            &mut locks,
+            &mut targets,
+        )
+        .await?;
+        let store = Arc::new(Store::new(pool, &metrics)?);
+        if let Some(url) = &cfg.redis_url {
+            let consumer = StreamConsumer::new(
+                url,
+                ConsumerConfig {
+                    stream: ORDERS_STREAM.into(),
+                    group: "notifications".into(),
+                    consumer: format!("stack-{}", std::process::id()),
+                    claim_idle: Duration::from_secs(30),
+                    block: Duration::from_secs(2),
+                    batch: 100,
+                },
+                Arc::clone(&store) as Arc<dyn EventSink>,
+                &metrics,
+            )?;
+            tasks.push(tokio::spawn(consumer.run(shutdown.subscribe())));
+        }
+        let notifications = spawn(
+            "notifications",
+            cfg.notifications,
+            notifications::app(
+                NotificationsState {
+                    store: Arc::clone(&store),
+                },
+                metrics,
             ),
             &shutdown,
             &mut tasks,
         )
         .await?;
 
-        let pool = db::open(&database(&cfg.data_dir, "orders"), orders::SCHEMA).await?;
-        let state = OrdersState::new(pool, &format!("http://{catalog}"), Duration::from_secs(2))?;
+        let (pool, metrics) =
+            open(&cfg, "orders", orders::SCHEMA, &mut locks, &mut targets).await?;
+        let state = OrdersState::new(
+            pool.clone(),
+            &format!("http://{catalog}"),
+            Duration::from_secs(2),
+        )?;
+        let publisher = match &cfg.redis_url {
+            Some(url) => Publisher::Stream(StreamPublisher::new(
+                Redis::new(url, Duration::from_secs(2))?,
+                ORDERS_STREAM,
+                1_000_000,
+            )),
+            None => Publisher::InProcess(store),
+        };
+        let relay = Relay::new(
+            pool,
+            publisher,
+            Arc::clone(&state.outbox_wake),
+            &metrics,
+            RelayConfig::default(),
+        )?;
+        tasks.push(tokio::spawn(relay.run(shutdown.subscribe())));
         let orders = spawn(
             "orders",
             cfg.orders,
-            orders::app(state, Arc::new(Metrics::new("orders")?)),
+            orders::app(state, metrics),
             &shutdown,
             &mut tasks,
         )
         .await?;
 
+        let ops = ops::start(&cfg.backup, targets).await?;
         Ok(Stack {
             auth,
             users,
             catalog,
             orders,
+            notifications,
+            admin: ops.admin,
             shutdown,
             tasks,
+            _ops: ops,
+            _locks: locks,
         })
     }
 

@@ -25,6 +25,7 @@ async fn app(alg: SigningAlg) -> axum::Router {
         token_ttl: Duration::from_secs(600),
         signing_alg: alg,
         admin_emails: vec!["root@example.com".into()],
+        refresh_ttl: Duration::from_secs(3600),
     };
     auth::app(
         AuthState {

@@ -41,6 +41,7 @@ impl Issuer {
                 token_ttl: Duration::from_secs(900),
                 signing_alg: SigningAlg::Rs256,
                 admin_emails: vec![],
+                refresh_ttl: Duration::from_secs(3600),
             }),
         };
         let fetches = Arc::new(AtomicUsize::new(0));

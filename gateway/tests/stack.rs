@@ -34,6 +34,7 @@ fn local_config(stack: &Stack) -> String {
         .replace("127.0.0.1:3002", &stack.users.to_string())
         .replace("127.0.0.1:3003", &stack.catalog.to_string())
         .replace("127.0.0.1:3004", &stack.orders.to_string())
+        .replace("127.0.0.1:3005", &stack.notifications.to_string())
         .replace("{ISSUER}", ISSUER)
 }
 
@@ -87,9 +88,12 @@ async fn tour_through_the_gateway() {
         users: any_port(),
         catalog: any_port(),
         orders: any_port(),
+        notifications: any_port(),
         data_dir: None,
         issuer: ISSUER.into(),
         admin_emails: vec!["admin@example.com".into()],
+        redis_url: None,
+        backup: Default::default(),
     })
     .await
     .unwrap();

@@ -1,11 +1,13 @@
 //! `auth`: run the auth service. Listen address, database, token settings from flags
-//! or env.
+//! or env; `auth restore --from FILE` and `auth backup` look after the database.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use example_services::auth::{self, AuthConfig, AuthState, SigningAlg};
+use example_services::common::backup::{self, Target};
+use example_services::common::ops::{self, BackupArgs, DbCommand};
 use example_services::common::{db, http::Metrics, serve};
 
 #[derive(Parser)]
@@ -18,7 +20,7 @@ struct Args {
     #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:3001")]
     listen: String,
     /// SQLite database file (created when missing), or a sqlite: URL.
-    #[arg(long, env = "AUTH_DATABASE", default_value = "auth.db")]
+    #[arg(long, env = "AUTH_DATABASE", default_value = "auth.db", global = true)]
     database: String,
     /// `iss` of issued tokens.
     #[arg(
@@ -42,6 +44,13 @@ struct Args {
     /// Rotate the signing key before serving.
     #[arg(long)]
     rotate: bool,
+    /// Refresh-token lifetime in seconds (each use issues a new one).
+    #[arg(long, env = "AUTH_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 14 * 24 * 3600)]
+    refresh_token_ttl_seconds: u64,
+    #[command(flatten)]
+    backup: BackupArgs,
+    #[command(subcommand)]
+    command: Option<DbCommand>,
 }
 
 #[tokio::main]
@@ -49,6 +58,11 @@ async fn main() -> anyhow::Result<()> {
     serve::init_logging();
     let args = Args::parse();
     let signing_alg = SigningAlg::parse(&args.signing_alg).map_err(anyhow::Error::msg)?;
+    if let Some(cmd) = args.command {
+        return ops::run_command(cmd, "auth", &args.database, auth::SCHEMA, &args.backup).await;
+    }
+    args.backup.check()?;
+    let _lock = backup::hold_lock(&args.database)?;
     let pool = db::open(&args.database, auth::SCHEMA).await?;
     auth::ensure_keys(&pool)
         .await
@@ -66,9 +80,15 @@ async fn main() -> anyhow::Result<()> {
             token_ttl: Duration::from_secs(args.token_ttl_seconds.max(1)),
             signing_alg,
             admin_emails: args.admin_emails,
+            refresh_ttl: Duration::from_secs(args.refresh_token_ttl_seconds.max(1)),
         }),
     };
     let metrics = Arc::new(Metrics::new("auth")?);
+    let _ops = ops::start(
+        &args.backup,
+        vec![Target::new("auth", pool.clone(), &metrics)?],
+    )
+    .await?;
     serve::serve("auth", &args.listen, auth::app(state, metrics)).await?;
     pool.close().await;
     Ok(())

@@ -1,15 +1,17 @@
-//! `stack`: run auth, users, catalog and orders in one process on fixed local ports
-//! (3001-3004), each with its own SQLite file under `--data-dir`. Ctrl-C stops them.
+//! `stack`: run auth, users, catalog, orders and notifications in one process on fixed
+//! local ports (3001-3005), each with its own SQLite file under `--data-dir`. Order events
+//! go in-process, or through Redis with `--redis-url`. Ctrl-C stops them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use example_services::common::ops::BackupArgs;
 use example_services::common::serve;
 use example_services::stack::{Stack, StackConfig};
 
 #[derive(Parser)]
-#[command(name = "stack", about = "Run the four sample services together")]
+#[command(name = "stack", about = "Run the five sample services together")]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:3001")]
     auth: SocketAddr,
@@ -19,7 +21,9 @@ struct Args {
     catalog: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:3004")]
     orders: SocketAddr,
-    /// Where the four database files live.
+    #[arg(long, default_value = "127.0.0.1:3005")]
+    notifications: SocketAddr,
+    /// Where the database files live.
     #[arg(long, default_value = ".local-data")]
     data_dir: PathBuf,
     /// `iss` of issued tokens.
@@ -28,6 +32,11 @@ struct Args {
     /// Emails that get the admin role when they register (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "admin@example.com")]
     admin_emails: Vec<String>,
+    /// Order events through this Redis (stream `orders.events`); in-process without it.
+    #[arg(long, env = "STACK_REDIS_URL")]
+    redis_url: Option<String>,
+    #[command(flatten)]
+    backup: BackupArgs,
 }
 
 #[tokio::main]
@@ -39,9 +48,12 @@ async fn main() -> anyhow::Result<()> {
         users: a.users,
         catalog: a.catalog,
         orders: a.orders,
+        notifications: a.notifications,
         data_dir: Some(a.data_dir),
         issuer: a.issuer,
         admin_emails: a.admin_emails,
+        redis_url: a.redis_url,
+        backup: a.backup,
     })
     .await?;
     tracing::info!("stack ready");

@@ -53,6 +53,12 @@ impl Metrics {
         })
     }
 
+    /// The service's registry, for metrics other modules own (outbox, stream consumer,
+    /// backups) to register in, so one `/metrics` shows them all.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
