@@ -112,6 +112,7 @@ fn cluster(c: &mut Criterion) {
     let backend = Arc::new(RedisBackend::new(
         &format!("redis://127.0.0.1:{}", redis.1),
         Duration::from_secs(1),
+        gateway::ratelimit::BreakerSpec::default(),
     ));
     let policy = spec(vec![KeyPart::ClientIp]);
     let mut group = c.benchmark_group("ratelimit_redis");

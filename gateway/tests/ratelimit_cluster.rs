@@ -121,6 +121,19 @@ async fn redis_outage_follows_each_failure_policy() {
     assert_eq!(status(&gw, "/open").await, 429);
 
     redis.kill();
+    // The circuit opens after a few failed calls (5 by default); until then a failure
+    // is decided by the local fallback, not by the failure mode.
+    let mut tries = 0;
+    while status(&gw, "/closed").await != 503 {
+        tries += 1;
+        assert!(tries < 10, "the circuit never opened");
+    }
+    assert!(tries >= 4, "one failed call flipped fail_closed ({tries})");
+    gw.wait_metrics(&[&format!(
+        "gateway_redis_circuit_state{{backend=\"{}\"}} 2",
+        redis.url()
+    )])
+    .await;
     // fail_closed: 503 with a JSON body, never a 500.
     let r = reqwest::get(gw.url("/closed")).await.unwrap();
     assert_eq!(r.status(), 503);
@@ -225,4 +238,92 @@ async fn redis_killed_under_load_never_gives_500() {
     }
     gw.wait_metrics(&["gateway_ratelimit_backend_errors_total{policy=\"closed\"}"])
         .await;
+}
+
+fn breaker_config(redis: &str, upstream: &str) -> String {
+    format!(
+        r#"
+server:
+  redis:
+    url: "{redis}"
+    timeout: 250ms
+    circuit_breaker: {{consecutive_failures: 3, probe_interval: 300ms, close_after: 2}}
+listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+rate_limit_policies:
+  closed: {{rate: 1000/m, key: [route], scope: cluster, on_redis_failure: fail_closed}}
+  open: {{rate: 1000/m, key: [route], scope: cluster, on_redis_failure: fail_open}}
+upstreams:
+  one: {{endpoints: [{{address: "{upstream}"}}]}}
+routes:
+  - {{id: closed, match: {{path: {{prefix: /closed}}}}, rate_limits: [closed], upstream: one}}
+  - {{id: open, match: {{path: {{prefix: /open}}}}, rate_limits: [open], upstream: one}}
+"#
+    )
+}
+
+/// A metric line's value, 0 when absent.
+async fn metric_value(gw: &Gateway, line_start: &str) -> f64 {
+    let text = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 20, finding 10: a paused Redis (SIGSTOP: connections hang) opens the circuit,
+/// after which Redis is skipped instead of paying a timeout per request; one slow reply
+/// alone never flips fail_closed; after SIGCONT the probes close it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_opens_the_circuit_and_probes_close_it() {
+    let redis = RedisServer::start();
+    let up = echo_upstream("one").await.to_string();
+    let gw = Gateway::start(&breaker_config(&redis.url(), &up)).await;
+    let backend = redis.url();
+    assert_eq!(status(&gw, "/closed").await, 200);
+
+    // One slow reply: decided locally, not a 503.
+    redis.signal("STOP");
+    assert_eq!(
+        status(&gw, "/closed").await,
+        200,
+        "one slow reply gave a 503"
+    );
+    redis.signal("CONT");
+    assert_eq!(status(&gw, "/closed").await, 200);
+    let state = format!("gateway_redis_circuit_state{{backend=\"{backend}\"}} ");
+    assert_eq!(metric_value(&gw, &state).await, 0.0, "still closed");
+
+    // A real outage: the circuit opens and Redis is skipped.
+    redis.signal("STOP");
+    let skipped = format!("gateway_redis_calls_total{{backend=\"{backend}\",result=\"skipped\"}} ");
+    let before = metric_value(&gw, &skipped).await;
+    for _ in 0..30 {
+        assert_eq!(status(&gw, "/open").await, 200);
+    }
+    assert_eq!(metric_value(&gw, &state).await, 2.0, "open");
+    let skipped_now = metric_value(&gw, &skipped).await - before;
+    assert!(
+        skipped_now >= 20.0,
+        "only {skipped_now} of 30 calls skipped Redis"
+    );
+    assert_eq!(status(&gw, "/closed").await, 503);
+    assert!(gw.log().contains("redis circuit opened"), "{}", gw.log());
+
+    // Redis answers again: probes close the circuit.
+    redis.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric_value(&gw, &state).await != 0.0 {
+        assert!(Instant::now() < deadline, "the circuit never closed");
+        let _ = status(&gw, "/open").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(&gw, "/closed").await, 200);
+    let log = gw.log();
+    assert_eq!(log.matches("redis circuit closed").count(), 1, "{log}");
 }

@@ -235,6 +235,25 @@ pub struct Redis {
     pub url: String,
     /// Per call; default 50ms.
     pub timeout: Option<String>,
+    /// When to stop calling a failing Redis, and how to come back.
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Open after this many failed calls in a row (default 5).
+    pub consecutive_failures: Option<u32>,
+    /// ...or when this share of a window's calls failed (default 0.5)...
+    pub error_ratio: Option<f64>,
+    /// ...over this window (default 10s)...
+    pub window: Option<String>,
+    /// ...with at least this many calls in it (default 20).
+    pub min_calls: Option<u32>,
+    /// While open, one call probes Redis this often (default 1s).
+    pub probe_interval: Option<String>,
+    /// Successful probes in a row that close it (default 2).
+    pub close_after: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
+use super::breaker::{Breaker, BreakerSpec, Permit};
 use super::{PolicyLimiter, PolicySpec, Verdict};
 use crate::metrics::Metrics;
 
@@ -66,6 +67,7 @@ pub struct RedisBackend {
     conn: Mutex<Option<ConnectionManager>>,
     last_connect: std::sync::Mutex<Option<std::time::Instant>>,
     script: redis::Script,
+    breaker: Breaker,
 }
 
 /// Least time between two attempts to open the first connection to Redis.
@@ -85,24 +87,41 @@ impl RedisBackend {
     pub fn identity(&self) -> (String, Duration) {
         (self.url.clone(), self.timeout)
     }
+
+    /// The circuit breaker settings it runs with.
+    pub fn breaker_spec(&self) -> &BreakerSpec {
+        self.breaker.spec()
+    }
 }
 
 /// A cluster decision, or why there is none.
 #[derive(Debug)]
 pub enum ClusterVerdict {
     Decided(Verdict),
-    /// Redis failed: apply the policy's failure mode.
+    /// Redis is skipped (its circuit is open): apply the policy's failure mode.
     Unavailable,
+    /// One call failed while the circuit is closed: decide locally this once.
+    Failed,
+}
+
+/// Why `take` has no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Down {
+    /// The circuit is open (or this failure opened it).
+    Open,
+    /// A failure the circuit tolerates.
+    Failed,
 }
 
 impl RedisBackend {
-    pub fn new(url: &str, timeout: Duration) -> Self {
+    pub fn new(url: &str, timeout: Duration, breaker: BreakerSpec) -> Self {
         Self {
             url: url.to_owned(),
             timeout,
             conn: Mutex::new(None),
             last_connect: std::sync::Mutex::new(None),
             script: redis::Script::new(GCRA),
+            breaker: Breaker::new(breaker, crate::redact::url(url).into_owned()),
         }
     }
 
@@ -140,24 +159,51 @@ impl RedisBackend {
     }
 
     /// One GCRA decision for `key` of `spec`, within the timeout.
-    pub async fn check(&self, spec: &PolicySpec, key: &str) -> ClusterVerdict {
-        match self.take(spec, key, 1).await {
-            Some((granted, _, remaining)) if granted > 0 => {
+    pub async fn check(&self, spec: &PolicySpec, key: &str, metrics: &Metrics) -> ClusterVerdict {
+        match self.take(spec, key, 1, metrics).await {
+            Ok((granted, _, remaining)) if granted > 0 => {
                 ClusterVerdict::Decided(Verdict::Allowed { remaining })
             }
-            Some((_, wait, _)) => ClusterVerdict::Decided(Verdict::Limited { retry_after: wait }),
-            None => ClusterVerdict::Unavailable,
+            Ok((_, wait, _)) => ClusterVerdict::Decided(Verdict::Limited { retry_after: wait }),
+            Err(Down::Open) => ClusterVerdict::Unavailable,
+            Err(Down::Failed) => ClusterVerdict::Failed,
         }
     }
 
     /// Take up to `want` cells for `key`: `(granted, wait when none, remaining)`, or
-    /// `None` when Redis did not answer in time.
+    /// why there is no answer: the circuit is open (Redis not even asked), or this call
+    /// failed or was slower than the timeout.
     pub async fn take(
         &self,
         spec: &PolicySpec,
         key: &str,
         want: u32,
-    ) -> Option<(u32, Duration, u32)> {
+        metrics: &Metrics,
+    ) -> Result<(u32, Duration, u32), Down> {
+        let permit = self.breaker.acquire();
+        let label = self.breaker.label();
+        if permit == Permit::Skip {
+            metrics
+                .redis_calls
+                .with_label_values(&[label, "skipped"])
+                .inc();
+            return Err(Down::Open);
+        }
+        let result = self.call(spec, key, want).await;
+        self.breaker.record(permit, result.is_some(), metrics);
+        let outcome = if result.is_some() { "ok" } else { "error" };
+        metrics
+            .redis_calls
+            .with_label_values(&[label, outcome])
+            .inc();
+        match result {
+            Some(r) => Ok(r),
+            None if self.breaker.is_open() => Err(Down::Open),
+            None => Err(Down::Failed),
+        }
+    }
+
+    async fn call(&self, spec: &PolicySpec, key: &str, want: u32) -> Option<(u32, Duration, u32)> {
         let mut conn = self.connection().await?;
         let interval = (spec.period.as_micros() / u128::from(spec.count.max(1))).max(1) as u64;
         let tolerance = interval * u64::from(spec.burst.max(1));
@@ -257,27 +303,38 @@ impl ClusterPolicy {
         }
     }
 
-    async fn decide(&self, spec: &PolicySpec, key: &str) -> ClusterVerdict {
+    async fn decide(&self, spec: &PolicySpec, key: &str, metrics: &Metrics) -> ClusterVerdict {
         let Some(batch) = self.batch else {
-            return self.backend.check(spec, key).await;
+            return self.backend.check(spec, key, metrics).await;
         };
         if let Some(left) = self.spend_local(key, &batch) {
             return ClusterVerdict::Decided(Verdict::Allowed { remaining: left });
         }
-        match self.backend.take(spec, key, batch.size).await {
-            Some((0, wait, _)) => ClusterVerdict::Decided(Verdict::Limited { retry_after: wait }),
-            Some((granted, _, remaining)) => {
+        match self.backend.take(spec, key, batch.size, metrics).await {
+            Ok((0, wait, _)) => ClusterVerdict::Decided(Verdict::Limited { retry_after: wait }),
+            Ok((granted, _, remaining)) => {
                 self.keep_allowance(spec, key, granted - 1, &batch);
                 ClusterVerdict::Decided(Verdict::Allowed {
                     remaining: remaining + granted - 1,
                 })
             }
-            None => ClusterVerdict::Unavailable,
+            Err(Down::Open) => ClusterVerdict::Unavailable,
+            Err(Down::Failed) => ClusterVerdict::Failed,
         }
     }
 
     pub async fn check(&self, spec: &PolicySpec, key: &str, metrics: &Metrics) -> ClusterOutcome {
-        match self.decide(spec, key).await {
+        match self.decide(spec, key, metrics).await {
+            ClusterVerdict::Failed => {
+                // One failed call while the circuit is closed: no flip into the failure
+                // mode (no stray 503s from one slow reply); this request is limited
+                // locally at the fallback rate.
+                metrics
+                    .ratelimit_backend_errors
+                    .with_label_values(&[&spec.name])
+                    .inc();
+                ClusterOutcome::Verdict(self.fallback.check(key))
+            }
             ClusterVerdict::Decided(v) => {
                 if self.fallback_active.swap(false, Ordering::Relaxed) {
                     tracing::info!(policy = %spec.name, "redis answers again; cluster rate limiting restored");

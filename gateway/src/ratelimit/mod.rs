@@ -7,6 +7,7 @@
 //! A policy's limiter lives in an `Arc` handed from one runtime to the next while the
 //! policy's definition is unchanged, so a reload does not reset anyone's budget.
 
+pub mod breaker;
 pub mod cluster;
 pub mod local;
 
@@ -17,6 +18,7 @@ use governor::clock::Clock;
 use http::{HeaderMap, HeaderName};
 
 use crate::metrics::Metrics;
+pub use breaker::BreakerSpec;
 pub use cluster::{Batch, ClusterOutcome, ClusterPolicy, FailurePolicy, RedisBackend};
 pub use local::{PolicyLimiter, Verdict};
 

@@ -141,10 +141,14 @@ pub fn compile_with(
     }
 
     let redis = spec.server.redis.as_ref().map(|(url, timeout)| {
+        let breaker = &spec.server.redis_breaker;
         previous
             .and_then(|p| p.redis.as_ref())
-            .filter(|b| b.identity() == (url.clone(), *timeout))
-            .map_or_else(|| Arc::new(RedisBackend::new(url, *timeout)), Arc::clone)
+            .filter(|b| b.identity() == (url.clone(), *timeout) && b.breaker_spec() == breaker)
+            .map_or_else(
+                || Arc::new(RedisBackend::new(url, *timeout, breaker.clone())),
+                Arc::clone,
+            )
     });
     let mut rate_limiters = IndexMap::new();
     for (name, policy) in &spec.rate_limit_policies {

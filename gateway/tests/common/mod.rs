@@ -454,6 +454,11 @@ impl RedisServer {
 
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused server still dies of SIGKILL; continue it anyway for a clean wait.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -461,6 +466,18 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Send `signal` (`STOP`, `CONT`) to the server: a paused Redis accepts connections
+    /// and never answers.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 }
 

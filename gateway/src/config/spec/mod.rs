@@ -57,6 +57,8 @@ pub struct ServerSpec {
     pub client_ip: crate::client_ip::ClientIpSpec,
     /// `(url, per-call timeout)` for cluster rate limits.
     pub redis: Option<(String, Duration)>,
+    /// `server.redis.circuit_breaker` (defaults without Redis).
+    pub redis_breaker: crate::ratelimit::BreakerSpec,
     pub cache: crate::cache::CacheSettings,
 }
 

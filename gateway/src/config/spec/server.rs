@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{Errors, ListenerSpec, ServerSpec, opt_duration, wire};
 use crate::cache::CacheSettings;
 use crate::client_ip::{ClientIpSpec, Source};
+use crate::ratelimit::BreakerSpec;
 use crate::units::socket_addr;
 
 pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
@@ -55,6 +56,7 @@ pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
             ok.then(|| (r.url.clone(), timeout))
         }),
         client_ip: client_ip(e, s),
+        redis_breaker: breaker(e, s.redis.as_ref().and_then(|r| r.circuit_breaker.as_ref())),
         reload_debounce: opt_duration(
             e,
             "server.reload_debounce",
@@ -62,6 +64,51 @@ pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
             Duration::from_millis(200),
         ),
         cache: server_cache(e, s.cache.as_ref()),
+    }
+}
+
+fn breaker(e: &mut Errors, c: Option<&wire::CircuitBreaker>) -> BreakerSpec {
+    let d = BreakerSpec::default();
+    let Some(c) = c else {
+        return d;
+    };
+    let p = "server.redis.circuit_breaker";
+    let at_least_one = |e: &mut Errors, name: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => {
+            e.push(format!("{p}.{name}"), format!("{name} must be at least 1"));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let error_ratio = match c.error_ratio {
+        Some(r) if !(r > 0.0 && r <= 1.0) => {
+            e.push(
+                format!("{p}.error_ratio"),
+                "error_ratio must be above 0 and at most 1",
+            );
+            d.error_ratio
+        }
+        Some(r) => r,
+        None => d.error_ratio,
+    };
+    BreakerSpec {
+        consecutive_failures: at_least_one(
+            e,
+            "consecutive_failures",
+            c.consecutive_failures,
+            d.consecutive_failures,
+        ),
+        error_ratio,
+        window: opt_duration(e, &format!("{p}.window"), c.window.as_deref(), d.window),
+        min_calls: at_least_one(e, "min_calls", c.min_calls, d.min_calls),
+        probe_interval: opt_duration(
+            e,
+            &format!("{p}.probe_interval"),
+            c.probe_interval.as_deref(),
+            d.probe_interval,
+        ),
+        close_after: at_least_one(e, "close_after", c.close_after, d.close_after),
     }
 }
 
