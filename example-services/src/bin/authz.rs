@@ -11,7 +11,7 @@ use example_services::common::{db, http::Metrics, serve};
 #[command(name = "authz", about = "Forward-auth check service (GET /check)")]
 struct Args {
     /// Address to listen on.
-    #[arg(long, env = "AUTHZ_LISTEN", default_value = "127.0.0.1:3005")]
+    #[arg(long, env = "AUTHZ_LISTEN", default_value = "127.0.0.1:3006")]
     listen: String,
     /// SQLite database file (created when missing), or a sqlite: URL.
     #[arg(long, env = "AUTHZ_DATABASE", default_value = "authz.db")]
