@@ -142,11 +142,11 @@ routes:
     match: {{path: {{prefix: /fwd}}}}
     auth: {{forward: {{url: 'http://{origin}/check', copy_response_headers: [x-auth-user], cache: {{ttl: 1h, key: ['header:authorization']}}}}}}
     upstream: o
-  - {{id: identity, match: {{path: {{exact: /c/identity}}}}, rewrite: {{path: /big}}, upstream: o}}
-  - {{id: gzip1, match: {{path: {{exact: /c/gzip1}}}}, rewrite: {{path: /big}}, compression: {}, upstream: o}}
-  - {{id: gzip6, match: {{path: {{exact: /c/gzip6}}}}, rewrite: {{path: /big}}, compression: {}, upstream: o}}
-  - {{id: zstd3, match: {{path: {{exact: /c/zstd3}}}}, rewrite: {{path: /big}}, compression: {}, upstream: o}}
-  - {{id: br4, match: {{path: {{exact: /c/br4}}}}, rewrite: {{path: /big}}, compression: {}, upstream: o}}
+  - {{id: identity, match: {{path: {{exact: /c/identity}}}}, rewrite: {{regex: {{pattern: '^.*$', replacement: /big}}}}, upstream: o}}
+  - {{id: gzip1, match: {{path: {{exact: /c/gzip1}}}}, rewrite: {{regex: {{pattern: '^.*$', replacement: /big}}}}, compression: {}, upstream: o}}
+  - {{id: gzip6, match: {{path: {{exact: /c/gzip6}}}}, rewrite: {{regex: {{pattern: '^.*$', replacement: /big}}}}, compression: {}, upstream: o}}
+  - {{id: zstd3, match: {{path: {{exact: /c/zstd3}}}}, rewrite: {{regex: {{pattern: '^.*$', replacement: /big}}}}, compression: {}, upstream: o}}
+  - {{id: br4, match: {{path: {{exact: /c/br4}}}}, rewrite: {{regex: {{pattern: '^.*$', replacement: /big}}}}, compression: {}, upstream: o}}
 ",
         comp("1", "gzip"),
         comp("6", "gzip"),
