@@ -130,13 +130,11 @@ impl ControlPlane {
         let mut cmd = Command::new(discovery_binary());
         cmd.arg("--config")
             .arg(&settings)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--namespace",
-                NAMESPACE,
-            ])
-            .args(args)
+            .args(["--namespace", NAMESPACE]);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+        }
+        cmd.args(args)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info")
             .env_remove("DISCOVERY_TOKEN")
@@ -267,6 +265,29 @@ async fn wait_pool(gw: &Gateway, want: &[SocketAddr]) -> Value {
     }
 }
 
+/// Two echo "pods" on 127.0.0.1 and 127.0.0.2 sharing one port, like the pods of a
+/// Service (one EndpointSlice has one port for all its endpoints).
+async fn two_pods() -> (SocketAddr, SocketAddr) {
+    loop {
+        let port = free_port();
+        let (a, b) = (
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 2], port)),
+        );
+        let (Ok(la), Ok(lb)) = (
+            tokio::net::TcpListener::bind(a).await,
+            tokio::net::TcpListener::bind(b).await,
+        ) else {
+            continue;
+        };
+        for (listener, name) in [(la, "pod-1"), (lb, "pod-2")] {
+            let app = example_services::echo::app(name);
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        }
+        return (a, b);
+    }
+}
+
 async fn get_ok(gw: &Gateway) {
     let r = reqwest::get(gw.url("/echo")).await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
@@ -352,7 +373,7 @@ async fn the_stream_requires_the_token_and_says_why_it_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_the_right_ca_flows_and_a_wrong_ca_keeps_the_last_table() {
-    let pod1 = echo_upstream("pod-1").await;
+    let (pod1, pod2) = two_pods().await;
     let fake = FakeApiServer::start().await.unwrap();
     fake.apply(service());
     fake.apply(slice(&[pod1]));
@@ -392,7 +413,6 @@ async fn tls_with_the_right_ca_flows_and_a_wrong_ca_keeps_the_last_table() {
     let gw = Gateway::start(&gateway_config(&settings)).await;
     wait_pool(&gw, &[pod1]).await;
     get_ok(&gw).await;
-    let pod2 = echo_upstream("pod-2").await;
     fake.apply(slice(&[pod1, pod2]));
     wait_pool(&gw, &[pod1, pod2]).await;
 
