@@ -457,7 +457,7 @@ fn export_snapshot(metrics: &DiscoveryMetrics, snapshot: &Snapshot) {
     let endpoints: usize = snapshot
         .services
         .values()
-        .map(|svc| svc.backends.values().map(Vec::len).sum::<usize>())
+        .map(|svc| crate::model::endpoint_count(svc))
         .sum();
     metrics.synced.set(1);
     metrics.publishes.inc();

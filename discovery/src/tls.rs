@@ -71,11 +71,15 @@ pub struct CertFiles {
 }
 
 impl CertFiles {
-    fn load(&self) -> Result<(Vec<u8>, Vec<u8>, Arc<CertifiedKey>), TlsError> {
+    fn load(&self) -> Result<Loaded, TlsError> {
         let cert_pem = read(&self.cert)?;
         let key_pem = read(&self.key)?;
         let key = certified_key(self, &cert_pem, &key_pem)?;
-        Ok((cert_pem, key_pem, key))
+        Ok(Loaded {
+            cert_pem,
+            key_pem,
+            key,
+        })
     }
 }
 
@@ -129,14 +133,10 @@ impl ReloadingCert {
     /// Load the pair now (start-up fails on a bad pair) and follow the files from then
     /// on, on the current tokio runtime, for as long as the returned value lives.
     pub fn start(files: CertFiles, metrics: DiscoveryMetrics) -> Result<Arc<Self>, TlsError> {
-        let (cert_pem, key_pem, key) = files.load()?;
+        let loaded = files.load()?;
         let this = Arc::new(Self {
             files,
-            current: ArcSwap::from_pointee(Loaded {
-                cert_pem,
-                key_pem,
-                key,
-            }),
+            current: ArcSwap::from_pointee(loaded),
             metrics,
         });
         let weak = Arc::downgrade(&this);

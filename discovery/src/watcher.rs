@@ -349,8 +349,6 @@ where
     let mut events = start();
     let mut relist: Option<Vec<Object>> = None;
     let mut next_relist = ctx.relist.next();
-    // Since when the watch has been failing (reset by the first event after).
-    let mut gap_since: Option<Instant> = None;
     // A relist this task forced is under way: do not force another before it is done.
     let mut forced = false;
     let count = |kind: &str| {
@@ -386,7 +384,6 @@ where
         if event.is_ok() {
             // An event is the API server answering, as much as a response is.
             mark_contact(&ctx.status, &url);
-            gap_since = None;
         }
         let update = match event {
             Ok(Event::Init) => {
@@ -428,8 +425,10 @@ where
                     .inc();
                 mark_failing(&ctx.status, &url);
                 tracing::warn!(%error, resource, "discovery: watch failed; keeping the last snapshot and retrying with backoff");
-                let since = *gap_since.get_or_insert_with(Instant::now);
-                if !forced && since.elapsed() > ctx.relist.after_gap {
+                // Failing since the first failure that no answer has cleared (any chunk
+                // of a watch clears it, so a reconnected quiet watch is no gap).
+                let since = with_status(&ctx.status, |s| s.failing.get(&url).copied());
+                if !forced && since.is_some_and(|t| t.elapsed() > ctx.relist.after_gap) {
                     // Whatever happened meanwhile, do not trust a resume: come back
                     // with a complete list.
                     force("gap");
