@@ -322,3 +322,64 @@ impl Drop for TlsListener {
         self.accept.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn leaf(cert: &ReloadingCert) -> Vec<u8> {
+        cert.current.load().key.cert[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_changed_pair_is_loaded_and_a_bad_one_keeps_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CertFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        };
+        let (cert1, key1) = pair();
+        std::fs::write(&files.cert, &cert1).unwrap();
+        std::fs::write(&files.key, &key1).unwrap();
+        let metrics = DiscoveryMetrics::unregistered().unwrap();
+        let cert = ReloadingCert::start(files.clone(), metrics.clone()).unwrap();
+        let first = leaf(&cert);
+        assert!(!cert.reload_if_changed(), "nothing changed");
+
+        // A key that does not match the certificate: refused, the first pair stays.
+        let (cert2, key2) = pair();
+        std::fs::write(&files.cert, &cert2).unwrap();
+        assert!(!cert.reload_if_changed());
+        assert_eq!(leaf(&cert), first);
+        assert_eq!(metrics.tls_reloads.with_label_values(&["error"]).get(), 1);
+        // Reported once, not at every look.
+        assert!(!cert.reload_if_changed());
+        assert_eq!(metrics.tls_reloads.with_label_values(&["error"]).get(), 1);
+
+        // The matching key arrives: the new pair is in use.
+        std::fs::write(&files.key, &key2).unwrap();
+        assert!(cert.reload_if_changed());
+        assert_ne!(leaf(&cert), first);
+        assert_eq!(metrics.tls_reloads.with_label_values(&["ok"]).get(), 1);
+
+        // Start-up refuses what a reload would.
+        std::fs::write(&files.key, "not a key").unwrap();
+        assert!(ReloadingCert::start(files, metrics).is_err());
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        std::fs::write(&path, "nothing here").unwrap();
+        assert!(client_config(&path).is_err());
+        std::fs::write(&path, pair().0).unwrap();
+        assert!(client_config(&path).is_ok());
+    }
+}
