@@ -183,9 +183,9 @@ impl DiscoveryMetrics {
             forced_relists: IntCounterVec::new(
                 Opts::new(
                     "discovery_forced_relists_total",
-                    "Full relists started by discovery itself, by reason (periodic, gap)",
+                    "Full relists started by discovery itself, by resource and reason (periodic, gap)",
                 ),
-                &["reason"],
+                &["resource", "reason"],
             )?,
             relist_repairs: IntCounterVec::new(
                 Opts::new(

@@ -360,16 +360,34 @@ where
     let force = |reason: &'static str| {
         ctx.metrics
             .forced_relists
-            .with_label_values(&[reason])
+            .with_label_values(&[resource, reason])
             .inc();
         tracing::info!(resource, reason, "discovery: full relist");
     };
     loop {
+        // When the watch has been failing for longer than the bound (failing since the
+        // first failure no answer has cleared; any chunk of a watch clears it, so a
+        // reconnected quiet watch is no gap), do not trust a resume: come back with a
+        // complete list. Checked on a timer, as a failing watch may retry seldom.
+        let gap_at = with_status(&ctx.status, |s| s.failing.get(&url).copied())
+            .map(|since| since + ctx.relist.after_gap);
         let event = tokio::select! {
             event = events.next() => match event {
                 Some(event) => event,
                 None => return,
             },
+            () = async {
+                if let Some(at) = gap_at { tokio::time::sleep_until(at).await }
+            }, if gap_at.is_some() && !forced => {
+                let still = with_status(&ctx.status, |s| s.failing.contains_key(&url));
+                if still {
+                    force("gap");
+                    events = start();
+                    relist = None;
+                    forced = true;
+                }
+                continue;
+            }
             () = tokio::time::sleep_until(next_relist), if !forced => {
                 force("periodic");
                 // A new watcher starts with a complete list (then watches from it);
@@ -425,17 +443,6 @@ where
                     .inc();
                 mark_failing(&ctx.status, &url);
                 tracing::warn!(%error, resource, "discovery: watch failed; keeping the last snapshot and retrying with backoff");
-                // Failing since the first failure that no answer has cleared (any chunk
-                // of a watch clears it, so a reconnected quiet watch is no gap).
-                let since = with_status(&ctx.status, |s| s.failing.get(&url).copied());
-                if !forced && since.is_some_and(|t| t.elapsed() > ctx.relist.after_gap) {
-                    // Whatever happened meanwhile, do not trust a resume: come back
-                    // with a complete list.
-                    force("gap");
-                    events = start();
-                    relist = None;
-                    forced = true;
-                }
                 continue;
             }
         };

@@ -124,12 +124,29 @@ impl Binary {
             .unwrap()
     }
 
-    /// The value of the series `name` (with its labels, as exposed), 0 when absent.
+    /// The value of the series `name{label="v",...}` (labels in any order), 0 when
+    /// absent.
     async fn metric(&self, series: &str) -> f64 {
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}').split(',').collect()),
+            None => (series, Vec::new()),
+        };
         self.metrics()
             .await
             .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .find_map(|line| {
+                let (head, value) = line.rsplit_once(' ')?;
+                let (line_name, line_labels) = match head.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (head, ""),
+                };
+                let same = line_name == name
+                    && labels
+                        .iter()
+                        .all(|l| line_labels.split(',').any(|x| x == *l))
+                    && line_labels.split(',').filter(|x| !x.is_empty()).count() == labels.len();
+                if same { value.parse().ok() } else { None }
+            })
             .unwrap_or(0.0)
     }
 
@@ -191,8 +208,10 @@ async fn a_periodic_relist_repairs_what_a_restarted_api_server_never_announced()
         .await;
     assert!(repaired >= 1.0, "{}", bin.metrics().await);
     assert!(
-        bin.metric("discovery_forced_relists_total{reason=\"periodic\"}")
-            .await
+        bin.metric(
+            "discovery_forced_relists_total{resource=\"endpointslices\",reason=\"periodic\"}"
+        )
+        .await
             >= 1.0
     );
 
@@ -227,7 +246,7 @@ async fn a_watch_gap_longer_than_the_bound_is_followed_by_a_relist() {
     // The API server goes away for longer than the bound...
     fake.set_fault(Fault::DropConnections);
     bin.wait("a gap relist to be started", |b| async move {
-        b.metric("discovery_forced_relists_total{reason=\"gap\"}")
+        b.metric("discovery_forced_relists_total{resource=\"endpointslices\",reason=\"gap\"}")
             .await
             >= 1.0
     })
@@ -245,8 +264,10 @@ async fn a_watch_gap_longer_than_the_bound_is_followed_by_a_relist() {
             >= 1.0
     );
     assert_eq!(
-        bin.metric("discovery_forced_relists_total{reason=\"periodic\"}")
-            .await,
+        bin.metric(
+            "discovery_forced_relists_total{resource=\"endpointslices\",reason=\"periodic\"}"
+        )
+        .await,
         0.0
     );
 }
