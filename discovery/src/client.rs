@@ -399,6 +399,9 @@ async fn session(
         s.connected = true;
         s.outage_since = None;
         s.last_contact = Some(Instant::now());
+        // Known again with the next heartbeat; meanwhile what the snapshot says is
+        // as fresh as the server's (a reconnect often follows its restart).
+        s.source_outage = None;
     });
     export(&config.metrics, &status.state());
     tracing::info!(url = %config.url, "discovery client: connected");
@@ -421,12 +424,15 @@ async fn session(
                 continue;
             }
             let message: Message = serde_json::from_slice(text)?;
+            // A heartbeat says how cut off the server is; an update shows its
+            // watcher publishing, so it is not.
             let source_outage = match &message {
                 Message::Heartbeat {
                     source_outage_seconds,
                     ..
                 } => Some(source_outage_seconds.unwrap_or(0.0)),
-                _ => None,
+                Message::Update { .. } => Some(0.0),
+                Message::Snapshot { .. } => None,
             };
             if let Some(published) = handle(message, tx, position)? {
                 export_snapshot(&config.metrics, &published);
