@@ -9,6 +9,7 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Gateway;
+use example_services::auth::AdminBootstrap;
 use example_services::stack::{Stack, StackConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -67,7 +68,8 @@ async fn login(c: &reqwest::Client, gw: &Gateway, email: &str) -> String {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201);
+    // The same answer for a new and a taken email (the bootstrap admin's is taken).
+    assert_eq!(r.status(), 202);
     let r = c
         .post(gw.url("/auth/v1/login"))
         .json(&creds)
@@ -91,7 +93,12 @@ async fn tour_through_the_gateway() {
         notifications: any_port(),
         data_dir: None,
         issuer: ISSUER.into(),
-        admin_emails: vec!["admin@example.com".into()],
+        // The first admin comes from the bootstrap, as in `.ci/local`.
+        admin: Some(AdminBootstrap {
+            email: "admin@example.com".into(),
+            password: "correct horse".into(),
+        }),
+        key_encryption: None,
         redis_url: None,
         backup: Default::default(),
     })
