@@ -60,7 +60,11 @@ app.kubernetes.io/component: control-plane
 {{- end -}}
 
 {{- define "gateway.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Secret names: the user's (existingSecret) or the one the chart creates. */}}
