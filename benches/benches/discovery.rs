@@ -130,6 +130,7 @@ fn snapshot_of(model: &mut Model) -> Snapshot {
     let candidate = model.candidate(&Snapshot::default(), 0);
     model.published();
     Snapshot {
+        epoch: "".into(),
         version: 1,
         services: candidate.services,
     }
@@ -288,6 +289,7 @@ fn fan_out_to(c: &mut Criterion, name: &str, kind: Subscriber) {
         .collect();
     let mut version = 1;
     tx.send_replace(Some(Arc::new(Snapshot {
+        epoch: "".into(),
         version,
         services: services.clone(),
     })));
@@ -322,6 +324,7 @@ fn fan_out_to(c: &mut Criterion, name: &str, kind: Subscriber) {
                 let key = ServiceKey::new("shop", format!("svc-{:04}", version % SERVICES as u64));
                 services.insert(key, service((version % 9 + 1) as u8));
                 let snap = Arc::new(Snapshot {
+                    epoch: "".into(),
                     version,
                     services: services.clone(),
                 });

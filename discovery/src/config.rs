@@ -6,14 +6,20 @@
 //! carry the same `watch:` block.
 //!
 //! ```yaml
-//! listen: 0.0.0.0:8081
+//! listen: 0.0.0.0:8081            # default 127.0.0.1:8081: other hosts only when written
 //! token_file: /var/run/secrets/discovery/token   # or env DISCOVERY_TOKEN
+//! insecure_no_token: false        # true: serve /v1 without a token (warned at every start)
+//! tls:                            # reloaded when the files change
+//!   cert_file: /var/run/secrets/discovery-tls/tls.crt
+//!   key_file: /var/run/secrets/discovery-tls/tls.key
+//! insecure_plaintext: false       # true: plain HTTP on a non-loopback address
 //! watch:
 //!   source: endpointslices        # or endpoints (legacy v1 Endpoints)
 //!   namespaces: [shop]            # empty or absent: all namespaces
 //!   label_selector: app.kubernetes.io/part-of=shop
 //!   coalesce: { quiet: 100ms, max_delay: 1s }
 //!   mass_deletion: { max_removed_share: 0.5, min_endpoints: 10 }
+//!   relist: { interval: 5m, after_gap: 30s }   # full relists that repair drift
 //! stream:
 //!   heartbeat: 10s
 //!   history: 256
@@ -30,7 +36,8 @@ use serde::Deserialize;
 use crate::engine::{Coalesce, MassDeletionGuard};
 use crate::metrics::DiscoveryMetrics;
 use crate::server::ServerConfig;
-use crate::watcher::{Source, WatchConfig};
+use crate::tls::CertFiles;
+use crate::watcher::{Relist, Source, WatchConfig};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,9 +47,24 @@ pub struct FileWire {
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     #[serde(default)]
+    pub insecure_no_token: bool,
+    #[serde(default)]
+    pub tls: Option<TlsWire>,
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    #[serde(default)]
     pub watch: WatchWire,
     #[serde(default)]
     pub stream: StreamWire,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsWire {
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -58,6 +80,19 @@ pub struct WatchWire {
     pub coalesce: CoalesceWire,
     #[serde(default)]
     pub mass_deletion: GuardWire,
+    #[serde(default)]
+    pub relist: RelistWire,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelistWire {
+    /// A full relist this often (jittered by up to a tenth), default 5m...
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// ...and when a watch comes back after failing for longer than this (default 30s).
+    #[serde(default)]
+    pub after_gap: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -213,6 +248,19 @@ impl WatchWire {
                 "must be in (0, 1] (1 disables the guard)",
             );
         }
+        let relist = Relist::default();
+        config.relist = Relist {
+            interval: errs.duration(
+                format!("{path}.relist.interval"),
+                self.relist.interval.as_ref(),
+                relist.interval,
+            ),
+            after_gap: errs.duration(
+                format!("{path}.relist.after_gap"),
+                self.relist.after_gap.as_ref(),
+                relist.after_gap,
+            ),
+        };
         config.mass_deletion = MassDeletionGuard {
             max_removed_share: share.clamp(0.0, 1.0),
             min_endpoints: self
@@ -229,11 +277,17 @@ impl WatchWire {
 pub struct FileConfig {
     pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// `/v1` may be served without a token (written in the file or on the command line).
+    pub insecure_no_token: bool,
+    /// Serve over TLS with this pair; `None` is plain HTTP (loopback, or written intent).
+    pub tls: Option<CertFiles>,
     pub watch: WatchConfig,
     pub server: ServerConfig,
 }
 
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
+/// Loopback: serving other hosts is a decision the operator writes down (`listen:
+/// 0.0.0.0:8081`, as the manifests do), never a default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 
 impl FileWire {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
@@ -258,8 +312,33 @@ impl FileWire {
                 path: "listen".into(),
                 message: format!("{listen_text:?} is not an address:port"),
             });
-            SocketAddr::from(([0, 0, 0, 0], 8081))
+            SocketAddr::from(([127, 0, 0, 1], 8081))
         });
+        let tls = match &self.tls {
+            None => None,
+            Some(TlsWire {
+                cert_file: Some(cert),
+                key_file: Some(key),
+            }) => Some(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            Some(_) => {
+                errors.push(ConfigError {
+                    path: "tls".into(),
+                    message: "set both cert_file and key_file".into(),
+                });
+                None
+            }
+        };
+        if self.tls.is_none() && !listen.ip().is_loopback() && !self.insecure_plaintext {
+            errors.push(ConfigError {
+                path: "listen".into(),
+                message: format!(
+                    "{listen} is reachable from other hosts: serve it over TLS (tls: {{cert_file, key_file}}) or write insecure_plaintext: true"
+                ),
+            });
+        }
         let watch = self.watch.parse("watch", metrics, &mut errors);
         let mut server = ServerConfig::default();
         {
@@ -288,6 +367,8 @@ impl FileWire {
             Ok(FileConfig {
                 listen,
                 token_file: self.token_file.clone(),
+                insecure_no_token: self.insecure_no_token,
+                tls,
                 watch,
                 server,
             })
@@ -331,7 +412,7 @@ mod tests {
     #[test]
     fn every_error_is_reported_with_its_path() {
         let wire = FileWire::from_yaml(
-            "listen: nowhere\nwatch:\n  source: pods\n  namespaces: [Bad_NS]\n  coalesce: { quiet: 2s, max_delay: soon }\n  mass_deletion: { max_removed_share: 0 }\nstream: { history: 0 }\n",
+            "listen: nowhere\nwatch:\n  source: pods\n  namespaces: [Bad_NS]\n  coalesce: { quiet: 2s, max_delay: soon }\n  mass_deletion: { max_removed_share: 0 }\n  relist: { interval: 0s }\nstream: { history: 0 }\n",
         )
         .unwrap();
         let errors = wire.parse(metrics()).unwrap_err().0;
@@ -345,10 +426,25 @@ mod tests {
                 "watch.coalesce.max_delay",
                 "watch.coalesce.max_delay",
                 "watch.mass_deletion.max_removed_share",
+                "watch.relist.interval",
                 "stream.history",
             ]
         );
         assert!(FileWire::from_yaml("watch: { sources: x }").is_err());
+    }
+
+    #[test]
+    fn other_hosts_need_tls_or_written_intent() {
+        let parse = |text: &str| FileWire::from_yaml(text).unwrap().parse(metrics());
+        let c = parse("").unwrap();
+        assert!(c.listen.ip().is_loopback(), "{:?}", c.listen);
+        let errors = parse("listen: 0.0.0.0:8081\n").unwrap_err().0;
+        assert_eq!(errors[0].path, "listen", "{errors:?}");
+        assert!(parse("listen: 0.0.0.0:8081\ninsecure_plaintext: true\n").is_ok());
+        let c = parse("listen: 0.0.0.0:8081\ntls: {cert_file: /c, key_file: /k}\n").unwrap();
+        assert_eq!(c.tls.unwrap().key, PathBuf::from("/k"));
+        let errors = parse("tls: {cert_file: /c}\n").unwrap_err().0;
+        assert_eq!(errors[0].path, "tls", "{errors:?}");
     }
 
     #[test]

@@ -103,12 +103,24 @@ pub(crate) fn with_status<R>(status: &SharedStatus, f: impl FnOnce(&mut Status) 
 /// from exactly one stream.
 #[derive(Debug)]
 pub enum Update {
-    Relist { stream: usize, objects: Vec<Object> },
-    Apply { stream: usize, object: Object },
-    Delete { id: ObjectId },
+    /// A complete list of one stream; `resource` names it in metrics.
+    Relist {
+        stream: usize,
+        resource: &'static str,
+        objects: Vec<Object>,
+    },
+    Apply {
+        stream: usize,
+        object: Object,
+    },
+    Delete {
+        id: ObjectId,
+    },
 }
 
 pub struct Engine {
+    /// This watcher's instance id: with the version, it tells a restart apart.
+    epoch: Arc<str>,
     model: Model,
     streams_synced: Vec<bool>,
     coalesce: Coalesce,
@@ -130,6 +142,7 @@ impl Engine {
         status: SharedStatus,
     ) -> Self {
         Self {
+            epoch: uuid::Uuid::new_v4().simple().to_string().into(),
             model: Model::new(),
             streams_synced: vec![false; streams],
             coalesce,
@@ -150,11 +163,31 @@ impl Engine {
     /// Apply one update; `true` when the model changed.
     pub fn apply(&mut self, update: Update) -> bool {
         match update {
-            Update::Relist { stream, objects } => {
-                if let Some(s) = self.streams_synced.get_mut(stream) {
-                    *s = true;
+            Update::Relist {
+                stream,
+                resource,
+                objects,
+            } => {
+                let relisted = self
+                    .streams_synced
+                    .get_mut(stream)
+                    .is_some_and(|s| std::mem::replace(s, true));
+                let differed = self.model.relist(stream, objects);
+                if relisted && differed > 0 {
+                    // The watch had missed these: a relist after the first one is the
+                    // only way drift (an API server restored from an older state, a
+                    // lost event) is repaired.
+                    self.metrics
+                        .relist_repairs
+                        .with_label_values(&[resource])
+                        .inc_by(differed as u64);
+                    tracing::warn!(
+                        resource,
+                        objects = differed,
+                        "discovery: relist repaired objects the watch had missed"
+                    );
                 }
-                self.model.relist(stream, objects)
+                differed > 0
             }
             Update::Apply { stream, object } => self.model.apply(stream, object),
             Update::Delete { id } => self.model.delete(&id),
@@ -219,6 +252,7 @@ impl Engine {
         self.release_hold();
         self.model.published();
         let snapshot = Arc::new(Snapshot {
+            epoch: self.epoch.clone(),
             version: self.last.version + 1,
             services: candidate.services,
         });
@@ -250,10 +284,18 @@ impl Engine {
     }
 
     fn update_staleness(&self) {
-        let age = with_status(&self.status, |s| s.outage());
+        let (outage, contact) = with_status(&self.status, |s| {
+            (s.outage(), s.last_contact.map(|t| t.elapsed()))
+        });
+        let outage_secs = outage.map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.stale_seconds.set(outage_secs);
+        self.metrics.source_outage_seconds.set(outage_secs);
         self.metrics
-            .stale_seconds
-            .set(age.map_or(0.0, |d| d.as_secs_f64()));
+            .source_connected
+            .set(i64::from(outage.is_none() && contact.is_some()));
+        self.metrics
+            .last_contact_age_seconds
+            .set(contact.map_or(0.0, |d| d.as_secs_f64()));
     }
 
     /// Run until every update sender is gone or the snapshot receivers are all dropped.
@@ -404,6 +446,7 @@ mod tests {
         let h = start(MassDeletionGuard::default());
         h.send(Update::Relist {
             stream: SERVICES,
+            resource: "services",
             objects: vec![service("a")],
         })
         .await;
@@ -416,6 +459,7 @@ mod tests {
         assert!(h.rx.borrow().is_none());
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("a-1", "a", 1..3)],
         })
         .await;
@@ -428,11 +472,13 @@ mod tests {
         let h = start(guard);
         h.send(Update::Relist {
             stream: SERVICES,
+            resource: "services",
             objects: vec![service("a"), service("b")],
         })
         .await;
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("a-1", "a", ips), slice("b-1", "b", 200..201)],
         })
         .await;
@@ -484,12 +530,14 @@ mod tests {
         let before = h.rx.borrow().clone().unwrap();
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("a-1", "a", 1..3), slice("b-1", "b", 200..201)],
         })
         .await;
         // The same content under a new slice name: the model changes, the snapshot not.
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("a-2", "a", 1..3), slice("b-1", "b", 200..201)],
         })
         .await;
@@ -505,6 +553,7 @@ mod tests {
         h.rx.mark_unchanged();
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("a-1", "a", 1..5), slice("b-1", "b", 200..201)],
         })
         .await;
@@ -545,6 +594,7 @@ mod tests {
         // A relist that loses 16 of 21 endpoints is held.
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("a-1", "a", 1..5), slice("b-1", "b", 200..201)],
         })
         .await;
@@ -556,6 +606,7 @@ mod tests {
         // A later state that no longer trips the guard is published without confirmation.
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("a-1", "a", 1..15), slice("b-1", "b", 200..201)],
         })
         .await;
@@ -567,6 +618,7 @@ mod tests {
         // Held again, then confirmed.
         h.send(Update::Relist {
             stream: SLICES,
+            resource: "endpointslices",
             objects: vec![slice("b-1", "b", 200..201)],
         })
         .await;

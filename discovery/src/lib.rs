@@ -4,7 +4,7 @@
 //! ([`watcher`], with the publishing rules in [`engine`] and the stripped object model
 //! in [`model`]), the control-plane server that streams snapshots to gateways
 //! ([`server`]), the gateway's client of that stream ([`client`]), the protocol they
-//! share ([`protocol`]) and the metrics ([`metrics`]). This file owns the rules every
+//! share ([`protocol`]), TLS for it ([`tls`]) and the metrics ([`metrics`]). This file owns the rules every
 //! source of endpoints must follow when deciding which endpoints receive traffic, as
 //! the EndpointSlice API documents them:
 //! an unset `ready` means ready, an unset `serving` means the value of `ready`, an unset
@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod selector;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod token;
 pub mod watcher;
 

@@ -21,7 +21,8 @@ struct Args {
     /// YAML settings file.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Address to serve on (default 0.0.0.0:8081).
+    /// Address to serve on (default 127.0.0.1:8081; other hosts only when written,
+    /// and then over TLS unless --insecure-plaintext).
     #[arg(long)]
     listen: Option<String>,
     /// Namespace to watch (repeatable); default all namespaces.
@@ -36,6 +37,24 @@ struct Args {
     /// File holding the bearer token gateways must send (else env DISCOVERY_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Serve /v1 (the snapshot stream, status, confirmations) without a token.
+    #[arg(long)]
+    insecure_no_token: bool,
+    /// PEM certificate chain to serve TLS with (reloaded when the file changes).
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Full relist of every watched resource this often (default 5m, jittered).
+    #[arg(long)]
+    relist_interval: Option<String>,
+    /// Full relist when a watch comes back after failing for longer (default 30s).
+    #[arg(long)]
+    relist_after_gap: Option<String>,
     /// Check the settings and exit.
     #[arg(long)]
     check: bool,
@@ -93,6 +112,20 @@ async fn main() -> anyhow::Result<()> {
     if args.token_file.is_some() {
         wire.token_file = args.token_file.clone();
     }
+    wire.insecure_no_token |= args.insecure_no_token;
+    wire.insecure_plaintext |= args.insecure_plaintext;
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        wire.tls = Some(discovery::config::TlsWire {
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+        });
+    }
+    if args.relist_interval.is_some() {
+        wire.watch.relist.interval = args.relist_interval.clone();
+    }
+    if args.relist_after_gap.is_some() {
+        wire.watch.relist.after_gap = args.relist_after_gap.clone();
+    }
     let registry = prometheus::Registry::new();
     let metrics = DiscoveryMetrics::new(&registry)?;
     let mut config = wire
@@ -118,11 +151,33 @@ async fn main() -> anyhow::Result<()> {
     if config.server.token.as_deref() == Some("") {
         anyhow::bail!("the token file is empty");
     }
-    if config.server.token.is_none() {
-        tracing::warn!(
-            "no token configured: the snapshot stream is open to anyone who can reach it"
-        );
+    match (&config.server.token, config.insecure_no_token) {
+        (None, false) => anyhow::bail!(
+            "no token: set token_file (--token-file) or DISCOVERY_TOKEN, or serve the stream to anyone who can reach it with insecure_no_token: true (--insecure-no-token)"
+        ),
+        (None, true) => tracing::warn!(
+            "insecure_no_token: the snapshot stream is open to anyone who can reach it, who can also confirm held mass deletions"
+        ),
+        (Some(_), true) => {
+            tracing::warn!(
+                "insecure_no_token is set but a token is configured: the token is required"
+            )
+        }
+        (Some(_), false) => {}
     }
+    let tls = match &config.tls {
+        Some(files) => {
+            let cert = discovery::tls::ReloadingCert::start(files.clone(), metrics.clone())
+                .context("loading the TLS certificate")?;
+            Some(discovery::tls::server_config(cert)?)
+        }
+        None => {
+            if !config.listen.ip().is_loopback() {
+                tracing::warn!(address = %config.listen, "insecure_plaintext: the snapshot stream and its token travel unencrypted");
+            }
+            None
+        }
+    };
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
@@ -132,11 +187,17 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "discovery: listening");
+    tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "discovery: listening");
     // Subscriber streams never end, so there is nothing to drain: stop at once and let
     // gateways reconnect (they keep their last snapshot meanwhile).
+    let serve = async {
+        match tls {
+            Some(tls) => cp.serve_tls(listener, tls).await,
+            None => cp.serve(listener).await,
+        }
+    };
     tokio::select! {
-        served = cp.serve(listener) => served?,
+        served = serve => served?,
         () = shutdown_signal() => {}
     }
     Ok(())

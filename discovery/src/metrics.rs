@@ -31,6 +31,26 @@ pub struct DiscoveryMetrics {
     /// Control-plane client: 1 while connected; reconnect attempts.
     pub client_connected: IntGauge,
     pub client_reconnects: IntCounter,
+    /// Control-plane client: failed sessions by reason (`tls`, `unauthorized`,
+    /// `status`, `connect`, `idle`, `decode`, `ended`...).
+    pub client_errors: IntCounterVec,
+    /// The source of snapshots (the API server for a watcher, the control plane for a
+    /// client): 1 while it answers; how long the current outage has lasted (0 while
+    /// it answers); seconds since it last said anything (bookmarks and heartbeats
+    /// count, so this stays small on a healthy quiet watch).
+    pub source_connected: IntGauge,
+    pub source_outage_seconds: Gauge,
+    pub last_contact_age_seconds: Gauge,
+    /// Relists forced by discovery itself (`periodic`, `gap` after a long watch
+    /// outage), and the objects such relists found different from what the watch
+    /// had delivered: drift repaired.
+    pub forced_relists: IntCounterVec,
+    pub relist_repairs: IntCounterVec,
+    /// Control-plane server: TLS certificate reloads by result, failed handshakes,
+    /// requests refused for a missing or wrong token.
+    pub tls_reloads: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
+    pub unauthorized: IntCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +77,15 @@ impl DiscoveryMetrics {
         registry.register(Box::new(m.subscriber_lagged.clone()))?;
         registry.register(Box::new(m.client_connected.clone()))?;
         registry.register(Box::new(m.client_reconnects.clone()))?;
+        registry.register(Box::new(m.client_errors.clone()))?;
+        registry.register(Box::new(m.source_connected.clone()))?;
+        registry.register(Box::new(m.source_outage_seconds.clone()))?;
+        registry.register(Box::new(m.last_contact_age_seconds.clone()))?;
+        registry.register(Box::new(m.forced_relists.clone()))?;
+        registry.register(Box::new(m.relist_repairs.clone()))?;
+        registry.register(Box::new(m.tls_reloads.clone()))?;
+        registry.register(Box::new(m.tls_handshake_failures.clone()))?;
+        registry.register(Box::new(m.unauthorized.clone()))?;
         Ok(m)
     }
 
@@ -131,6 +160,54 @@ impl DiscoveryMetrics {
             client_reconnects: IntCounter::new(
                 "discovery_client_reconnects_total",
                 "Connection attempts to the control plane after the first",
+            )?,
+            client_errors: IntCounterVec::new(
+                Opts::new(
+                    "discovery_client_errors_total",
+                    "Control-plane sessions that failed, by reason",
+                ),
+                &["reason"],
+            )?,
+            source_connected: IntGauge::new(
+                "discovery_source_connected",
+                "1 while the source of snapshots (API server or control plane) answers",
+            )?,
+            source_outage_seconds: Gauge::new(
+                "discovery_source_outage_seconds",
+                "Length of the current outage of the source of snapshots (0 while it answers)",
+            )?,
+            last_contact_age_seconds: Gauge::new(
+                "discovery_last_contact_age_seconds",
+                "Seconds since the source of snapshots last sent anything (bookmarks and heartbeats count)",
+            )?,
+            forced_relists: IntCounterVec::new(
+                Opts::new(
+                    "discovery_forced_relists_total",
+                    "Full relists started by discovery itself, by reason (periodic, gap)",
+                ),
+                &["reason"],
+            )?,
+            relist_repairs: IntCounterVec::new(
+                Opts::new(
+                    "discovery_relist_repaired_total",
+                    "Objects a relist found different from what the watch had delivered (drift repaired), by resource",
+                ),
+                &["resource"],
+            )?,
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "discovery_tls_reloads_total",
+                    "Changed TLS certificate files loaded (ok) or refused (error)",
+                ),
+                &["result"],
+            )?,
+            tls_handshake_failures: IntCounter::new(
+                "discovery_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out",
+            )?,
+            unauthorized: IntCounter::new(
+                "discovery_unauthorized_requests_total",
+                "Requests refused for a missing or wrong bearer token",
             )?,
         })
     }

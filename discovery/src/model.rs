@@ -417,7 +417,9 @@ impl Model {
     }
 
     /// Replace everything `origin` contributed with `objects` in one step (a relist).
-    pub fn relist(&mut self, origin: usize, objects: Vec<Object>) -> bool {
+    /// Returns how many objects differed (added, changed or gone): 0 when the relist
+    /// only confirmed what the model held.
+    pub fn relist(&mut self, origin: usize, objects: Vec<Object>) -> usize {
         let listed: HashSet<&ObjectId> = objects.iter().map(|o| &o.id).collect();
         let gone: Vec<ObjectId> = self
             .by_origin
@@ -427,12 +429,12 @@ impl Model {
             .filter(|id| !listed.contains(id))
             .cloned()
             .collect();
-        let mut changed = false;
+        let mut changed = 0;
         for id in &gone {
-            changed |= self.remove(id);
+            changed += usize::from(self.remove(id));
         }
         for object in objects {
-            changed |= self.apply(origin, object);
+            changed += usize::from(self.apply(origin, object));
         }
         changed
     }
@@ -646,17 +648,21 @@ mod tests {
     #[test]
     fn unchanged_services_keep_their_arc_and_relists_remove_the_unlisted() {
         let mut m = Model::new();
-        assert!(m.relist(0, vec![obj_service("a"), obj_service("b")]));
-        assert!(m.relist(1, vec![obj_slice("a-1", "a", 1), obj_slice("b-1", "b", 2)]));
+        assert_eq!(m.relist(0, vec![obj_service("a"), obj_service("b")]), 2);
+        assert_eq!(
+            m.relist(1, vec![obj_slice("a-1", "a", 1), obj_slice("b-1", "b", 2)]),
+            2
+        );
         let c = m.candidate(&Snapshot::default(), 0);
         assert_eq!((c.changed, c.total_endpoints), (2, 2));
         m.published();
         let prev = Snapshot {
+            epoch: "".into(),
             version: 1,
             services: c.services,
         };
         // Relist: a's slice changes, b's slice disappears.
-        assert!(m.relist(1, vec![obj_slice("a-1", "a", 3)]));
+        assert_eq!(m.relist(1, vec![obj_slice("a-1", "a", 3)]), 2);
         let c = m.candidate(&prev, 2);
         assert_eq!(
             (c.changed, c.removed_endpoints, c.total_endpoints),
@@ -665,7 +671,7 @@ mod tests {
         assert!(c.services[&ServiceKey::new("ns", "b")].backends.is_empty());
         // An identical relist changes nothing.
         m.published();
-        assert!(!m.relist(1, vec![obj_slice("a-1", "a", 3)]));
+        assert_eq!(m.relist(1, vec![obj_slice("a-1", "a", 3)]), 0);
         assert!(!m.has_dirty());
     }
 }

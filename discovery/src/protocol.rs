@@ -43,6 +43,10 @@ pub enum Message {
     Heartbeat {
         epoch: String,
         version: u64,
+        /// How long the server has been cut off from its own source (the API server),
+        /// so subscribers report the age of what they route with; absent while healthy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_outage_seconds: Option<f64>,
     },
 }
 
@@ -87,7 +91,11 @@ pub fn apply(
         services.remove(key);
     }
     services.extend(changed);
-    Snapshot { version, services }
+    Snapshot {
+        epoch: base.epoch.clone(),
+        version,
+        services,
+    }
 }
 
 #[cfg(test)]
@@ -114,10 +122,12 @@ mod tests {
         );
         let shared = svc(1);
         let old = Snapshot {
+            epoch: "".into(),
             version: 4,
             services: BTreeMap::from([(a.clone(), shared.clone()), (b.clone(), svc(2))]),
         };
         let new = Snapshot {
+            epoch: "".into(),
             version: 5,
             services: BTreeMap::from([(a.clone(), shared), (c.clone(), svc(3))]),
         };

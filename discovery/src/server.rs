@@ -166,6 +166,17 @@ impl ControlPlane {
         axum::serve(listener, self.router()).await
     }
 
+    /// [`ControlPlane::serve`] over TLS (see [`crate::tls`]; the listener sets
+    /// `TCP_NODELAY` itself).
+    pub async fn serve_tls(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<()> {
+        let listener = crate::tls::TlsListener::new(listener, tls, self.metrics.clone())?;
+        axum::serve(listener, self.router()).await
+    }
+
     fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
         self.hub.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -287,6 +298,7 @@ async fn authorize(
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            cp.metrics.unauthorized.inc();
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -354,9 +366,11 @@ impl StreamState {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 () = heartbeat => {
+                    let outage = self.cp.watch.as_ref().and_then(|w| w.status().outage);
                     return Some(line(&Message::Heartbeat {
                         epoch: self.cp.epoch.clone(),
                         version: self.version,
+                        source_outage_seconds: outage.map(|d| d.as_secs_f64()),
                     }));
                 }
             }

@@ -166,9 +166,14 @@ pub fn for_zone(backends: Vec<Backend>, zone: Option<&str>) -> Vec<Backend> {
         .collect()
 }
 
-/// Every watched Service at one moment. Versions increase by one per publish.
+/// Every watched Service at one moment. Versions increase by one per publish within
+/// one `epoch`: the instance id of the source that numbered them (a watcher, or a
+/// control plane), new at each start, so a restarted source counting from 1 again is
+/// told apart from the one before.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    #[serde(default)]
+    pub epoch: Arc<str>,
     pub version: u64,
     pub services: BTreeMap<ServiceKey, Arc<Service>>,
 }
@@ -222,6 +227,7 @@ mod tests {
     #[test]
     fn snapshots_round_trip_through_json() {
         let snap = Snapshot {
+            epoch: "".into(),
             version: 7,
             services: BTreeMap::from([(
                 ServiceKey::new("shop", "orders"),

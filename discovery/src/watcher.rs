@@ -8,13 +8,23 @@
 //! through a thin wrapper that records a successful response (the last contact) or a
 //! failure (error, 5xx/429/401/403, or no response headers within
 //! [`CONTACT_TIMEOUT`]), so an outage is measured from its first failed request and ends
-//! at the first successful one, even when no object changed meanwhile.
+//! at the first successful one, even when no object changed meanwhile. Every chunk a
+//! watch delivers counts as contact too (bookmarks included), so the last contact stays
+//! recent on a healthy watch that has no changes to report.
+//!
+//! A watch resumed from its last resourceVersion trusts the API server to replay every
+//! change since; one restored from an older state (or one that lost events) does not,
+//! and the watch would never notice. So each stream also relists in full: periodically
+//! ([`Relist::interval`], jittered so replicas do not relist together) and when a watch
+//! failed for longer than [`Relist::after_gap`]. A relist replaces the stream's objects
+//! in one step, and what it finds different is counted as repaired drift.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as disc;
 use kube::api::{Api, Resource};
@@ -45,6 +55,32 @@ pub enum Source {
     Endpoints,
 }
 
+/// When a stream relists in full, besides the relists the watch protocol asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Relist {
+    /// Relist this often, plus a random up to a tenth more.
+    pub interval: Duration,
+    /// Relist when a watch comes back after failing for longer than this.
+    pub after_gap: Duration,
+}
+
+impl Default for Relist {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(300),
+            after_gap: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Relist {
+    /// The next periodic relist, `interval` plus up to 10% jitter.
+    fn next(&self) -> Instant {
+        let jitter = self.interval.mul_f64(fastrand::f64() * 0.1);
+        Instant::now() + self.interval + jitter
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
     pub source: Source,
@@ -55,12 +91,13 @@ pub struct WatchConfig {
     pub label_selector: Option<String>,
     pub coalesce: Coalesce,
     pub mass_deletion: MassDeletionGuard,
+    pub relist: Relist,
     pub metrics: DiscoveryMetrics,
 }
 
 impl WatchConfig {
     /// Defaults: EndpointSlices in all namespaces, 100 ms / 1 s coalescing, guard at 50%
-    /// of at least 10 endpoints.
+    /// of at least 10 endpoints, relists every 5 min and after a 30 s watch gap.
     pub fn new(metrics: DiscoveryMetrics) -> Self {
         Self {
             source: Source::default(),
@@ -68,6 +105,7 @@ impl WatchConfig {
             label_selector: None,
             coalesce: Coalesce::default(),
             mass_deletion: MassDeletionGuard::default(),
+            relist: Relist::default(),
             metrics,
         }
     }
@@ -165,7 +203,18 @@ fn observed_client(client: kube::Client, status: SharedStatus) -> kube::Client {
                 Ok(r) if is_contact(r.status()) => mark_contact(&status, &path),
                 _ => mark_failing(&status, &path),
             }
-            result
+            // Each chunk of the body is the API server talking: on a watch that is
+            // every event and every bookmark.
+            result.map(|response| {
+                response.map(|body| {
+                    body.map_frame(move |frame| {
+                        if frame.is_data() {
+                            mark_contact(&status, &path);
+                        }
+                        frame
+                    })
+                })
+            })
         }
     });
     kube::Client::new(service, namespace)
@@ -221,6 +270,7 @@ pub fn spawn(client: kube::Client, config: WatchConfig) -> (SnapshotReceiver, Wa
             status: status.clone(),
             metrics: config.metrics.clone(),
             config: watcher_config.clone(),
+            relist: config.relist,
         };
         tasks.push(tokio::spawn(run_stream(
             api::<core::Service>(&client, namespace),
@@ -281,23 +331,56 @@ struct StreamCtx {
     status: SharedStatus,
     metrics: DiscoveryMetrics,
     config: watcher::Config,
+    relist: Relist,
 }
 
-/// Follow one resource, sending relists whole and other events one by one.
+/// Follow one resource, sending relists whole and other events one by one; relist in
+/// full periodically and after a long watch gap (see the module doc).
 async fn run_stream<K>(api: Api<K>, ctx: StreamCtx, resource: &'static str, strip: fn(&K) -> Object)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let url = api.resource_url().to_owned();
-    let mut events = watcher(api, ctx.config.clone()).default_backoff().boxed();
+    let start = || {
+        watcher(api.clone(), ctx.config.clone())
+            .default_backoff()
+            .boxed()
+    };
+    let mut events = start();
     let mut relist: Option<Vec<Object>> = None;
+    let mut next_relist = ctx.relist.next();
+    // A relist this task forced is under way: do not force another before it is done.
+    let mut forced = false;
     let count = |kind: &str| {
         ctx.metrics
             .events
             .with_label_values(&[resource, kind])
             .inc()
     };
-    while let Some(event) = events.next().await {
+    let force = |reason: &'static str| {
+        ctx.metrics
+            .forced_relists
+            .with_label_values(&[reason])
+            .inc();
+        tracing::info!(resource, reason, "discovery: full relist");
+    };
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            () = tokio::time::sleep_until(next_relist), if !forced => {
+                force("periodic");
+                // A new watcher starts with a complete list (then watches from it);
+                // the old watch is dropped.
+                events = start();
+                relist = None;
+                forced = true;
+                next_relist = ctx.relist.next();
+                continue;
+            }
+        };
         if event.is_ok() {
             // An event is the API server answering, as much as a response is.
             mark_contact(&ctx.status, &url);
@@ -316,8 +399,11 @@ where
             Ok(Event::InitDone) => {
                 count("init_done");
                 ctx.metrics.relists.with_label_values(&[resource]).inc();
+                forced = false;
+                next_relist = ctx.relist.next();
                 Update::Relist {
                     stream: ctx.stream,
+                    resource,
                     objects: relist.take().unwrap_or_default(),
                 }
             }
@@ -339,6 +425,17 @@ where
                     .inc();
                 mark_failing(&ctx.status, &url);
                 tracing::warn!(%error, resource, "discovery: watch failed; keeping the last snapshot and retrying with backoff");
+                // Failing since the first failure that no answer has cleared (any chunk
+                // of a watch clears it, so a reconnected quiet watch is no gap).
+                let since = with_status(&ctx.status, |s| s.failing.get(&url).copied());
+                if !forced && since.is_some_and(|t| t.elapsed() > ctx.relist.after_gap) {
+                    // Whatever happened meanwhile, do not trust a resume: come back
+                    // with a complete list.
+                    force("gap");
+                    events = start();
+                    relist = None;
+                    forced = true;
+                }
                 continue;
             }
         };

@@ -53,6 +53,7 @@ fn key(name: &str) -> ServiceKey {
 fn publish(tx: &SnapshotSender, services: &[(&str, Arc<Service>)]) -> Arc<Snapshot> {
     let version = tx.borrow().as_ref().map_or(0, |s| s.version) + 1;
     let snap = Arc::new(Snapshot {
+        epoch: "".into(),
         version,
         services: services.iter().map(|(n, s)| (key(n), s.clone())).collect(),
     });

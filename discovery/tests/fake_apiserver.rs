@@ -889,3 +889,60 @@ async fn dev_binary_serves_loaded_objects_through_its_kubeconfig() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("does not serve v1 Widget"), "{stderr}");
 }
+
+/// `restart_with`: open watches end, a watch resumed from a version handed out before
+/// the restart replays nothing of the new state (the version is still valid: no 410),
+/// and only a list shows it.
+#[tokio::test]
+async fn a_restart_with_drift_changes_lists_but_not_watches() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.apply(slice("shop", "orders-a", "orders", &["10.0.0.1"]));
+    let before = server.apply(slice("shop", "orders-b", "orders", &["10.0.0.2"]));
+    let api: Api<EndpointSlice> = Api::namespaced(client(&server), "shop");
+    let mut open = api
+        .watch(&WatchParams::default().timeout(30), &before.to_string())
+        .await
+        .unwrap()
+        .boxed();
+
+    server
+        .restart_with(
+            vec![slice("shop", "orders-a", "orders", &["10.0.0.9"])],
+            &[("discovery.k8s.io/v1", "EndpointSlice", "shop", "orders-b")],
+        )
+        .unwrap();
+    // The open watch ends without having seen anything.
+    let seen = tokio::time::timeout(WAIT, async {
+        let mut seen = Vec::new();
+        while let Some(item) = open.next().await {
+            match item {
+                Ok(WatchEvent::Bookmark(_)) => {}
+                Ok(other) => seen.push(format!("{other:?}")),
+                Err(_) => break,
+            }
+        }
+        seen
+    })
+    .await
+    .expect("the watch outlived the restart");
+    assert!(seen.is_empty(), "{seen:?}");
+
+    // Resuming from the old version is accepted and replays nothing.
+    let mut resumed = api
+        .watch(&WatchParams::default().timeout(1), &before.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    while let Some(item) = tokio::time::timeout(WAIT, resumed.next()).await.unwrap() {
+        match item.unwrap() {
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("a resumed watch saw the drift: {other:?}"),
+        }
+    }
+    // A list shows the new state.
+    let listed = api.list(&Default::default()).await.unwrap();
+    assert_eq!(names(&listed.items), set(&["orders-a"]));
+    let addresses = &listed.items[0].endpoints.as_ref().unwrap()[0].addresses;
+    assert_eq!(addresses, &vec!["10.0.0.9".to_owned()]);
+    assert!(server.resource_version() > before);
+}

@@ -404,7 +404,7 @@ fn deployments_are_probed_hardened_sized_and_wired() {
         .parse()
         .unwrap();
     assert_eq!(
-        container_port(&pod["containers"][0], &Value::from("http")),
+        container_port(&pod["containers"][0], &Value::from("https")),
         listen_port
     );
     let token = config["token_file"].as_str().unwrap();
@@ -422,7 +422,7 @@ fn deployments_are_probed_hardened_sized_and_wired() {
     assert_eq!(
         control["url"],
         format!(
-            "http://discovery.{}:{port}",
+            "https://discovery.{}:{port}",
             service["metadata"]["namespace"].as_str().unwrap()
         )
     );
@@ -564,6 +564,128 @@ fn sample_services_admit_only_the_gateway() {
         catalog["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
         "orders"
     );
+}
+
+/// `file` is Secret `secret`'s key `key`, in a read-only mount that projects only the
+/// keys listed in `allowed`.
+fn assert_secret_key(deployment: &Value, file: &str, secret: &str, key: &str, allowed: &[&str]) {
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(file).starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("{file} is not mounted"));
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], secret, "{file}");
+    let items = volume["secret"]["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{file}: the volume must list the keys it projects"));
+    let name = Path::new(file).file_name().unwrap().to_str().unwrap();
+    assert!(
+        items.iter().any(|i| i["key"] == key && i["path"] == name),
+        "{file}: {items:?}"
+    );
+    for item in items {
+        assert!(
+            allowed.contains(&item["key"].as_str().unwrap()),
+            "{file}: {item}"
+        );
+    }
+}
+
+/// The control-plane stream: served over TLS on the port the Service and the gateways
+/// use, probed over HTTPS, the gateways verifying it with the CA alone (never the
+/// key), and only gateway pods admitted to it.
+#[test]
+fn control_plane_stream_is_tls_and_fenced() {
+    let objects = objects();
+    let discovery = one(&objects, "Deployment", "discovery");
+    let config = mounted_config(&objects, discovery, "/etc/discovery/discovery.yaml");
+    let tls = &config["tls"];
+    let allowed = ["tls.crt", "tls.key"];
+    assert_secret_key(
+        discovery,
+        tls["cert_file"].as_str().expect("tls.cert_file"),
+        "discovery-tls",
+        "tls.crt",
+        &allowed,
+    );
+    assert_secret_key(
+        discovery,
+        tls["key_file"].as_str().expect("tls.key_file"),
+        "discovery-tls",
+        "tls.key",
+        &allowed,
+    );
+    assert!(config["insecure_plaintext"].is_null() && config["insecure_no_token"].is_null());
+    let container = &discovery["spec"]["template"]["spec"]["containers"][0];
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+    }
+
+    let gateway = one(&objects, "Deployment", "gateway");
+    let gconfig = mounted_config(&objects, gateway, "/etc/gateway/gateway.yaml");
+    let control = &gconfig["discovery"]["control_plane"];
+    assert!(control["url"].as_str().unwrap().starts_with("https://"));
+    assert!(control["insecure_plaintext"].is_null());
+    assert_secret_key(
+        gateway,
+        control["ca_file"].as_str().expect("control_plane.ca_file"),
+        "discovery-tls",
+        "ca.crt",
+        &["ca.crt"],
+    );
+
+    let policy = one(&objects, "NetworkPolicy", "discovery");
+    let labels = &discovery["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&labels[k], v, "the policy selects the discovery pods");
+    }
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let stream_port = container_port(container, &Value::from("https"));
+    let glabels = &gateway["spec"]["template"]["metadata"]["labels"];
+    let mut rules = 0;
+    for rule in policy["spec"]["ingress"].as_array().unwrap() {
+        let ports: Vec<u64> = rule["ports"]
+            .as_array()
+            .expect("every rule names its ports")
+            .iter()
+            .map(|p| container_port(container, &p["port"]))
+            .collect();
+        if !ports.contains(&stream_port) {
+            continue;
+        }
+        rules += 1;
+        let from = rule["from"]
+            .as_array()
+            .expect("the stream rule names its peers");
+        assert!(!from.is_empty());
+        for peer in from {
+            assert!(
+                peer["namespaceSelector"].is_null(),
+                "same namespace only: {peer}"
+            );
+            let selector = peer["podSelector"]["matchLabels"].as_object().unwrap();
+            assert!(!selector.is_empty());
+            for (k, v) in selector {
+                assert_eq!(&glabels[k], v, "peers are the gateway pods: {peer}");
+            }
+        }
+    }
+    assert_eq!(rules, 1, "one rule admits the stream port");
 }
 
 /// The gateway's admin API needs a bearer token from a Secret, and only the scraping

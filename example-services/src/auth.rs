@@ -2,13 +2,21 @@
 //! tokens signed RS256 or EdDSA (`kid`, `iss`, `aud`, `sub`, `exp`, `iat`, `nbf`, `scope`,
 //! `roles`), and the JWKS at `/.well-known/jwks.json`.
 //!
-//! Signing keys are generated on first start and kept in the service's database (never
-//! logged). Rotation (`POST /v1/admin/rotate`, or `--rotate` at start) adds a new key and
-//! retires the old one, which stays in the JWKS until every token it signed has expired.
+//! Signing keys ([`keys`]) are generated on first start and kept in the service's database
+//! (never logged; sealed with AES-256-GCM when a key-encryption key is given). Rotation
+//! (`POST /v1/admin/rotate`, or `--rotate` at start) adds a new key and retires the old one,
+//! which stays in the JWKS until every token it signed has expired.
+//!
+//! Registration never tells whether an email is taken: a new and an existing address get
+//! the same `202 Accepted` body after the same work (the password is hashed and the same
+//! insert runs in both cases). It only creates customers; the first admin comes from an
+//! explicit bootstrap at start ([`bootstrap`]).
 //!
 //! OAuth2 (`POST /oauth/token`: client credentials for services, rotating refresh tokens
 //! for users, issued at login) lives in [`oauth`].
 
+pub mod bootstrap;
+pub mod keys;
 pub mod oauth;
 
 use std::sync::Arc;
@@ -16,16 +24,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,6 +39,8 @@ use crate::common::error::{ApiError, FieldError, JsonBody};
 use crate::common::http::{Metrics, finish};
 use crate::common::identity::Caller;
 use crate::common::validate::email_ok;
+pub use bootstrap::AdminBootstrap;
+pub use keys::{KeyEncryption, ensure_keys, rotate};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -72,7 +78,7 @@ impl SigningAlg {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Rs256 => "RS256",
             Self::EdDsa => "EdDSA",
@@ -93,8 +99,8 @@ pub struct AuthConfig {
     pub audience: String,
     pub token_ttl: Duration,
     pub signing_alg: SigningAlg,
-    /// Accounts registered with these emails get the `admin` role.
-    pub admin_emails: Vec<String>,
+    /// Seals the private signing keys at rest; `None` stores them in clear.
+    pub key_encryption: Option<Arc<KeyEncryption>>,
     /// Lifetime of a refresh token (each use returns a new one with a fresh lifetime).
     pub refresh_ttl: Duration,
 }
@@ -105,99 +111,15 @@ pub struct AuthState {
     pub config: Arc<AuthConfig>,
 }
 
+/// A secret from the environment; an empty value counts as unset.
+pub fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// A fresh key pair: PKCS#8 private key and the public JWK (without `kid`).
-fn generate(alg: SigningAlg) -> Result<(Vec<u8>, Value), ApiError> {
-    match alg {
-        SigningAlg::Rs256 => {
-            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-                .map_err(|_| ApiError::internal("RSA key generation failed"))?;
-            let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair)
-                .map_err(|_| ApiError::internal("RSA key export failed"))?;
-            let public = pair.public_key();
-            let jwk = json!({
-                "kty": "RSA",
-                "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
-                "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
-            });
-            Ok((der.as_ref().to_vec(), jwk))
-        }
-        SigningAlg::EdDsa => {
-            let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-                .map_err(|_| ApiError::internal("Ed25519 key generation failed"))?;
-            let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref())
-                .map_err(|_| ApiError::internal("Ed25519 key reload failed"))?;
-            let jwk = json!({
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
-            });
-            Ok((doc.as_ref().to_vec(), jwk))
-        }
-    }
-}
-
-/// Add a new signing key for `alg` and retire the current one (returns the new `kid`).
-pub async fn rotate(db: &SqlitePool, alg: SigningAlg) -> Result<String, ApiError> {
-    let (der, mut jwk) = generate(alg)?;
-    let kid = uuid::Uuid::new_v4().simple().to_string();
-    jwk["kid"] = json!(kid);
-    jwk["alg"] = json!(alg.name());
-    jwk["use"] = json!("sig");
-    let now = now_secs();
-    let mut tx = db.begin().await?;
-    sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE alg = ? AND retired_at IS NULL")
-        .bind(now)
-        .bind(alg.name())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO signing_keys (kid, alg, private_der, public_jwk, created_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&kid)
-    .bind(alg.name())
-    .bind(der)
-    .bind(jwk.to_string())
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    tracing::info!(kid = %kid, alg = alg.name(), "new signing key");
-    Ok(kid)
-}
-
-/// Make sure both algorithms have an active key (first start).
-pub async fn ensure_keys(db: &SqlitePool) -> Result<(), ApiError> {
-    // The OAuth tables live with their module; every start comes through here.
-    sqlx::raw_sql(oauth::SCHEMA).execute(db).await?;
-    for alg in [SigningAlg::Rs256, SigningAlg::EdDsa] {
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM signing_keys WHERE alg = ? AND retired_at IS NULL",
-        )
-        .bind(alg.name())
-        .fetch_one(db)
-        .await?;
-        if active == 0 {
-            rotate(db, alg).await?;
-        }
-    }
-    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,21 +129,21 @@ pub struct Credentials {
     pub password: Option<String>,
 }
 
-fn validate(c: &Credentials) -> Result<(String, String), ApiError> {
+/// The normalized email (trimmed, lower case) and the password, or a 422 naming each
+/// invalid field.
+pub(crate) fn validate_credentials(
+    email: Option<&str>,
+    password: Option<&str>,
+) -> Result<(String, String), ApiError> {
     let mut fields = Vec::new();
-    let email = c
-        .email
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let email = email.map(str::trim).unwrap_or("").to_ascii_lowercase();
     if !email_ok(&email) {
         fields.push(FieldError {
             field: "email",
             message: "must be an email address".into(),
         });
     }
-    let password = c.password.clone().unwrap_or_default();
+    let password = password.unwrap_or_default().to_owned();
     if !(8..=128).contains(&password.chars().count()) {
         fields.push(FieldError {
             field: "password",
@@ -235,53 +157,62 @@ fn validate(c: &Credentials) -> Result<(String, String), ApiError> {
     }
 }
 
+fn validate(c: &Credentials) -> Result<(String, String), ApiError> {
+    validate_credentials(c.email.as_deref(), c.password.as_deref())
+}
+
+/// An argon2id hash of `password` with a fresh random salt.
+pub(crate) fn hash_password(password: &str) -> Result<String, ApiError> {
+    let mut salt = [0u8; 16];
+    aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut salt)
+        .map_err(|_| ApiError::internal("no randomness for a salt"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(ApiError::internal)?
+        .to_string())
+}
+
+/// Whether `password` matches the stored argon2 hash (a malformed hash matches nothing).
+pub(crate) fn password_matches(stored: &str, password: &str) -> bool {
+    PasswordHash::new(stored)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// `202 Accepted` with the same body whether or not the email was new: the answer, the
+/// work (one argon2 hash, one insert) and so the time do not tell who has an account. A
+/// new account is a customer and can log in at once; for a taken email nothing changes
+/// (the existing account keeps its password, so logging in with the new one fails like
+/// any wrong password).
 async fn register(
     State(s): State<AuthState>,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
     let (email, password) = validate(&c)?;
-    let mut salt = [0u8; 16];
-    aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut salt)
-        .map_err(|_| ApiError::internal("no randomness for a salt"))?;
-    let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
-    let hash = Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(ApiError::internal)?
-        .to_string();
-    let roles = if s
-        .config
-        .admin_emails
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(&email))
-    {
-        "admin,customer"
-    } else {
-        "customer"
-    };
+    let hash = hash_password(&password)?;
     let id = uuid::Uuid::new_v4().to_string();
-    let inserted = sqlx::query(
-        "INSERT INTO accounts (id, email, password_hash, roles, created_at) VALUES (?, ?, ?, ?, ?)
+    sqlx::query(
+        "INSERT INTO accounts (id, email, password_hash, roles, created_at) VALUES (?, ?, ?, 'customer', ?)
          ON CONFLICT(email) DO NOTHING",
     )
     .bind(&id)
     .bind(&email)
     .bind(&hash)
-    .bind(roles)
     .bind(now_secs())
     .execute(&s.db)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "email_taken",
-            "an account with this email exists",
-        ));
-    }
-    let roles: Vec<&str> = roles.split(',').collect();
+    .await?;
     Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"id": id, "email": email, "roles": roles})),
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "status": "accepted",
+            "email": email,
+            "message": "if this email was not registered yet, its account is ready: log in with this password",
+        })),
     )
         .into_response())
 }
@@ -316,13 +247,7 @@ async fn login(
         Some(r) => r.try_get("password_hash")?,
         None => DUMMY_HASH.to_owned(),
     };
-    let verified = PasswordHash::new(&stored)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false);
+    let verified = password_matches(&stored, &password);
     let Some(row) = row.filter(|_| verified) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -357,17 +282,9 @@ pub(crate) fn user_scope(roles: &[&str]) -> &'static str {
 /// Sign `claims` with the active key of the configured algorithm (`kid` in the header).
 pub(crate) async fn sign<C: Serialize>(s: &AuthState, claims: &C) -> Result<String, ApiError> {
     let alg = s.config.signing_alg;
-    let key = sqlx::query(
-        "SELECT kid, private_der FROM signing_keys WHERE alg = ? AND retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(alg.name())
-    .fetch_optional(&s.db)
-    .await?
-    .ok_or_else(|| ApiError::internal("no active signing key"))?;
-    let kid: String = key.try_get("kid")?;
-    let der: Vec<u8> = key.try_get("private_der")?;
+    let (kid, der) = keys::active(&s.db, alg, s.config.key_encryption.as_deref()).await?;
     let encoding = match alg {
-        SigningAlg::Rs256 => EncodingKey::from_rsa_pem(pem("PRIVATE KEY", &der).as_bytes())
+        SigningAlg::Rs256 => EncodingKey::from_rsa_pem(keys::pem("PRIVATE KEY", &der).as_bytes())
             .map_err(ApiError::internal)?,
         SigningAlg::EdDsa => EncodingKey::from_ed_der(&der),
     };
@@ -426,7 +343,12 @@ async fn jwks(State(s): State<AuthState>) -> Result<Response, ApiError> {
 
 async fn rotate_handler(State(s): State<AuthState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let kid = rotate(&s.db, s.config.signing_alg).await?;
+    let kid = rotate(
+        &s.db,
+        s.config.signing_alg,
+        s.config.key_encryption.as_deref(),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"kid": kid, "alg": s.config.signing_alg.name()})),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{self, AuthConfig, AuthState, SigningAlg};
+use crate::auth::{self, AdminBootstrap, AuthConfig, AuthState, KeyEncryption, SigningAlg};
 use crate::catalog::{self, CatalogState};
 use crate::common::backup::{self, DbLock, Target};
 use crate::common::ops::{self, BackupArgs, Ops};
@@ -40,7 +40,10 @@ pub struct StackConfig {
     /// Directory for the database files; `None` keeps them in memory.
     pub data_dir: Option<PathBuf>,
     pub issuer: String,
-    pub admin_emails: Vec<String>,
+    /// The first admin, created at start (registration only makes customers).
+    pub admin: Option<AdminBootstrap>,
+    /// Seals the auth service's signing keys at rest; `None` keeps them in clear.
+    pub key_encryption: Option<Arc<KeyEncryption>>,
     /// Order events through this Redis (a stream and a consumer group); `None` delivers
     /// them in-process.
     pub redis_url: Option<String>,
@@ -123,9 +126,12 @@ impl Stack {
         let mut targets = Vec::new();
 
         let (pool, metrics) = open(&cfg, "auth", auth::SCHEMA, &mut locks, &mut targets).await?;
-        auth::ensure_keys(&pool)
+        auth::ensure_keys(&pool, cfg.key_encryption.as_deref())
             .await
-            .map_err(|e| anyhow::anyhow!("signing keys: {}", e.message))?;
+            .map_err(|e| anyhow::anyhow!("signing keys: {e}"))?;
+        if let Some(admin) = &cfg.admin {
+            auth::bootstrap::ensure_admin(&pool, admin).await?;
+        }
         let auth_state = AuthState {
             db: pool,
             config: Arc::new(AuthConfig {
@@ -133,7 +139,7 @@ impl Stack {
                 audience: "api".into(),
                 token_ttl: Duration::from_secs(900),
                 signing_alg: SigningAlg::Rs256,
-                admin_emails: cfg.admin_emails.clone(),
+                key_encryption: cfg.key_encryption.clone(),
                 refresh_ttl: Duration::from_secs(14 * 24 * 3600),
             }),
         };

@@ -310,7 +310,7 @@ async fn every_service_database_round_trips() {
         let live = dir.path().join(format!("{name}.db")).display().to_string();
         let pool = db::open(&live, schema).await.unwrap();
         if name == "auth" {
-            auth::ensure_keys(&pool).await.unwrap();
+            auth::ensure_keys(&pool, None).await.unwrap();
         }
         if name == "catalog" {
             catalog::seed(&pool).await.unwrap();

@@ -23,13 +23,13 @@ use tower::ServiceExt;
 
 async fn app() -> (axum::Router, SqlitePool) {
     let pool = db::open("sqlite::memory:", auth::SCHEMA).await.unwrap();
-    auth::ensure_keys(&pool).await.unwrap();
+    auth::ensure_keys(&pool, None).await.unwrap();
     let config = AuthConfig {
         issuer: "https://issuer.test".into(),
         audience: "api".into(),
         token_ttl: Duration::from_secs(600),
         signing_alg: SigningAlg::EdDsa,
-        admin_emails: vec![],
+        key_encryption: None,
         refresh_ttl: Duration::from_secs(3600),
     };
     let app = auth::app(
@@ -342,7 +342,7 @@ async fn revoked_clients_and_replaced_secrets_stop_working() {
 async fn login(app: &axum::Router) -> Value {
     let creds = r#"{"email": "ada@example.com", "password": "correct horse"}"#;
     let r = call(app, "POST", "/v1/register", &[], Some(creds)).await;
-    assert!(r.status == StatusCode::CREATED || r.status == StatusCode::CONFLICT);
+    assert_eq!(r.status, StatusCode::ACCEPTED);
     let r = call(app, "POST", "/v1/login", &[], Some(creds)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("cache-control"), "no-store");
@@ -476,7 +476,7 @@ async fn concurrent_use_of_one_refresh_token() {
     )
     .await
     .unwrap();
-    auth::ensure_keys(&pool).await.unwrap();
+    auth::ensure_keys(&pool, None).await.unwrap();
     let app = auth::app(
         AuthState {
             db: pool,
@@ -485,7 +485,7 @@ async fn concurrent_use_of_one_refresh_token() {
                 audience: "api".into(),
                 token_ttl: Duration::from_secs(600),
                 signing_alg: SigningAlg::EdDsa,
-                admin_emails: vec![],
+                key_encryption: None,
                 refresh_ttl: Duration::from_secs(3600),
             }),
         },

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use discovery::SnapshotReceiver;
+use discovery::client::ClientStatus;
 use discovery::metrics::DiscoveryMetrics;
 use discovery::watcher::{self, Coalesce, MassDeletionGuard, WatchConfig, WatchHandle};
 use serde_json::{Value, json};
@@ -18,6 +19,7 @@ use crate::runtime::DiscoveryState;
 pub fn describe(d: &DiscoveryState, control: Option<&DiscoveryControl>) -> Value {
     json!({
         "mode": d.mode,
+        "snapshot_epoch": d.snapshot_epoch.as_deref(),
         "snapshot_version": d.snapshot_version,
         "snapshot_applied_at": d.snapshot_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "waiting_for_first_snapshot": d.waiting,
@@ -41,6 +43,8 @@ pub enum StartError {
     Client(String),
     #[error("discovery: cannot read the control-plane token from {what}: {reason}")]
     Token { what: String, reason: String },
+    #[error("discovery: control-plane CA file: {0}")]
+    Ca(String),
 }
 
 /// A running snapshot source. It lives on a Tokio runtime of its own, apart from
@@ -53,11 +57,13 @@ pub struct DiscoveryRunner {
 }
 
 /// What the admin API may see and do about the running source: the embedded
-/// watcher's health, and confirming a change its mass-deletion guard holds.
+/// watcher's or the control-plane subscription's health, and confirming a change the
+/// embedded mass-deletion guard holds.
 #[derive(Clone, Debug)]
 pub struct DiscoveryControl {
     mode: &'static str,
     watch: Option<Arc<WatchHandle>>,
+    client: Option<ClientStatus>,
 }
 
 /// Why a held mass deletion cannot be confirmed here.
@@ -70,20 +76,39 @@ pub enum ConfirmError {
 }
 
 impl DiscoveryControl {
-    /// The embedded watcher's health; just the mode for a control-plane subscriber
-    /// (the control plane reports its own at `/v1/status`).
+    /// The running source's health: the embedded watcher's view of the API server,
+    /// or the subscription to the control plane (connected, for how long not, why).
     pub fn status(&self) -> Value {
+        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+        if let Some(client) = &self.client {
+            let s = client.state();
+            return json!({
+                "mode": self.mode,
+                "connected": s.connected,
+                "synced": s.version.is_some(),
+                "epoch": s.epoch,
+                "version": s.version,
+                "last_contact_age_seconds": secs(s.last_contact_age),
+                "outage_seconds": secs(s.outage),
+                "last_error": s.last_error,
+                "last_error_age_seconds": secs(s.last_error_age),
+                "control_plane_source_outage_seconds": secs(s.source_outage),
+                "stale_seconds": s.stale.as_secs_f64(),
+            });
+        }
         let Some(watch) = &self.watch else {
             return json!({"mode": self.mode});
         };
         let s = watch.status();
-        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
         json!({
             "mode": self.mode,
+            "connected": s.outage.is_none() && s.last_contact_age.is_some(),
             "synced": s.synced,
             "version": s.version,
             "last_contact_age_seconds": secs(s.last_contact_age),
             "api_outage_seconds": secs(s.outage),
+            "outage_seconds": secs(s.outage),
+            "stale_seconds": secs(s.outage).unwrap_or(0.0),
             "held_mass_deletion": s.held_mass_deletion.map(|h| json!({
                 "removed_endpoints": h.removed_endpoints,
                 "total_endpoints": h.total_endpoints,
@@ -137,23 +162,34 @@ pub fn start(
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    let (snapshots, watch) = match &spec.source {
+    let (snapshots, watch, client) = match &spec.source {
         DiscoverySource::Kubernetes(k) => {
             let client = runtime.block_on(kube_client(k))?;
             // kube's client and the watcher tasks are spawned on this runtime.
             let _guard = runtime.enter();
             let (rx, handle) = watcher::spawn(client, watch_config(k, metrics));
-            (rx, Some(handle))
+            (rx, Some(handle), None)
         }
-        DiscoverySource::ControlPlane { url, token } => {
+        DiscoverySource::ControlPlane {
+            url,
+            token,
+            ca_file,
+        } => {
             let mut config = discovery::client::ClientConfig::new(url.clone(), metrics);
             config.token = read_token(token)?;
             if let TokenSource::File(path) = token {
                 // Read again before each connection: a rotated Secret needs no restart.
                 config.token_file = Some(path.clone());
             }
+            if let Some(path) = ca_file {
+                // Fail start-up on a CA file that cannot be used at all; later changes
+                // are picked up before each connection.
+                discovery::tls::client_config(path).map_err(|e| StartError::Ca(e.to_string()))?;
+                config.ca_file = Some(path.clone());
+            }
             let _guard = runtime.enter();
-            (discovery::client::spawn(config), None)
+            let (rx, status) = discovery::client::start(config);
+            (rx, None, Some(status))
         }
     };
     tracing::info!(
@@ -165,6 +201,7 @@ pub fn start(
         control: DiscoveryControl {
             mode: spec.mode(),
             watch: watch.map(Arc::new),
+            client,
         },
         runtime: Some(runtime),
     })
@@ -192,6 +229,10 @@ fn watch_config(k: &KubernetesWatchSpec, metrics: DiscoveryMetrics) -> WatchConf
     config.mass_deletion = MassDeletionGuard {
         max_removed_share: f64::from(k.max_removed_percent) / 100.0,
         ..MassDeletionGuard::default()
+    };
+    config.relist = watcher::Relist {
+        interval: k.relist_interval,
+        after_gap: k.relist_after_gap,
     };
     config
 }

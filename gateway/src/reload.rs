@@ -488,6 +488,7 @@ routes: [{id: o, upstream: orders}]
             })
             .collect();
         Some(Arc::new(Snapshot {
+            epoch: "".into(),
             version,
             services: BTreeMap::from([(
                 ServiceKey::new("shop", "orders"),

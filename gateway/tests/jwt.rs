@@ -32,7 +32,7 @@ struct Issuer {
 impl Issuer {
     async fn start() -> Issuer {
         let pool = db::open("sqlite::memory:", auth::SCHEMA).await.unwrap();
-        auth::ensure_keys(&pool).await.unwrap();
+        auth::ensure_keys(&pool, None).await.unwrap();
         let state = AuthState {
             db: pool,
             config: Arc::new(AuthConfig {
@@ -40,7 +40,7 @@ impl Issuer {
                 audience: "api".into(),
                 token_ttl: Duration::from_secs(900),
                 signing_alg: SigningAlg::Rs256,
-                admin_emails: vec![],
+                key_encryption: None,
                 refresh_ttl: Duration::from_secs(3600),
             }),
         };

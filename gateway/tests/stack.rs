@@ -9,7 +9,9 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Gateway;
+use example_services::auth::AdminBootstrap;
 use example_services::stack::{Stack, StackConfig};
+use futures_util::FutureExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -67,7 +69,8 @@ async fn login(c: &reqwest::Client, gw: &Gateway, email: &str) -> String {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201);
+    // The same answer for a new and a taken email (the bootstrap admin's is taken).
+    assert_eq!(r.status(), 202);
     let r = c
         .post(gw.url("/auth/v1/login"))
         .json(&creds)
@@ -91,7 +94,12 @@ async fn tour_through_the_gateway() {
         notifications: any_port(),
         data_dir: None,
         issuer: ISSUER.into(),
-        admin_emails: vec!["admin@example.com".into()],
+        // The first admin comes from the bootstrap, as in `.ci/local`.
+        admin: Some(AdminBootstrap {
+            email: "admin@example.com".into(),
+            password: "correct horse".into(),
+        }),
+        key_encryption: None,
         redis_url: None,
         backup: Default::default(),
     })
@@ -327,6 +335,125 @@ async fn tour_through_the_gateway() {
         401,
         "key rotation is not open to a spoofed header"
     );
+
+    drop(gw);
+    stack.stop().await;
+}
+
+/// A client whose requests come from `source` (another loopback address is another
+/// client to the gateway's per-client limits).
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Send `send` until the first 429 (at most `max` requests): the number that passed, each
+/// answered `expect`, and the 429.
+async fn until_limited<F, Fut>(max: usize, expect: u16, mut send: F) -> (usize, reqwest::Response)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    for i in 0..max {
+        let r = send(i).await;
+        if r.status() == 429 {
+            return (i, r);
+        }
+        assert_eq!(r.status().as_u16(), expect, "request {i}");
+    }
+    panic!("no 429 within {max} requests");
+}
+
+/// local.yaml limits the auth routes per client (issue 20 item 8): login and registration
+/// share one budget per client IP (burst 20), then 429 `rate_limited`, whatever the
+/// credentials; another client is not affected, and the rest of /auth has its own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_routes_are_rate_limited_per_client() {
+    let stack = Stack::start(StackConfig {
+        auth: any_port(),
+        users: any_port(),
+        catalog: any_port(),
+        orders: any_port(),
+        notifications: any_port(),
+        data_dir: None,
+        issuer: ISSUER.into(),
+        admin: Some(AdminBootstrap {
+            email: "admin@example.com".into(),
+            password: "correct horse".into(),
+        }),
+        key_encryption: None,
+        redis_url: None,
+        backup: Default::default(),
+    })
+    .await
+    .unwrap();
+    let gw = Gateway::start(&local_config(&stack)).await;
+    let c = reqwest::Client::new();
+
+    // Invalid bodies (cheap for the service) count like any try; login and registration
+    // alternate and share the budget. The bucket refills at 10/min, so on a slow machine
+    // one or two more may pass, never fewer than the burst.
+    let (passed, r) = until_limited(40, 422, |i| {
+        let path = if i % 2 == 0 {
+            "/auth/v1/login"
+        } else {
+            "/auth/v1/register"
+        };
+        c.post(gw.url(path))
+            .json(&json!({"email": "x"}))
+            .send()
+            .map(Result::unwrap)
+    })
+    .await;
+    assert!(passed >= 20, "only {passed} passed before the 429");
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        r.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"auth-credentials-per-client\""),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+    // Right credentials do not help: the client is limited, not the account.
+    let creds = json!({"email": "admin@example.com", "password": "correct horse"});
+    let r = c
+        .post(gw.url("/auth/v1/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+
+    // Another client (another loopback source address) logs in.
+    let other = client_from("127.0.0.2");
+    let r = other
+        .post(gw.url("/auth/v1/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("ratelimit"));
+
+    // The rest of /auth is limited on its own budget per client and route (burst 60).
+    let jwks = gw.url("/auth/.well-known/jwks.json");
+    let (passed, r) = until_limited(300, 200, |_| c.get(&jwks).send().map(Result::unwrap)).await;
+    assert!(passed >= 60, "only {passed} passed before the 429");
+    assert!(
+        r.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"auth-per-client\"")
+    );
+    let r = other.get(&jwks).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 
     drop(gw);
     stack.stop().await;

@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Gateway, RedisServer, free_port};
+use example_services::auth::AdminBootstrap;
 use example_services::common::ops::BackupArgs;
 use example_services::stack::{Stack, StackConfig};
 use serde_json::{Value, json};
@@ -51,7 +52,12 @@ async fn start(
         notifications: any_port(),
         data_dir: data.map(std::path::Path::to_path_buf),
         issuer: ISSUER.into(),
-        admin_emails: vec!["admin@example.com".into()],
+        // The first admin comes from the bootstrap, as in `.ci/local`.
+        admin: Some(AdminBootstrap {
+            email: "admin@example.com".into(),
+            password: "correct horse".into(),
+        }),
+        key_encryption: None,
         redis_url,
         backup,
     })
@@ -70,7 +76,8 @@ async fn login(c: &reqwest::Client, gw: &Gateway, email: &str) -> Value {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201);
+    // The same answer for a new and a taken email (the bootstrap admin's is taken).
+    assert_eq!(r.status(), 202);
     let r = c
         .post(gw.url("/auth/v1/login"))
         .json(&creds)

@@ -291,6 +291,38 @@ preferences: {{}}
         self.shared().notify();
     }
 
+    /// Simulates an API server that restarts serving a different state than it had
+    /// (restored from an older etcd backup, or with changes its watch cache never
+    /// turned into events): every open watch ends, as at a restart, and `objects`
+    /// replace the stored ones of the same identity and `deleted` (apiVersion, kind,
+    /// namespace, name) disappear, all without any watch event. Versions handed out
+    /// before stay valid, so a watch that resumes from one replays nothing of the
+    /// change; only a new list shows it.
+    pub fn restart_with(
+        &self,
+        objects: Vec<Value>,
+        deleted: &[(&str, &str, &str, &str)],
+    ) -> Result<(), ApplyError> {
+        let keys = objects
+            .iter()
+            .map(|o| object_key(o).map_err(|why| ApplyError(format!("{why}: {o}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        {
+            let mut state = self.shared().lock();
+            for (key, object) in keys.into_iter().zip(objects) {
+                state.store.write_silently(key, object);
+            }
+            for (api_version, kind, namespace, name) in deleted {
+                if let Some(key) = key_for(api_version, kind, namespace, name) {
+                    state.store.delete_silently(&key);
+                }
+            }
+            state.disconnects += 1;
+        }
+        self.shared().notify();
+        Ok(())
+    }
+
     /// How often open watches that allow bookmarks get one (default 1 s).
     pub fn set_bookmark_interval(&self, interval: Duration) {
         self.shared().lock().bookmark_interval = interval.max(Duration::from_millis(10));

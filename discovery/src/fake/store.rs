@@ -211,6 +211,33 @@ impl Store {
         Some(last)
     }
 
+    /// Replaces (or adds) one object with no event in the history, as an API server
+    /// restored from a different state serves it: a list shows it, a watch resuming
+    /// from an earlier version never hears of it. Versions handed out before stay
+    /// valid (the history is kept).
+    pub fn write_silently(&mut self, key: Key, mut object: Value) {
+        let rv = self.rv + 1;
+        let prev = self.objects.get(&key);
+        let uid = prev
+            .and_then(|p| p.pointer("/metadata/uid").cloned())
+            .unwrap_or_else(|| json!(uuid::Uuid::new_v4().to_string()));
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            if key.resource().namespaced {
+                meta.insert("namespace".into(), json!(key.namespace));
+            }
+            meta.insert("resourceVersion".into(), json!(rv.to_string()));
+            meta.insert("uid".into(), uid);
+            meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        }
+        self.rv = rv;
+        self.objects.insert(key, Arc::new(object));
+    }
+
+    /// Removes one object with no event (see [`Store::write_silently`]).
+    pub fn delete_silently(&mut self, key: &Key) -> bool {
+        self.objects.remove(key).is_some()
+    }
+
     fn push(&mut self, event: Event) {
         self.rv = event.rv;
         self.history.push_back(event);

@@ -1,11 +1,15 @@
 //! `stack`: run auth, users, catalog, orders and notifications in one process on fixed
 //! local ports (3001-3005), each with its own SQLite file under `--data-dir`. Order events
-//! go in-process, or through Redis with `--redis-url`. Ctrl-C stops them.
+//! go in-process, or through Redis with `--redis-url`. Ctrl-C stops them. The first admin
+//! and the key-encryption key come as for `auth` (`--bootstrap-admin-email`, password
+//! file or `AUTH_BOOTSTRAP_ADMIN_PASSWORD`; `AUTH_KEY_ENCRYPTION_KEY` or a key file).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Parser;
+use example_services::auth::{self, AdminBootstrap, KeyEncryption};
 use example_services::common::ops::BackupArgs;
 use example_services::common::serve;
 use example_services::stack::{Stack, StackConfig};
@@ -29,9 +33,17 @@ struct Args {
     /// `iss` of issued tokens.
     #[arg(long, default_value = "http://127.0.0.1:8080/auth")]
     issuer: String,
-    /// Emails that get the admin role when they register (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "admin@example.com")]
-    admin_emails: Vec<String>,
+    /// The first administrator, created (or checked) at start.
+    #[arg(long, env = "AUTH_BOOTSTRAP_ADMIN_EMAIL")]
+    bootstrap_admin_email: Option<String>,
+    /// File holding the bootstrap admin's password (or the env
+    /// `AUTH_BOOTSTRAP_ADMIN_PASSWORD`).
+    #[arg(long, env = "AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE")]
+    bootstrap_admin_password_file: Option<PathBuf>,
+    /// File holding the key-encryption key for the auth signing keys (or the env
+    /// `AUTH_KEY_ENCRYPTION_KEY`).
+    #[arg(long, env = "AUTH_KEY_ENCRYPTION_KEY_FILE")]
+    key_encryption_key_file: Option<PathBuf>,
     /// Order events through this Redis (stream `orders.events`); in-process without it.
     #[arg(long, env = "STACK_REDIS_URL")]
     redis_url: Option<String>,
@@ -43,6 +55,15 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     serve::init_logging();
     let a = Args::parse();
+    let admin = AdminBootstrap::from_sources(
+        a.bootstrap_admin_email.as_deref(),
+        a.bootstrap_admin_password_file.as_deref(),
+        auth::env_secret("AUTH_BOOTSTRAP_ADMIN_PASSWORD").as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let key_encryption = KeyEncryption::from_env(a.key_encryption_key_file.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new);
     let stack = Stack::start(StackConfig {
         auth: a.auth,
         users: a.users,
@@ -51,7 +72,8 @@ async fn main() -> anyhow::Result<()> {
         notifications: a.notifications,
         data_dir: Some(a.data_dir),
         issuer: a.issuer,
-        admin_emails: a.admin_emails,
+        admin,
+        key_encryption,
         redis_url: a.redis_url,
         backup: a.backup,
     })

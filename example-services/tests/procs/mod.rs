@@ -60,12 +60,25 @@ impl Service {
         args: &[String],
         log_dir: &Path,
     ) -> Service {
+        Self::start_with_env(name, bin, port, args, &[], log_dir).await
+    }
+
+    /// As [`Service::start_on`], with `envs` set for the child.
+    pub async fn start_with_env(
+        name: &str,
+        bin: &str,
+        port: u16,
+        args: &[String],
+        envs: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Service {
         let log = log_dir.join(format!("{name}-{}.log", free_port()));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("HOSTNAME")
             .stdout(Stdio::from(out.try_clone().unwrap()))
@@ -158,6 +171,39 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Run `bin` with `args` and `envs` to its exit (it is expected to refuse to start):
+/// whether it exited 0, and its stdout and stderr. Killed after [`PATIENCE`].
+pub fn run_to_exit(bin: &str, args: &[String], envs: &[(&str, &str)]) -> (bool, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "info")
+        .env_remove("HOSTNAME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{bin} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (status.success(), text)
 }
 
 /// A `redis-server` on a free port without persistence, stopped by PID on drop. It can

@@ -359,7 +359,7 @@ routes:
         "
 listeners: [{name: main, address: '0.0.0.0:8080'}]
 discovery:
-  control_plane: {url: 'http://discovery.gateway-system:8081/', token_env: DISCOVERY_TOKEN}
+  control_plane: {url: 'https://discovery.gateway-system:8081/', token_env: DISCOVERY_TOKEN, ca_file: /etc/gateway/discovery-ca.crt}
 upstreams:
   orders: {kubernetes: {namespace: shop, service: orders, port: 80}}
 routes: [{id: orders, upstream: orders}]
@@ -370,8 +370,9 @@ routes: [{id: orders, upstream: orders}]
     assert_eq!(
         cp.discovery.unwrap().source,
         DiscoverySource::ControlPlane {
-            url: "http://discovery.gateway-system:8081".into(),
+            url: "https://discovery.gateway-system:8081".into(),
             token: TokenSource::Env("DISCOVERY_TOKEN".into()),
+            ca_file: Some("/etc/gateway/discovery-ca.crt".into()),
         }
     );
 }
@@ -447,6 +448,18 @@ fn kubernetes_and_discovery_errors_have_paths() {
         (
             "discovery:\n  control_plane: {url: 'http://x:1', token_env: 'A-B'}\nroutes: []\n",
             "discovery.control_plane.token_env: invalid environment variable name",
+        ),
+        (
+            "discovery:\n  control_plane: {url: 'http://discovery:8081'}\nroutes: []\n",
+            "discovery.control_plane.url: \"http://discovery:8081\" is plain http to another host",
+        ),
+        (
+            "discovery:\n  control_plane: {url: 'http://127.0.0.1:8081', ca_file: /ca.crt}\nroutes: []\n",
+            "discovery.control_plane.ca_file: ca_file verifies an https control plane",
+        ),
+        (
+            "discovery:\n  kubernetes: {relist_interval: 0s}\nroutes: []\n",
+            "discovery.kubernetes.relist_interval",
         ),
         (
             "discovery:\n  zone: 'eu west'\n  kubernetes: {}\nroutes: []\n",

@@ -62,6 +62,10 @@ pub struct KubernetesDiscovery {
     /// Mass-deletion guard: hold a change removing more than this percent of all
     /// endpoints (default 50; 100 turns the guard off).
     pub max_removed_percent: Option<u32>,
+    /// Full relist this often, jittered (default 5m), repairing drift...
+    pub relist_interval: Option<String>,
+    /// ...and when a watch comes back after failing for longer than this (default 30s).
+    pub relist_after_gap: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +77,13 @@ pub struct ControlPlane {
     pub token_file: Option<String>,
     /// ...or from this environment variable.
     pub token_env: Option<String>,
+    /// PEM CA certificates that sign the control plane's certificate (`https`); read
+    /// at start and again before each connection. Default: the system's roots.
+    pub ca_file: Option<String>,
+    /// Allow `http://` to a host other than loopback (the stream, and the token with
+    /// it, then travel unencrypted).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 /// A Kubernetes Service port as the upstream's endpoints.

@@ -14,7 +14,9 @@ use crate::metrics::Metrics;
 pub struct DiscoveryState {
     /// `kubernetes` or `control_plane`; `None` without a discovery section.
     pub mode: Option<&'static str>,
-    /// Version of the snapshot this runtime was compiled with.
+    /// Epoch (source instance) and version of the snapshot this runtime was compiled
+    /// with: a restarted source counts versions from 1 again, under a new epoch.
+    pub snapshot_epoch: Option<std::sync::Arc<str>>,
     pub snapshot_version: Option<u64>,
     /// When the gateway first compiled that snapshot (kept across config reloads).
     pub snapshot_at: Option<SystemTime>,
@@ -32,12 +34,18 @@ impl DiscoveryState {
     ) -> Self {
         let uses_kubernetes = routes.iter().any(Route::uses_kubernetes);
         let snapshot_version = snapshot.map(|s| s.version);
+        let snapshot_epoch = snapshot.map(|s| s.epoch.clone());
         let snapshot_at = match previous {
-            Some(p) if p.snapshot_version == snapshot_version => p.snapshot_at,
+            Some(p)
+                if p.snapshot_version == snapshot_version && p.snapshot_epoch == snapshot_epoch =>
+            {
+                p.snapshot_at
+            }
             _ => snapshot_version.map(|_| SystemTime::now()),
         };
         Self {
             mode,
+            snapshot_epoch,
             snapshot_version,
             snapshot_at,
             waiting: uses_kubernetes && snapshot.is_none(),

@@ -91,6 +91,7 @@ routes:
 
     fn snapshot(version: u64, orders: Arc<Service>, catalog: Arc<Service>) -> Snapshot {
         Snapshot {
+            epoch: "".into(),
             version,
             services: BTreeMap::from([
                 (ServiceKey::new("shop", "orders"), orders),
@@ -188,6 +189,7 @@ routes:
         // A synced snapshot without the Service: empty pool, but ready (the
         // Service may simply have no pods).
         let empty = Snapshot {
+            epoch: "".into(),
             version: 1,
             services: BTreeMap::new(),
         };

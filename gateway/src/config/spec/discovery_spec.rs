@@ -45,14 +45,22 @@ pub struct KubernetesWatchSpec {
     pub max_delay: Duration,
     /// Percent of all endpoints a single change may remove before it is held.
     pub max_removed_percent: u32,
+    /// Full relists: periodically (jittered), and after a watch gap longer than this.
+    pub relist_interval: Duration,
+    pub relist_after_gap: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum DiscoverySource {
     /// The gateway runs the watcher itself.
     Kubernetes(KubernetesWatchSpec),
-    /// The gateway subscribes to a `discovery` control-plane server.
-    ControlPlane { url: String, token: TokenSource },
+    /// The gateway subscribes to a `discovery` control-plane server; over `https` its
+    /// certificate is verified against `ca_file` (else the system's roots).
+    ControlPlane {
+        url: String,
+        token: TokenSource,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// The validated `discovery` section.
@@ -260,6 +268,27 @@ fn kubernetes_watch(
         Some(p) => p,
         None => 50,
     };
+    let relist_interval = k
+        .relist_interval
+        .as_deref()
+        .and_then(|q| e.take(format!("{path}.relist_interval"), duration(q)))
+        .unwrap_or(Duration::from_secs(300));
+    let relist_after_gap = k
+        .relist_after_gap
+        .as_deref()
+        .and_then(|q| e.take(format!("{path}.relist_after_gap"), duration(q)))
+        .unwrap_or(Duration::from_secs(30));
+    for (field, value) in [
+        ("relist_interval", relist_interval),
+        ("relist_after_gap", relist_after_gap),
+    ] {
+        if value.is_zero() {
+            e.push(
+                format!("{path}.{field}"),
+                format!("{field} must be more than 0"),
+            );
+        }
+    }
     (e.0.len() == before).then(|| {
         DiscoverySource::Kubernetes(KubernetesWatchSpec {
             kubeconfig: k.kubeconfig.as_ref().map(PathBuf::from),
@@ -269,6 +298,8 @@ fn kubernetes_watch(
             quiet,
             max_delay,
             max_removed_percent,
+            relist_interval,
+            relist_after_gap,
         })
     })
 }
@@ -280,15 +311,38 @@ fn control_plane(e: &mut Errors, path: &str, c: &wire::ControlPlane) -> Option<D
             if uri.query().is_some() {
                 e.push(format!("{path}.url"), "url must not have a query string");
             }
+            let https = uri.scheme_str() == Some("https");
+            if !https && c.ca_file.is_some() {
+                e.push(
+                    format!("{path}.ca_file"),
+                    "ca_file verifies an https control plane: the url is http",
+                );
+            }
+            if !https && !c.insecure_plaintext && !is_loopback(uri.host().unwrap_or_default()) {
+                e.push(
+                    format!("{path}.url"),
+                    format!(
+                        "{:?} is plain http to another host: anyone on the path could feed this gateway endpoints; use https (with ca_file) or write insecure_plaintext: true",
+                        c.url
+                    ),
+                );
+            }
         }
         _ => e.push(
             format!("{path}.url"),
             format!(
-                "invalid control-plane url {:?}: expected http://host:port",
+                "invalid control-plane url {:?}: expected https://host:port",
                 c.url
             ),
         ),
     }
+    let ca_file = match c.ca_file.as_deref() {
+        Some("") => {
+            e.push(format!("{path}.ca_file"), "ca_file must be a file path");
+            None
+        }
+        other => other.map(PathBuf::from),
+    };
     let token = match (&c.token_file, &c.token_env) {
         (Some(_), Some(_)) => {
             e.push(path, "set only one of token_file or token_env");
@@ -317,7 +371,18 @@ fn control_plane(e: &mut Errors, path: &str, c: &wire::ControlPlane) -> Option<D
     (e.0.len() == before).then(|| DiscoverySource::ControlPlane {
         url: c.url.trim_end_matches('/').to_owned(),
         token,
+        ca_file,
     })
+}
+
+/// `localhost` or a loopback address (an IPv6 one in brackets, as URIs write it).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -76,6 +76,10 @@ app.kubernetes.io/component: control-plane
 {{- default (printf "%s-token" (include "gateway.discoveryName" .)) .Values.discovery.token.existingSecret -}}
 {{- end -}}
 
+{{- define "gateway.discoveryTlsSecret" -}}
+{{- default (printf "%s-tls" (include "gateway.discoveryName" .)) .Values.discovery.tls.existingSecret -}}
+{{- end -}}
+
 {{- define "gateway.configMapName" -}}
 {{- default (printf "%s-config" (include "gateway.fullname" .)) .Values.gateway.existingConfigMap -}}
 {{- end -}}
@@ -83,6 +87,8 @@ app.kubernetes.io/component: control-plane
 {{/* Where the chart mounts what it wires into the gateway config. */}}
 {{- define "gateway.adminTokenFile" -}}/var/run/secrets/gateway-admin/token{{- end -}}
 {{- define "gateway.discoveryTokenFile" -}}/var/run/secrets/discovery/token{{- end -}}
+{{- define "gateway.discoveryCaFile" -}}/var/run/secrets/discovery-ca/ca.crt{{- end -}}
+{{- define "gateway.discoveryTlsDir" -}}/var/run/secrets/discovery-tls{{- end -}}
 {{- define "gateway.redisPasswordFile" -}}/var/run/secrets/redis/password{{- end -}}
 
 {{/*
@@ -103,8 +109,8 @@ mounts can never disagree with the file.
 {{- if .Values.discovery.enabled -}}
 {{- $disc := default dict (get $cfg "discovery") -}}
 {{- $_ := unset $disc "kubernetes" -}}
-{{- $url := printf "http://%s.%s:%v" (include "gateway.discoveryName" .) .Release.Namespace .Values.discovery.port -}}
-{{- $_ := set $disc "control_plane" (dict "url" $url "token_file" (include "gateway.discoveryTokenFile" .)) -}}
+{{- $url := printf "https://%s.%s:%v" (include "gateway.discoveryName" .) .Release.Namespace .Values.discovery.port -}}
+{{- $_ := set $disc "control_plane" (dict "url" $url "token_file" (include "gateway.discoveryTokenFile" .) "ca_file" (include "gateway.discoveryCaFile" .)) -}}
 {{- $_ := set $cfg "discovery" $disc -}}
 {{- end -}}
 {{- if .Values.redis.enabled -}}
@@ -126,6 +132,8 @@ mounts can never disagree with the file.
 {{- $cfg := deepCopy (default dict .Values.discovery.config) -}}
 {{- $_ := set $cfg "listen" (printf "0.0.0.0:%v" .Values.discovery.port) -}}
 {{- $_ := set $cfg "token_file" (include "gateway.discoveryTokenFile" .) -}}
+{{- $dir := include "gateway.discoveryTlsDir" . -}}
+{{- $_ := set $cfg "tls" (dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir)) -}}
 {{- if eq .Values.discovery.rbac.scope "namespaced" -}}
 {{- $watch := default dict (get $cfg "watch") -}}
 {{- $_ := set $watch "namespaces" .Values.discovery.rbac.namespaces -}}
@@ -162,6 +170,7 @@ cross-check (.ci/crosscheck.py) accepts a missing object only when it is listed 
 {{- if .Values.gateway.existingConfigMap -}}{{- $out = append $out (printf "ConfigMap/%s" .Values.gateway.existingConfigMap) -}}{{- end -}}
 {{- if .Values.gateway.adminToken.existingSecret -}}{{- $out = append $out (printf "Secret/%s" .Values.gateway.adminToken.existingSecret) -}}{{- end -}}
 {{- if and .Values.discovery.enabled .Values.discovery.token.existingSecret -}}{{- $out = append $out (printf "Secret/%s" .Values.discovery.token.existingSecret) -}}{{- end -}}
+{{- if and .Values.discovery.enabled .Values.discovery.tls.existingSecret -}}{{- $out = append $out (printf "Secret/%s" .Values.discovery.tls.existingSecret) -}}{{- end -}}
 {{- if and .Values.redis.enabled .Values.redis.password.existingSecret -}}{{- $out = append $out (printf "Secret/%s" .Values.redis.password.existingSecret) -}}{{- end -}}
 {{- join "," $out -}}
 {{- end -}}
