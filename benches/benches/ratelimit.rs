@@ -102,7 +102,7 @@ fn redis_server() -> Redis {
 }
 
 fn cluster(c: &mut Criterion) {
-    use gateway::ratelimit::{Batch, ClusterPolicy, FailurePolicy, RedisBackend};
+    use gateway::ratelimit::{Batch, ClusterPolicy, FailurePolicy, RedisBackend, RedisSpec};
     let redis = redis_server();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,8 +110,11 @@ fn cluster(c: &mut Criterion) {
         .unwrap();
     let metrics = gateway::metrics::Metrics::new().unwrap();
     let backend = Arc::new(RedisBackend::new(
-        &format!("redis://127.0.0.1:{}", redis.1),
-        Duration::from_secs(1),
+        RedisSpec {
+            url: format!("redis://127.0.0.1:{}", redis.1),
+            timeout: Duration::from_secs(1),
+            password_file: None,
+        },
         gateway::ratelimit::BreakerSpec::default(),
     ));
     let policy = spec(vec![KeyPart::ClientIp]);

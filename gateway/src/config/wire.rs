@@ -246,6 +246,9 @@ pub struct Redis {
     pub url: String,
     /// Per call; default 50ms.
     pub timeout: Option<String>,
+    /// File holding the password (Redis `AUTH`; e.g. a mounted Kubernetes Secret), read
+    /// again on every reconnect. Overrides a password in `url`.
+    pub password_file: Option<String>,
     /// When to stop calling a failing Redis, and how to come back.
     pub circuit_breaker: Option<CircuitBreaker>,
 }

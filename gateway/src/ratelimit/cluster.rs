@@ -60,10 +60,21 @@ impl FailurePolicy {
     }
 }
 
+/// `server.redis`: where cluster limits keep their state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSpec {
+    /// `redis://[user[:password]@]host:port[/db]` (or `rediss://`).
+    pub url: String,
+    /// Per call (connecting takes at most twice this).
+    pub timeout: Duration,
+    /// The `AUTH` password, read from this file on every (re)connect so a rotated
+    /// Secret applies without a restart; it overrides a password in `url`.
+    pub password_file: Option<std::path::PathBuf>,
+}
+
 /// The process-wide Redis connection for cluster limits.
 pub struct RedisBackend {
-    url: String,
-    timeout: Duration,
+    spec: RedisSpec,
     conn: Mutex<Option<ConnectionManager>>,
     last_connect: std::sync::Mutex<Option<std::time::Instant>>,
     script: redis::Script,
@@ -76,16 +87,16 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(250);
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("url", &crate::redact::url(&self.url))
-            .field("timeout", &self.timeout)
+            .field("url", &crate::redact::url(&self.spec.url))
+            .field("timeout", &self.spec.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBackend {
-    /// The URL and timeout this backend was made for (a changed pair needs a new one).
-    pub fn identity(&self) -> (String, Duration) {
-        (self.url.clone(), self.timeout)
+    /// The settings this backend was made for (changed settings need a new one).
+    pub fn identity(&self) -> &RedisSpec {
+        &self.spec
     }
 
     /// The circuit breaker settings it runs with.
@@ -114,21 +125,21 @@ pub enum Down {
 }
 
 impl RedisBackend {
-    pub fn new(url: &str, timeout: Duration, breaker: BreakerSpec) -> Self {
+    pub fn new(spec: RedisSpec, breaker: BreakerSpec) -> Self {
+        let label = crate::redact::url(&spec.url).into_owned();
         Self {
-            url: url.to_owned(),
-            timeout,
+            spec,
             conn: Mutex::new(None),
             last_connect: std::sync::Mutex::new(None),
             script: redis::Script::new(GCRA),
-            breaker: Breaker::new(breaker, crate::redact::url(url).into_owned()),
+            breaker: Breaker::new(breaker, label),
         }
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {
         // One task connects at a time; the others wait for it, but never longer than one
         // timeout, so a request decides (or falls back) within one timeout either way.
-        let mut guard = tokio::time::timeout(self.timeout, self.conn.lock())
+        let mut guard = tokio::time::timeout(self.spec.timeout, self.conn.lock())
             .await
             .ok()?;
         if let Some(c) = guard.as_ref() {
@@ -142,13 +153,13 @@ impl RedisBackend {
             }
             *last = Some(std::time::Instant::now());
         }
-        let client = redis::Client::open(self.url.as_str()).ok()?;
+        let client = redis::Client::open(self.connection_info()?).ok()?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
+            .set_connection_timeout(self.spec.timeout)
+            .set_response_timeout(self.spec.timeout)
             .set_number_of_retries(1);
         let manager = tokio::time::timeout(
-            self.timeout * 2,
+            self.spec.timeout * 2,
             ConnectionManager::new_with_config(client, config),
         )
         .await
@@ -156,6 +167,28 @@ impl RedisBackend {
         .ok()?;
         *guard = Some(manager.clone());
         Some(manager)
+    }
+
+    /// The URL's connection settings, with the password from `password_file` when set.
+    /// An unreadable file is logged and counts as a failed connection (the policies'
+    /// `on_redis_failure` applies), not as a connection without a password.
+    fn connection_info(&self) -> Option<redis::ConnectionInfo> {
+        use redis::IntoConnectionInfo;
+        let mut info = self.spec.url.as_str().into_connection_info().ok()?;
+        if let Some(path) = &self.spec.password_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    // Secrets written with `echo` end in a newline that is no part of it.
+                    let password = text.trim_end_matches(['\r', '\n']);
+                    info.redis.password = Some(password.to_owned());
+                }
+                Err(err) => {
+                    tracing::warn!(file = %path.display(), error = %err, "cannot read server.redis.password_file");
+                    return None;
+                }
+            }
+        }
+        Some(info)
     }
 
     /// One GCRA decision for `key` of `spec`, within the timeout.
@@ -211,7 +244,7 @@ impl RedisBackend {
         let mut call = self.script.key(redis_key);
         call.arg(interval).arg(tolerance).arg(want.max(1));
         let result: Result<Result<(i64, i64, i64), _>, _> =
-            tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
+            tokio::time::timeout(self.spec.timeout, call.invoke_async(&mut conn)).await;
         let (granted, wait_us, remaining) = result.ok()?.ok()?;
         Some((
             granted.max(0) as u32,

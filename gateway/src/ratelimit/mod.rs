@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName};
 
 use crate::metrics::Metrics;
 pub use breaker::BreakerSpec;
-pub use cluster::{Batch, ClusterOutcome, ClusterPolicy, FailurePolicy, RedisBackend};
+pub use cluster::{Batch, ClusterOutcome, ClusterPolicy, FailurePolicy, RedisBackend, RedisSpec};
 pub use local::{PolicyLimiter, Verdict};
 
 /// What a policy counts requests by; parts are joined into one key.

@@ -140,13 +140,13 @@ pub fn compile_with(
         return Err(errors);
     }
 
-    let redis = spec.server.redis.as_ref().map(|(url, timeout)| {
+    let redis = spec.server.redis.as_ref().map(|redis| {
         let breaker = &spec.server.redis_breaker;
         previous
             .and_then(|p| p.redis.as_ref())
-            .filter(|b| b.identity() == (url.clone(), *timeout) && b.breaker_spec() == breaker)
+            .filter(|b| b.identity() == redis && b.breaker_spec() == breaker)
             .map_or_else(
-                || Arc::new(RedisBackend::new(url, *timeout, breaker.clone())),
+                || Arc::new(RedisBackend::new(redis.clone(), breaker.clone())),
                 Arc::clone,
             )
     });

@@ -422,13 +422,20 @@ impl Drop for Member {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Started with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         r.restart();
         r
@@ -440,6 +447,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

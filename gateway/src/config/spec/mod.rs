@@ -55,8 +55,8 @@ pub struct ServerSpec {
     pub reload_debounce: Duration,
     /// Who the client is behind trusted proxies (also `server.trusted_proxies`).
     pub client_ip: crate::client_ip::ClientIpSpec,
-    /// `(url, per-call timeout)` for cluster rate limits.
-    pub redis: Option<(String, Duration)>,
+    /// Where cluster rate limits keep their state.
+    pub redis: Option<crate::ratelimit::RedisSpec>,
     /// `server.redis.circuit_breaker` (defaults without Redis).
     pub redis_breaker: crate::ratelimit::BreakerSpec,
     pub cache: crate::cache::CacheSettings,

@@ -53,7 +53,18 @@ pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
                 r.timeout.as_deref(),
                 Duration::from_millis(50),
             );
-            ok.then(|| (r.url.clone(), timeout))
+            let password_file = r.password_file.as_deref().and_then(|f| {
+                if f.trim().is_empty() {
+                    e.push("server.redis.password_file", "empty path");
+                    return None;
+                }
+                Some(std::path::PathBuf::from(f))
+            });
+            ok.then(|| crate::ratelimit::RedisSpec {
+                url: r.url.clone(),
+                timeout,
+                password_file,
+            })
         }),
         client_ip: client_ip(e, s),
         redis_breaker: breaker(e, s.redis.as_ref().and_then(|r| r.circuit_breaker.as_ref())),
