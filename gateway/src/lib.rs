@@ -9,7 +9,7 @@
 //! - `runtime`: `Spec` + discovery snapshot -> immutable `Runtime` (`Route` bundles a
 //!   route's policies);
 //! - `config`: file -> wire -> `Spec`, calling each section's builder;
-//! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`, and
+//! - features `access_log`, `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`, and
 //!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`: each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
@@ -25,6 +25,7 @@ pub mod redact;
 pub mod units;
 
 // Features.
+pub mod access_log;
 pub mod actions;
 pub mod apikey;
 pub mod auth;

@@ -32,6 +32,8 @@ pub struct File {
     /// Named CORS policies that routes and listeners refer to.
     #[serde(default)]
     pub cors_policies: IndexMap<String, Cors>,
+    /// The access log: `off`, or where and how lines are written (default: stdout).
+    pub access_log: Option<AccessLog>,
 }
 
 /// Exactly one of `kubernetes` (embedded watcher) or `control_plane`.
