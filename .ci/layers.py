@@ -15,7 +15,7 @@ LAYERS = [
     ("config", {"config"}, False),
     ("features", {"access_log", "router", "actions", "auth", "ratelimit", "cache", "upstream", "edge",
                   "ip_rules", "cors", "apikey", "forward_auth", "compression"}, False),
-    ("bottom", {"diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
+    ("bottom", {"alloc", "diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
 ]
 rank = {}
 same_ok = {}

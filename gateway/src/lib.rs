@@ -13,9 +13,10 @@
 //!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`: each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
-//! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
+//! - bottom: `alloc` (the global allocator), `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
 
 // Bottom: shared pieces that import nothing above them.
+pub mod alloc;
 pub mod client_ip;
 pub mod diag;
 pub mod http_head;
