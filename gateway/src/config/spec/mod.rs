@@ -51,6 +51,7 @@ mod upstreams;
 #[derive(Debug)]
 pub struct ServerSpec {
     pub threads: usize,
+    pub work_stealing: bool,
     pub shutdown_grace_period: Duration,
     pub max_request_header_bytes: usize,
     pub reload_debounce: Duration,
