@@ -91,4 +91,11 @@ measure() { # name port script command...
 want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
 want pingora && measure pingora "$BARE_PORT" "$WORK/plain.lua" "$BIN/bare_pingora" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" 1
 want gateway_plain && measure gateway_plain "$PLAIN_PORT" "$WORK/plain.lua" "$BIN/gateway" run --config "$WORK/gw/plain.yaml"
+# Not in the default set: the plain route with Pingora's work-stealing runtime, to see
+# what `server.work_stealing: false` buys (ONLY=gateway_plain_ws).
+if [ "${ONLY:-}" = gateway_plain_ws ]; then
+    sed 's/server: {threads: 1}/server: {threads: 1, work_stealing: true}/' "$WORK/gw/plain.yaml" >"$WORK/gw/plain_ws.yaml"
+    measure gateway_plain_ws "$PLAIN_PORT" "$WORK/plain.lua" "$BIN/gateway" run --config "$WORK/gw/plain_ws.yaml"
+fi
 want gateway_full && measure gateway_full "$FULL_PORT" "$WORK/full.lua" "$BIN/gateway" run --config "$WORK/gw/full.yaml"
+exit 0
