@@ -13,9 +13,9 @@ LAYERS = [
     ("writer", {"reload", "kubernetes"}, True),
     ("runtime", {"runtime"}, False),
     ("config", {"config"}, False),
-    ("features", {"router", "actions", "auth", "ratelimit", "cache", "upstream", "edge",
+    ("features", {"access_log", "router", "actions", "auth", "ratelimit", "cache", "upstream", "edge",
                   "ip_rules", "cors", "apikey", "forward_auth", "compression"}, False),
-    ("bottom", {"diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
+    ("bottom", {"alloc", "diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
 ]
 rank = {}
 same_ok = {}

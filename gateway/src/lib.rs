@@ -9,13 +9,14 @@
 //! - `runtime`: `Spec` + discovery snapshot -> immutable `Runtime` (`Route` bundles a
 //!   route's policies);
 //! - `config`: file -> wire -> `Spec`, calling each section's builder;
-//! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`, and
+//! - features `access_log`, `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`, and
 //!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`: each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
-//! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
+//! - bottom: `alloc` (the global allocator), `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
 
 // Bottom: shared pieces that import nothing above them.
+pub mod alloc;
 pub mod client_ip;
 pub mod diag;
 pub mod http_head;
@@ -25,6 +26,7 @@ pub mod redact;
 pub mod units;
 
 // Features.
+pub mod access_log;
 pub mod actions;
 pub mod apikey;
 pub mod auth;

@@ -32,6 +32,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::config::ListenerSpec;
 use crate::edge::connections::ConnectionCounts;
 use crate::edge::framing;
@@ -62,6 +63,7 @@ pub struct ListenerApp {
     store: Arc<RuntimeStore>,
     metrics: Arc<Metrics>,
     listeners: Vec<Bound>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl ListenerApp {
@@ -71,6 +73,7 @@ impl ListenerApp {
         store: Arc<RuntimeStore>,
         metrics: Arc<Metrics>,
         listeners: &[ListenerSpec],
+        access_log: Option<Arc<AccessLog>>,
     ) -> Self {
         let listeners = listeners
             .iter()
@@ -90,6 +93,7 @@ impl ListenerApp {
             store,
             metrics,
             listeners,
+            access_log,
         }
     }
 
@@ -306,16 +310,13 @@ impl ListenerApp {
             .requests
             .with_label_values(&["-", method_label_bytes(method), status_class(status)])
             .inc();
-        tracing::info!(
-            target: "access_log",
-            request_id = %request_id,
-            route = "-",
-            listener = %bound.name,
-            method,
-            status,
-            client = client.map(|a| a.to_string()),
-            reply = reply.code,
-        );
+        if let Some(log) = &self.access_log {
+            let mut line = Entry::new(&request_id, "-", method, status);
+            line.listener = Some(&bound.name);
+            line.client = client;
+            line.reply = Some(reply.code);
+            log.write(&line);
+        }
         if status != 0 {
             linger(stream).await;
         }

@@ -6,8 +6,10 @@
 //! them (and set the gauges that mirror their state before a scrape); this module
 //! imports nothing from the rest of the crate.
 
+mod access_log;
 mod policies;
 
+pub use access_log::AccessLogMetrics;
 use http::Method;
 pub use policies::PolicyMetrics;
 use prometheus::{
@@ -55,6 +57,8 @@ pub struct Metrics {
     pub edge: EdgeMetrics,
     /// IP rules, CORS, API keys, forward auth, compression.
     pub policies: PolicyMetrics,
+    /// The access-log writer's lines, drops and write errors.
+    pub access_log: AccessLogMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -296,6 +300,7 @@ impl Metrics {
         let cache = CacheMetrics::new(&registry)?;
         let edge = EdgeMetrics::new(&registry)?;
         let policies = PolicyMetrics::new(&registry, &LATENCY_BUCKETS)?;
+        let access_log = AccessLogMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -333,6 +338,7 @@ impl Metrics {
             cache,
             edge,
             policies,
+            access_log,
             discovery_updates,
             discovery_update_failures,
             discovery_snapshot_version,

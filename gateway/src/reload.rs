@@ -274,7 +274,7 @@ impl Reloader {
         let restart_required = runtime.restart_settings != current.restart_settings;
         if restart_required {
             tracing::warn!(
-                "config changes listeners, admin or server settings; those take effect after a restart"
+                "config changes listeners, admin, server or access_log settings; those take effect after a restart"
             );
         }
         self.store.current.store(Arc::new(runtime));

@@ -1,7 +1,8 @@
 //! Owns process start-up: load and compile the config, start the discovery source
 //! when the config has one, build the Pingora server (proxy listeners, admin listener,
-//! reload service), and map SIGTERM and SIGINT to a graceful shutdown that lets
-//! in-flight requests finish within the grace period.
+//! reload service, access-log writer), map SIGTERM and SIGINT to a graceful shutdown
+//! that lets in-flight requests finish within the grace period (and flushes the access
+//! log), and SIGUSR1 to reopening the access log.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::access_log::{AccessLog, AccessLogSpec};
 use crate::admin::{AdminApp, AdminAuth};
 use crate::auth::jwks::{JwksService, KeyStoreSource};
 use crate::config;
@@ -83,10 +85,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     ));
     let draining = Arc::new(AtomicBool::new(false));
 
+    let access_log = start_access_log(&spec.access_log, &metrics)?;
     let in_flight = Arc::new(AtomicUsize::new(0));
     let grace = spec.server.shutdown_grace_period;
     let conf = ServerConf {
         threads: spec.server.threads,
+        // Off by default: a single-threaded runtime per thread skips the cross-thread
+        // queue and its atomics on every wake-up (benches/README.md).
+        work_stealing: spec.server.work_stealing,
         // On a signal, listeners stop accepting at once and Pingora waits the whole
         // grace period before stopping its runtimes (which drops unfinished requests).
         // `drain_monitor` ends the process as soon as nothing is in flight instead.
@@ -103,6 +109,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             Arc::clone(&store),
             Arc::clone(&metrics),
             Arc::clone(&in_flight),
+            access_log.clone(),
         ),
     );
     // Connection limits and the edge deadlines run in front of Pingora's HTTP loop.
@@ -113,6 +120,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             Arc::clone(&store),
             Arc::clone(&metrics),
             &spec.listeners,
+            access_log.clone(),
         ),
     );
     for l in &spec.listeners {
@@ -164,13 +172,47 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
     ));
 
-    drain_monitor(Arc::clone(&draining), in_flight);
+    drain_monitor(Arc::clone(&draining), in_flight, access_log.clone());
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { draining }),
     });
     drop(discovery);
+    if let Some(log) = &access_log {
+        log.shutdown();
+    }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Start the access-log writer (`None` with `access_log: off`) and reopen its file on
+/// SIGUSR1. The handler is installed even without a file: SIGUSR1's default action
+/// ends the process, and a logrotate `postrotate` sends it whatever the config says.
+fn start_access_log(
+    spec: &AccessLogSpec,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<AccessLog>>> {
+    let log = match spec {
+        AccessLogSpec::Off => None,
+        AccessLogSpec::On(settings) => Some(Arc::new(
+            AccessLog::start(settings, metrics.access_log.clone())
+                .context("starting the access log")?,
+        )),
+    };
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+        .context("installing the SIGUSR1 handler")?;
+    let reopen = log.clone();
+    std::thread::Builder::new()
+        .name("sigusr1".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match &reopen {
+                    Some(log) => log.reopen(),
+                    None => tracing::info!("SIGUSR1: the access log is off; nothing to reopen"),
+                }
+            }
+        })
+        .context("starting the SIGUSR1 thread")?;
+    Ok(log)
 }
 
 /// After a shutdown signal, exit as soon as no request is in flight: the listeners are
@@ -190,7 +232,11 @@ fn key_store_source(store: Arc<RuntimeStore>) -> KeyStoreSource {
     Box::new(move || store.load().jwt.key_stores())
 }
 
-fn drain_monitor(draining: Arc<AtomicBool>, in_flight: Arc<AtomicUsize>) {
+fn drain_monitor(
+    draining: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+    access_log: Option<Arc<AccessLog>>,
+) {
     let spawned = std::thread::Builder::new()
         .name("drain-monitor".into())
         .spawn(move || {
@@ -204,6 +250,10 @@ fn drain_monitor(draining: Arc<AtomicBool>, in_flight: Arc<AtomicUsize>) {
                 std::thread::sleep(TICK);
             }
             tracing::info!("drained: no requests in flight, exiting");
+            // Every request has logged: write the last lines before the process ends.
+            if let Some(log) = &access_log {
+                log.shutdown();
+            }
             std::process::exit(0);
         });
     if let Err(e) = spawned {

@@ -225,7 +225,7 @@ async fn keys_consumers_groups_and_refusals() {
         .text()
         .await
         .unwrap();
-    let log = gw.log();
+    let log = gw.wait_log("\"consumer\":\"acme\"").await;
     for text in [&admin, &routes, &metrics, &log] {
         for secret in ["acme-key-0001", "intern-key-0001", &digest("acme-key-0001")] {
             assert!(!text.contains(secret), "{secret} leaked");

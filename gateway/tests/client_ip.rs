@@ -88,7 +88,8 @@ async fn a_client_behind_the_load_balancer_cannot_pick_its_address() {
         "gateway_requests_total{method=\"GET\",route=\"limited\",status_class=\"4xx\"} 4",
     ])
     .await;
-    let log = gw.log();
+    gw.wait_log("\"client_ip\":\"192.0.2.7\"").await;
+    let log = gw.wait_log("\"client_ip\":\"203.0.113.9\"").await;
     assert!(log.contains("\"client_ip\":\"192.0.2.7\""), "{log}");
     assert!(log.contains("\"client_ip\":\"203.0.113.9\""), "{log}");
     assert!(!log.contains("\"client_ip\":\"198.51.100."), "{log}");

@@ -137,7 +137,7 @@ routes:
         "gateway_requests_total{method=\"GET\",route=\"dead\",status_class=\"5xx\"} 1",
     ])
     .await;
-    let log = gw.log();
+    let log = gw.wait_log("\"path\":\"/dead/z\"").await;
     assert!(log.contains("Fail to proxy"), "{log}");
     assert!(log.contains("GET /dead/z, route: dead"), "{log}");
     let signature = t.rsplit('.').next().unwrap();

@@ -57,6 +57,14 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
     {
+        // So is a relative access-log file.
+        if let Some(wire::AccessLog::On(a)) = wire.access_log.as_mut()
+            && let Some(p) = a.path.as_mut()
+            && p != "stdout"
+            && Path::new(p.as_str()).is_relative()
+        {
+            *p = dir.join(&*p).display().to_string();
+        }
         for c in &mut wire.consumers {
             if let Some(k) = c.keys_file.as_mut()
                 && Path::new(k.as_str()).is_relative()

@@ -32,6 +32,8 @@ pub struct File {
     /// Named CORS policies that routes and listeners refer to.
     #[serde(default)]
     pub cors_policies: IndexMap<String, Cors>,
+    /// The access log: `off`, or where and how lines are written (default: stdout).
+    pub access_log: Option<AccessLog>,
 }
 
 /// Exactly one of `kubernetes` (embedded watcher) or `control_plane`.
@@ -136,6 +138,10 @@ pub struct RateLimitPolicy {
 pub struct Server {
     /// Worker threads for the proxy; default: the number of CPUs.
     pub threads: Option<usize>,
+    /// One Tokio runtime shared by all threads, which steal each other's tasks (true),
+    /// or one single-threaded runtime per thread (false, the default: fewer
+    /// instructions per request, see benches/README.md).
+    pub work_stealing: Option<bool>,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT; default 30s.
     pub shutdown_grace_period: Option<String>,
     /// Largest request head (request line + headers) accepted; default 32 KiB.

@@ -178,3 +178,62 @@ pub struct ForwardAuthCache {
     /// Default 10000.
     pub max_entries: Option<usize>,
 }
+
+/// `access_log:` — `off` (or `false`), or the writer's settings.
+#[derive(Debug)]
+pub enum AccessLog {
+    Off,
+    On(AccessLogSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSettings {
+    /// `stdout` (default) or a file path (relative: next to the config file).
+    pub path: Option<String>,
+    /// `json` (the default and only format).
+    pub format: Option<String>,
+    /// Write once this many bytes are queued; default 65536.
+    pub buffer_bytes: Option<super::wire::Size>,
+    /// ...or after this long; default 1s.
+    pub flush_interval: Option<String>,
+    /// Bound of the queue; lines beyond it are dropped and counted; default 16 batches.
+    pub max_queued_bytes: Option<super::wire::Size>,
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AccessLog;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "`off` or an access log mapping (path, format, buffer_bytes, flush_interval)",
+                )
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<AccessLog, E> {
+                if v {
+                    Err(E::custom(
+                        "access_log: true is not a setting; write `off` or a mapping (e.g. {path: stdout})",
+                    ))
+                } else {
+                    Ok(AccessLog::Off)
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AccessLog, E> {
+                if v == "off" {
+                    Ok(AccessLog::Off)
+                } else {
+                    Err(E::custom(format!(
+                        "access_log: {v:?} is not a setting; write `off` or a mapping (e.g. {{path: {v}}})"
+                    )))
+                }
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<AccessLog, M::Error> {
+                AccessLogSettings::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(AccessLog::On)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

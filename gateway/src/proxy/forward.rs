@@ -11,7 +11,6 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 
-use super::decide;
 use super::reply::UPSTREAM_OVERLOADED;
 use super::resilience::{self, RETRY_GATEWAY_ERROR};
 use super::respond::X_REQUEST_ID;
@@ -163,7 +162,7 @@ pub(super) async fn upstream_request_filter(
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_canonical())
     {
-        if let Some(xff) = joined(upstream, "x-forwarded-for", ip.to_string()) {
+        if let Some(xff) = joined(upstream, "x-forwarded-for", ip_text(ip)) {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         if upstream.headers.contains_key("forwarded") {
@@ -177,8 +176,7 @@ pub(super) async fn upstream_request_filter(
         }
     }
     upstream.insert_header("x-forwarded-proto", "http")?;
-    let host = decide::raw_host(session.req_header()).to_owned();
-    if !host.is_empty() {
+    if let Some(host) = forwarded_host(session.req_header()) {
         upstream.insert_header("x-forwarded-host", host)?;
     }
     if let Some(route) = ctx.route() {
@@ -198,6 +196,42 @@ pub(super) async fn upstream_request_filter(
         }
     }
     Ok(())
+}
+
+/// `X-Forwarded-Host`: the authority the client asked for (as `http_head::raw_host` reads it). The
+/// `Host` header's value is shared with the request head (a reference count), not copied.
+fn forwarded_host(req: &RequestHeader) -> Option<http::HeaderValue> {
+    match req.uri.authority() {
+        Some(a) => http::HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .filter(|h| !h.is_empty() && h.to_str().is_ok())
+            .cloned(),
+    }
+    .filter(|h| !h.is_empty())
+}
+
+/// An address as text for `X-Forwarded-For`. IPv4 digits are written directly: the
+/// `Display` machinery cost about 1% of a plain proxied request (callgrind).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 /// Every line of `name`, then `hop`, as one comma-separated value; `None` when a line
@@ -233,4 +267,23 @@ pub(super) async fn upstream_response_filter(
         return Error::e_explain(RETRY_GATEWAY_ERROR, format!("upstream answered {status}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_as_text() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+        ] {
+            assert_eq!(ip_text(ip.parse().unwrap()), ip);
+        }
+        assert_eq!(ip_text("2001:db8::1".parse().unwrap()), "2001:db8::1");
+    }
 }

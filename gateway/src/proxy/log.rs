@@ -1,5 +1,6 @@
 //! Owns the `logging` phase: request metrics (compression's too) and the access-log
-//! line (with the API consumer).
+//! line (with the API consumer), handed to the writer (`crate::access_log`), which
+//! does the I/O off the request path.
 //!
 //! A request that got no response at all is one whose client went away first: every
 //! other failure is answered (see `reply::for_error`). It is counted with
@@ -10,6 +11,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::{Gateway, RequestCtx};
+use crate::access_log::Entry;
 use crate::metrics::{CLIENT_CLOSED, method_label, status_class};
 
 pub(super) async fn logging(
@@ -78,27 +80,25 @@ pub(super) async fn logging(
             .with_label_values(&[&pool.name])
             .observe(up.as_secs_f64());
     }
-    // Never log header values: Authorization, Cookie and Set-Cookie stay out.
-    tracing::info!(
-        target: "access_log",
-        request_id = %ctx.request_id,
-        route,
-        config_version = ctx.runtime.version,
-        method = %req.method,
-        path = req.uri.path(),
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        upstream = ctx.pool.as_ref().map(|p| &*p.name),
-        upstream_addr = ctx.endpoint.as_deref(),
-        upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
-        bytes_received = session.body_bytes_read(),
-        bytes_sent = session.body_bytes_sent(),
-        client = session.client_addr().map(|a| a.to_string()),
-        client_ip = ctx.client_ip.map(|ip| ip.to_string()),
-        reply = ctx.reply_code,
-        consumer = ctx.policy.consumer.as_deref(),
-        error = error.map(|e| e.etype().as_str()),
-    );
+    // Never log header values: Authorization, Cookie and Set-Cookie stay out; nor the
+    // query (it may carry a token).
+    if let Some(log) = &gw.access_log {
+        let mut line = Entry::new(&ctx.request_id, route, req.method.as_str(), status);
+        line.config_version = Some(ctx.runtime.version);
+        line.path = Some(req.uri.path());
+        line.duration_ms = Some(elapsed.as_secs_f64() * 1000.0);
+        line.upstream = ctx.pool.as_ref().map(|p| &*p.name);
+        line.upstream_addr = ctx.endpoint.as_deref();
+        line.upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0);
+        line.bytes_received = Some(session.body_bytes_read());
+        line.bytes_sent = Some(session.body_bytes_sent());
+        line.client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        line.client_ip = ctx.client_ip;
+        line.reply = ctx.reply_code;
+        line.consumer = ctx.policy.consumer.as_deref();
+        line.error = error.map(|e| e.etype().as_str());
+        log.write(&line);
+    }
 }
 
 /// The client-side timeout that ended the request, if one did.

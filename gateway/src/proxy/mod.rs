@@ -60,6 +60,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
 use crate::reload::RuntimeStore;
 use crate::runtime::{Route, Runtime};
@@ -73,6 +74,8 @@ pub struct Gateway {
     store: Arc<RuntimeStore>,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
+    /// `None` with `access_log: off`: no line is even formatted.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Gateway {
@@ -81,11 +84,13 @@ impl Gateway {
         store: Arc<RuntimeStore>,
         metrics: Arc<Metrics>,
         in_flight: Arc<AtomicUsize>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Self {
         Self {
             store,
             metrics,
             in_flight,
+            access_log,
         }
     }
 }

@@ -65,14 +65,16 @@ pub struct Runtime {
 /// The settings that only take effect at process start, as comparable text.
 pub fn restart_settings(spec: &Spec) -> String {
     format!(
-        "listeners={:?} admin={:?} threads={} grace={:?} debounce={:?} cache={:?} discovery={:?}",
+        "listeners={:?} admin={:?} threads={} work_stealing={} grace={:?} debounce={:?} cache={:?} discovery={:?} access_log={:?}",
         spec.listeners,
         spec.admin,
         spec.server.threads,
+        spec.server.work_stealing,
         spec.server.shutdown_grace_period,
         spec.server.reload_debounce,
         spec.server.cache,
-        spec.discovery
+        spec.discovery,
+        spec.access_log
     )
 }
 

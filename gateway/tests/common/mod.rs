@@ -141,6 +141,20 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
+    /// The output once it contains `needle` (up to 10 s): access-log lines are written
+    /// in batches by the writer thread, up to `flush_interval` (1 s) after the response.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in:\n{log}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -585,5 +585,5 @@ async fn requests_whose_client_went_away_are_labelled_client_closed() {
         ])
         .await;
     assert!(!text.contains(r#"status_class="none""#), "{text}");
-    assert!(e.gw.log().contains(r#""status":499"#), "{}", e.gw.log());
+    e.gw.wait_log(r#""status":499"#).await;
 }

@@ -30,6 +30,7 @@ use crate::upstream::policy::RetryPolicy;
 pub use admin::{AdminSpec, AdminToken};
 use discovery_spec::DiscoverySpec;
 
+mod access_log;
 pub mod admin;
 mod auth;
 mod cache;
@@ -50,6 +51,7 @@ mod upstreams;
 #[derive(Debug)]
 pub struct ServerSpec {
     pub threads: usize,
+    pub work_stealing: bool,
     pub shutdown_grace_period: Duration,
     pub max_request_header_bytes: usize,
     pub reload_debounce: Duration,
@@ -116,6 +118,8 @@ pub struct Spec {
     pub edge: crate::edge::EdgeSpec,
     /// Consumers, CORS policies, listener policy defaults.
     pub policies: policies::PoliciesSpec,
+    /// Where access-log lines go (process-wide: a change takes a restart).
+    pub access_log: crate::access_log::AccessLogSpec,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -312,6 +316,7 @@ impl TryFrom<wire::File> for Spec {
             }
         }
 
+        let access_log = access_log::access_log_spec(&mut e, file.access_log.as_ref());
         if e.0.is_empty() {
             Ok(Spec {
                 server,
@@ -324,6 +329,7 @@ impl TryFrom<wire::File> for Spec {
                 discovery,
                 edge,
                 policies,
+                access_log,
             })
         } else {
             Err(e.0)
