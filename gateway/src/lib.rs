@@ -10,7 +10,8 @@
 //!   route's policies);
 //! - `config`: file -> wire -> `Spec`, calling each section's builder;
 //! - features `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`, and
-//!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`: each owns
+//!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`, and `telemetry`
+//!   (tracing): each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
 //! - bottom: `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
@@ -36,6 +37,7 @@ pub mod forward_auth;
 pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
+pub mod telemetry;
 pub mod upstream;
 
 // Config, runtime, the writer and its inputs.

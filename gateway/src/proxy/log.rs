@@ -82,6 +82,7 @@ pub(super) async fn logging(
     tracing::info!(
         target: "access_log",
         request_id = %ctx.request_id,
+        trace_id = ctx.trace_id(),
         route,
         config_version = ctx.runtime.version,
         method = %req.method,

@@ -45,6 +45,7 @@ pub mod policies;
 mod ratelimit;
 mod routes;
 mod server;
+mod tracing;
 mod upstreams;
 
 #[derive(Debug)]
@@ -116,6 +117,8 @@ pub struct Spec {
     pub edge: crate::edge::EdgeSpec,
     /// Consumers, CORS policies, listener policy defaults.
     pub policies: policies::PoliciesSpec,
+    /// OpenTelemetry tracing (`tracing:`), when configured.
+    pub tracing: Option<crate::telemetry::TracingSpec>,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -246,6 +249,10 @@ impl TryFrom<wire::File> for Spec {
         }
 
         let policies = policies::file_policies(&mut e, &file, &listeners);
+        let tracing = file
+            .tracing
+            .as_ref()
+            .and_then(|t| tracing::tracing_spec(&mut e, t));
         let mut routes = Vec::new();
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut signatures: HashMap<String, usize> = HashMap::new();
@@ -324,6 +331,7 @@ impl TryFrom<wire::File> for Spec {
                 discovery,
                 edge,
                 policies,
+                tracing,
             })
         } else {
             Err(e.0)
