@@ -101,8 +101,8 @@ fn severe(log: &Value) -> Vec<String> {
 
 /// config/local.yaml with the stack's addresses, the notifications service replaced by
 /// a member the test can stop, health checks every 200 ms, and a CORS policy on the
-/// catalog route that allows the status page's origin.
-fn config(stack: &Stack, notifications: &Member) -> String {
+/// catalog route that allows `web_app` (an origin serving a browser app).
+fn config(stack: &Stack, notifications: &Member, web_app: &str) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/local.yaml"))
             .unwrap();
@@ -126,7 +126,7 @@ fn config(stack: &Stack, notifications: &Member) -> String {
     for r in doc["routes"].as_sequence_mut().unwrap() {
         if r["id"] == "catalog" {
             r["cors"] = serde_yaml_ng::from_str(
-                r#"{allow_origins: ["http://127.0.0.1:{ADMIN}"], allow_methods: [GET], allow_headers: [x-demo], expose_headers: [x-request-id]}"#,
+                &format!(r#"{{allow_origins: ["{web_app}"], allow_methods: [GET], allow_headers: [x-demo], expose_headers: [x-request-id]}}"#),
             )
             .unwrap();
         }
@@ -164,7 +164,20 @@ async fn status_page_in_headless_chromium() {
     .await
     .unwrap();
     let mut notifications = Member::start("notifications");
-    let gw = Gateway::start(&config(&stack, &notifications)).await;
+    // A browser app on an origin of its own, for the cross-origin fetches (the status
+    // page's policy only lets it talk to the admin listener).
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async {
+            axum::response::Html(
+                r#"<!doctype html><title>web app</title><link rel="icon" href="data:,">"#,
+            )
+        }),
+    );
+    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_app = format!("http://{}", app_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(app_listener, app).await.unwrap() });
+    let gw = Gateway::start(&config(&stack, &notifications, &web_app)).await;
     let routes: Vec<String> = gw.admin_json("/admin/routes").await["routes"]
         .as_array()
         .unwrap()
@@ -183,6 +196,8 @@ async fn status_page_in_headless_chromium() {
     }
 
     let d = driver().await;
+    // ring and aws-lc-rs are both compiled in (kube, pingora): name one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {
@@ -256,8 +271,18 @@ async fn status_page_in_headless_chromium() {
     let errors = severe(&log);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 
-    // A cross-origin fetch from the page through the CORS route: allowed for this
-    // origin (a preflight for the custom header, then the request, the exposed header).
+    // The status page may not fetch elsewhere (its Content-Security-Policy).
+    let script = format!(
+        r#"const done = arguments[arguments.length - 1];
+           fetch("{}").then(r => done({{status: r.status}})).catch(e => done({{error: String(e)}}));"#,
+        gw.url("/api/v1/catalog/products")
+    );
+    let got = c.execute_async(&script, vec![]).await.unwrap();
+    assert!(got.get("error").is_some(), "CSP must block it: {got}");
+
+    // From the web app's origin, a cross-origin fetch through the CORS route: allowed
+    // (a preflight for the custom header, then the request, the exposed header).
+    c.goto(&web_app).await.unwrap();
     let script = format!(
         r#"const done = arguments[arguments.length - 1];
            fetch("{}", {{headers: {{"x-demo": "1"}}}})
@@ -266,7 +291,10 @@ async fn status_page_in_headless_chromium() {
         gw.url("/api/v1/catalog/products")
     );
     let got = c.execute_async(&script, vec![]).await.unwrap();
-    assert_eq!(got["status"], 200, "{got}");
+    if got["status"] != 200 {
+        let log = c.issue_cmd(BrowserLog).await.unwrap();
+        panic!("{got}: {log:#}\n{}", gw.log());
+    }
     assert!(got["rid"].as_str().is_some_and(|r| !r.is_empty()), "{got}");
     // From a route without CORS the browser refuses to hand over the answer.
     let script = format!(
