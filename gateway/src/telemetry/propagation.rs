@@ -1,42 +1,78 @@
 //! Owns W3C Trace Context (`traceparent`, `tracestate`) on the wire: reading the
-//! client's (through the OTel SDK's `TraceContextPropagator`, which refuses a wrong
-//! version, all-zero ids, bad hex and bad lengths) and writing the gateway's for the
-//! upstream.
+//! client's, strictly as the W3C grammar says (version 2 lower-case hex and not `ff`,
+//! exactly four fields for version 00, a 32-digit trace id and a 16-digit parent id,
+//! both lower-case hex and not all zeros, 2-digit flags; the OTel SDK's own parser
+//! accepts short ids), and writing the gateway's for the upstream. A `tracestate` that
+//! does not parse (OTel's `TraceState` rules) is dropped, the parent kept.
 //!
 //! A request with more than one `traceparent` field is treated as carrying none (the
 //! W3C spec leaves a receiver free to do so, and guessing which one is meant is worse);
 //! an invalid `traceparent` also discards `tracestate` (W3C section 3.3.1: tracestate
 //! without a valid parent is meaningless).
 
+use std::str::FromStr;
+
 use http::HeaderMap;
-use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
-struct Headers<'a>(&'a HeaderMap);
+fn lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+/// The parts of a valid `traceparent` value: trace id, parent id, sampled.
+fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, bool)> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
+    let rest = parts.next();
+    if !lower_hex(version, 2) || version == "ff" {
+        return None;
     }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
+    // Version 00 has exactly four fields; a later version may append more.
+    if version == "00" && rest.is_some() {
+        return None;
     }
+    if !lower_hex(trace, 32) || !lower_hex(parent, 16) || !lower_hex(flags, 2) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(parent).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((trace_id, span_id, flags & 1 == 1))
 }
 
 /// The client's valid remote parent, if it sent exactly one valid `traceparent`.
 pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
-    if headers.get_all(TRACEPARENT).iter().count() != 1 {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
         return None;
-    }
-    let cx = TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers));
-    let sc = cx.span().span_context().clone();
-    (sc.is_valid() && sc.is_remote()).then_some(sc)
+    };
+    let (trace_id, span_id, sampled) = parse_traceparent(value.to_str().ok()?)?;
+    // Several tracestate lines are one list (W3C 3.3.1.1); a bad one is dropped.
+    let state: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let trace_state = TraceState::from_str(&state.join(",")).unwrap_or_default();
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        flags,
+        true,
+        trace_state,
+    ))
 }
 
 /// `traceparent` for `sc` (version 00).
@@ -101,6 +137,21 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
         )]);
         assert!(!extract(&unsampled).unwrap().is_sampled());
+        // A later version may carry more fields; the first four are read.
+        let future = headers(&[(
+            TRACEPARENT,
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes",
+        )]);
+        assert!(extract(&future).unwrap().is_sampled());
+        // A bad tracestate is dropped, the parent kept.
+        let bad_state = headers(&[
+            (
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            (TRACESTATE, "no equals sign here"),
+        ]);
+        assert_eq!(extract(&bad_state).unwrap().trace_state().header(), "");
     }
 
     #[test]
