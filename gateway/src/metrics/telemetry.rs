@@ -1,4 +1,4 @@
-//! Owns the trace export metric definitions (`crate::telemetry` updates them): spans
+//! Owns the trace export metric definitions (the telemetry feature updates them): spans
 //! exported, spans dropped by reason (the queue was full, the export failed, the
 //! exporter stopped) and failed export calls.
 
