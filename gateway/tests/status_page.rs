@@ -2,10 +2,11 @@
 //! through `chromedriver` with `fantoccini`) loads `GET /` from the admin listener of
 //! the real gateway running config/local.yaml in front of the sample services, finds
 //! every route id, sees an endpoint turn unhealthy when its service stops, logs no
-//! console error, and makes a cross-origin `fetch` through a route with a CORS policy
-//! (allowed for the page's origin, refused for another). It saves a screenshot
-//! (`UPDATE_SCREENSHOT=1` also writes docs/status-page.png, shown in the README). One
-//! browser start for the whole file.
+//! console error, and makes cross-origin `fetch`es through a route with a CORS policy
+//! from a web app's origin (allowed there, refused on a route without CORS; the page's
+//! own CSP keeps it from fetching elsewhere). It saves a screenshot (with
+//! `UPDATE_SCREENSHOT=1` also to gateway/docs/status-page.png, shown in the README).
+//! One browser start for the whole file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -253,7 +254,7 @@ async fn status_page_in_headless_chromium() {
     .unwrap();
     if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/status-page.png"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page.png"),
             &png,
         )
         .unwrap();
