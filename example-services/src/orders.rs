@@ -236,13 +236,15 @@ async fn price_products(
 }
 
 async fn load_orders(db: &SqlitePool, user: &str, id: Option<i64>) -> Result<Vec<Order>, ApiError> {
-    let rows =
+    let rows = crate::common::trace::db_span(
+        "SELECT orders",
         sqlx::query("SELECT * FROM orders WHERE user_id = ? AND (? IS NULL OR id = ?) ORDER BY id")
             .bind(user)
             .bind(id)
             .bind(id)
-            .fetch_all(db)
-            .await?;
+            .fetch_all(db),
+    )
+    .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let order_id: i64 = row.try_get("id")?;

@@ -1,4 +1,5 @@
-//! Owns the admin listener: health, readiness, Prometheus metrics, read-only views
+//! Owns the admin listener: the status page (`GET /`, `GET /admin/status`: `status`,
+//! with its history in `history`), health, readiness, Prometheus metrics, read-only views
 //! of the running config, compiled routes and API consumers (never their keys), cache
 //! purges (`POST /admin/cache/purge`), and confirming a change held by the embedded
 //! discovery watcher's mass-deletion guard. Bound to 127.0.0.1 by default. Every request
@@ -7,6 +8,8 @@
 //! see `crate::redact`).
 
 mod auth;
+mod history;
+mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +38,8 @@ pub struct AdminApp {
     discovery: Option<crate::kubernetes::DiscoveryControl>,
     /// Checked before any handler runs.
     auth: AdminAuth,
+    /// Recent per-route rates and latencies for the status page.
+    history: history::History,
 }
 
 impl AdminApp {
@@ -44,12 +49,14 @@ impl AdminApp {
         draining: Arc<AtomicBool>,
         auth: AdminAuth,
     ) -> Self {
+        let history = history::History::start(Arc::clone(&metrics));
         Self {
             store,
             metrics,
             draining,
             discovery: None,
             auth,
+            history,
         }
     }
 
@@ -87,6 +94,32 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
     if let Ok(v) = resp.body().len().to_string().parse() {
         resp.headers_mut().insert(http::header::CONTENT_LENGTH, v);
     }
+    resp
+}
+
+/// `GET /`: the embedded status page. Its script and style are inline (no network, no
+/// other file), so the policy allows exactly those and calls to this origin.
+fn status_page() -> Response<Vec<u8>> {
+    let mut resp = respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        status::PAGE.as_bytes().to_vec(),
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -257,6 +290,11 @@ impl AdminApp {
             );
         }
         match path {
+            "/" => status_page(),
+            "/admin/status" => json_response(
+                StatusCode::OK,
+                &status::describe(&self.store, &self.history, self.discovery.as_ref()),
+            ),
             "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/readyz" => {
                 if self.draining.load(Ordering::Relaxed) {
@@ -362,7 +400,7 @@ impl AdminApp {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"error": {"code": "not_found", "message": "try /healthz, /readyz, /metrics, /admin/config, /admin/routes, /admin/upstreams, /admin/jwt, /admin/consumers, /admin/cache or POST /admin/cache/purge"}}),
+                &json!({"error": {"code": "not_found", "message": "try / (the status page), /healthz, /readyz, /metrics, /admin/status, /admin/config, /admin/routes, /admin/upstreams, /admin/jwt, /admin/consumers, /admin/cache or POST /admin/cache/purge"}}),
             ),
         }
     }

@@ -9,8 +9,9 @@
 //! - `runtime`: `Spec` + discovery snapshot -> immutable `Runtime` (`Route` bundles a
 //!   route's policies);
 //! - `config`: file -> wire -> `Spec`, calling each section's builder;
-//! - features `access_log`, `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`, and
-//!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`: each owns
+//! - features `access_log`, `router`, `actions`, `auth`, `ratelimit`, `cache`, `upstream`, `edge`,
+//!   the edge policies `ip_rules`, `cors`, `apikey`, `forward_auth`, `compression`, and
+//!   `telemetry` (tracing): each owns
 //!   its spec types, compile step and request-phase function, and imports no other
 //!   feature;
 //! - bottom: `alloc` (the global allocator), `diag`, `units`, `metrics`, `pattern`, `http_head`, `client_ip`, `redact`.
@@ -38,6 +39,7 @@ pub mod forward_auth;
 pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
+pub mod telemetry;
 pub mod upstream;
 
 // Config, runtime, the writer and its inputs.

@@ -277,7 +277,7 @@ impl ListenerApp {
         let parsed = head.and_then(|h| request_line_and_id(h));
         let method = parsed.map_or("-", |(m, _)| m);
         let request_id = reply::request_id(parsed.and_then(|(_, id)| id));
-        let body = reply.body(&request_id);
+        let body = reply.body(&request_id, None);
         let reason = http::StatusCode::from_u16(reply.status)
             .ok()
             .and_then(|s| s.canonical_reason())

@@ -8,6 +8,7 @@
 
 mod access_log;
 mod policies;
+mod telemetry;
 
 pub use access_log::AccessLogMetrics;
 use http::Method;
@@ -16,6 +17,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use telemetry::TelemetryMetrics;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -59,6 +61,8 @@ pub struct Metrics {
     pub policies: PolicyMetrics,
     /// The access-log writer's lines, drops and write errors.
     pub access_log: AccessLogMetrics,
+    /// Trace export (spans exported and dropped).
+    pub telemetry: TelemetryMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -301,6 +305,7 @@ impl Metrics {
         let edge = EdgeMetrics::new(&registry)?;
         let policies = PolicyMetrics::new(&registry, &LATENCY_BUCKETS)?;
         let access_log = AccessLogMetrics::new(&registry)?;
+        let telemetry = TelemetryMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -339,6 +344,7 @@ impl Metrics {
             edge,
             policies,
             access_log,
+            telemetry,
             discovery_updates,
             discovery_update_failures,
             discovery_snapshot_version,

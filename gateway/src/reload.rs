@@ -32,6 +32,9 @@ pub struct ReloadStatus {
     pub last_success: Option<String>,
     /// Errors of the most recent attempt; empty when it succeeded.
     pub last_errors: Vec<ConfigError>,
+    /// The most recent rejected attempt (time and its `file:line:col` messages), kept
+    /// after later successes so the status page can show it.
+    pub last_failure: Option<(String, Vec<String>)>,
     /// Set when the file on disk changes listeners/admin/server settings, which only
     /// take effect after a restart.
     pub restart_required: bool,
@@ -310,6 +313,10 @@ impl Reloader {
             tracing::error!(error = %e, "config reload rejected; keeping the running config");
         }
         self.store.record(|s| {
+            s.last_failure = Some((
+                attempt.clone(),
+                errors.0.iter().map(ToString::to_string).collect(),
+            ));
             s.last_attempt = Some(attempt);
             s.last_errors = errors.0;
         });

@@ -103,15 +103,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let http = pingora::proxy::http_proxy(
-        &server.configuration,
-        Gateway::new(
-            Arc::clone(&store),
-            Arc::clone(&metrics),
-            Arc::clone(&in_flight),
-            access_log.clone(),
-        ),
+    let mut gateway = Gateway::new(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        Arc::clone(&in_flight),
+        access_log.clone(),
     );
+    if let Some(t) = &spec.tracing {
+        let tracer = crate::telemetry::start(t, metrics.telemetry.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+        tracing::info!(exporter = ?t.exporter, sample_ratio = t.sample_ratio, "tracing on");
+        gateway = gateway.with_tracer(Arc::new(tracer));
+    }
+    let http = pingora::proxy::http_proxy(&server.configuration, gateway);
     // Connection limits and the edge deadlines run in front of Pingora's HTTP loop.
     let mut proxy = Service::new(
         "gateway".to_owned(),

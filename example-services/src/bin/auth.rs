@@ -71,6 +71,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     serve::init_logging();
+    let _tracing = example_services::common::trace::init("auth");
     let args = Args::parse();
     let signing_alg = SigningAlg::parse(&args.signing_alg).map_err(anyhow::Error::msg)?;
     if let Some(cmd) = args.command {

@@ -31,6 +31,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     serve::init_logging();
+    let _tracing = example_services::common::trace::init("authz");
     let args = Args::parse();
     let pool = db::open(&args.database, authz::SCHEMA).await?;
     for raw in &args.sessions {

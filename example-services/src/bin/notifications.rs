@@ -59,6 +59,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     serve::init_logging();
+    let _tracing = example_services::common::trace::init("notifications");
     let args = Args::parse();
     if let Some(cmd) = args.command {
         return ops::run_command(

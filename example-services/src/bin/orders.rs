@@ -66,6 +66,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     serve::init_logging();
+    let _tracing = example_services::common::trace::init("orders");
     let args = Args::parse();
     if let Some(cmd) = args.command {
         return ops::run_command(cmd, "orders", &args.database, orders::SCHEMA, &args.backup).await;

@@ -32,6 +32,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     serve::init_logging();
+    let _tracing = example_services::common::trace::init("users");
     let args = Args::parse();
     if let Some(cmd) = args.command {
         return ops::run_command(cmd, "users", &args.database, users::SCHEMA, &args.backup).await;

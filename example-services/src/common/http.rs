@@ -136,4 +136,5 @@ pub fn finish(routes: Router, db: SqlitePool, metrics: Arc<Metrics>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(metrics, record))
         .layer(middleware::from_fn(request_id::propagate))
+        .layer(middleware::from_fn(super::trace::trace_request))
 }

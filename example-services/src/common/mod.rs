@@ -1,6 +1,6 @@
 //! What every sample service shares: JSON errors with stable codes, request-id
 //! propagation, Prometheus metrics, health and readiness, the SQLite database, the
-//! caller identity the gateway forwards, serving with graceful shutdown, and online
+//! caller identity the gateway forwards, trace continuation (`trace`), serving with graceful shutdown, and online
 //! backups and restores of the database (`backup`, with its flags and admin port in `ops`).
 
 pub mod backup;
@@ -11,4 +11,5 @@ pub mod identity;
 pub mod ops;
 pub mod request_id;
 pub mod serve;
+pub mod trace;
 pub mod validate;

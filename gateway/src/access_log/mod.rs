@@ -91,6 +91,9 @@ pub struct Entry<'a> {
     /// Always `access_log`: tells these lines from diagnostic ones on a shared stdout.
     pub target: &'static str,
     pub request_id: &'a str,
+    /// The W3C trace id of the request, when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
     pub route: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener: Option<&'a str>,
@@ -131,6 +134,7 @@ impl<'a> Entry<'a> {
             timestamp: SystemTime::now(),
             target: "access_log",
             request_id,
+            trace_id: None,
             route,
             listener: None,
             config_version: None,

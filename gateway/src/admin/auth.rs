@@ -1,7 +1,9 @@
 //! Owns the admin API's access check, the one gate every admin request passes before
 //! any handler runs ([`AdminAuth::check`]): `Authorization: Bearer <token>`, compared
 //! in constant time (SHA-256 of both sides, then `aws_lc_rs::constant_time`), for every
-//! path except `/healthz`, `/readyz` and, with `metrics_public`, `/metrics`. The answer
+//! path except `/healthz`, `/readyz`, the status page itself (`GET /`: static, it holds
+//! no data and asks for the token to fetch any) and, with `metrics_public`, `/metrics`.
+//! The answer
 //! to a missing or wrong token is the same 401 for every path, so it does not tell
 //! which paths exist.
 //!
@@ -179,7 +181,10 @@ impl AdminAuth {
     /// May this request reach a handler? Every admin request goes through here first.
     pub fn check(&self, req: &RequestHeader) -> Result<(), Denied> {
         let path = req.uri.path();
-        if PUBLIC.contains(&path) || (self.metrics_public && path == "/metrics") {
+        if PUBLIC.contains(&path)
+            || (self.metrics_public && path == "/metrics")
+            || (path == "/" && matches!(req.method, http::Method::GET | http::Method::HEAD))
+        {
             return Ok(());
         }
         let expected = match &self.token {
@@ -266,12 +271,14 @@ mod tests {
     fn every_path_but_probes_needs_the_token() {
         let auth = with_token("0123456789abcdef", false);
         let good = "Bearer 0123456789abcdef";
-        for path in ["/healthz", "/readyz"] {
+        for path in ["/healthz", "/readyz", "/"] {
             assert_eq!(auth.check(&req(path, &[])), Ok(()), "{path}");
         }
         for path in [
             "/metrics",
             "/admin/routes",
+            "/admin/status",
+            "/index.html",
             "/nope",
             "/healthz/x",
             "//healthz",

@@ -34,6 +34,40 @@ pub struct File {
     pub cors_policies: IndexMap<String, Cors>,
     /// The access log: `off`, or where and how lines are written (default: stdout).
     pub access_log: Option<AccessLog>,
+    /// OpenTelemetry tracing; absent: no spans, trace headers pass through untouched.
+    pub tracing: Option<Tracing>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Share of new traces recorded (default 0.01); incoming sampled flags win.
+    pub sample_ratio: Option<f64>,
+    /// Default `gateway`.
+    pub service_name: Option<String>,
+    /// Where spans go (the default when neither this nor `file` is set: OTLP with the
+    /// `OTEL_EXPORTER_OTLP_*` environment variables).
+    pub otlp: Option<Otlp>,
+    /// Write spans as JSON lines to this file instead.
+    pub file: Option<String>,
+    /// Finished spans waiting for export at most (default 2048).
+    pub queue_size: Option<usize>,
+    /// Spans per export call at most (default 512).
+    pub batch_size: Option<usize>,
+    /// Longest wait of a partly filled batch (default 1s).
+    pub batch_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    pub endpoint: Option<String>,
+    /// `http` (protobuf, default) or `grpc`.
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// Per export call (default 10s).
+    pub timeout: Option<String>,
 }
 
 /// Exactly one of `kubernetes` (embedded watcher) or `control_plane`.

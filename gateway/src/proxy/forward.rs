@@ -15,6 +15,7 @@ use super::reply::UPSTREAM_OVERLOADED;
 use super::resilience::{self, RETRY_GATEWAY_ERROR};
 use super::respond::X_REQUEST_ID;
 use super::{Gateway, RequestCtx};
+use crate::telemetry::AttemptOutcome;
 use crate::upstream::policy::RetryOn;
 use crate::upstream::{Attempt, random_unit};
 
@@ -84,6 +85,14 @@ pub(super) async fn upstream_peer(
         peer.options.read_timeout = Some(t);
         peer.options.write_timeout = Some(t);
     }
+    if let Some(t) = ctx.trace.as_mut() {
+        t.begin_attempt(
+            session.req_header().method.as_str(),
+            &pool.name,
+            &endpoint.address,
+            ctx.tries,
+        );
+    }
     ctx.endpoint = Some(endpoint.address.clone());
     Ok(Box::new(peer))
 }
@@ -95,6 +104,9 @@ pub(super) fn fail_to_connect(
     mut e: Box<Error>,
 ) -> Box<Error> {
     ctx.record_outcome(true, &gw.metrics);
+    if let Some(t) = ctx.trace.as_mut() {
+        t.end_attempt(AttemptOutcome::Failed(e.etype().as_str()));
+    }
     // The request never left: safe to send elsewhere, whatever the method.
     e.set_retry(ctx.may_retry(session, RetryOn::ConnectFailure, &gw.metrics));
     e
@@ -109,6 +121,10 @@ pub(super) fn error_while_proxy(
     client_reused: bool,
 ) -> Box<Error> {
     let mut e = e.more_context(format!("Peer: {peer}"));
+    if let Some(t) = ctx.trace.as_mut() {
+        // No-op after `upstream_response_filter` ended it with the upstream's status.
+        t.end_attempt(AttemptOutcome::Failed(e.etype().as_str()));
+    }
     if e.etype() == &RETRY_GATEWAY_ERROR {
         // Granted (and counted) in upstream_response_filter.
         e.set_retry(true);
@@ -155,6 +171,12 @@ pub(super) async fn upstream_request_filter(
         super::request::strip_query_tokens(upstream, jwt);
     }
     upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    // Traced: the upstream continues this attempt's span (an invalid client
+    // `traceparent` is replaced, never forwarded). Untraced: the client's headers pass
+    // through untouched.
+    if let Some(t) = &ctx.trace {
+        t.inject(upstream)?;
+    }
     // The peer joins the chain. From an untrusted peer the chain was dropped in
     // `request_filter` (`client_ip::sanitize`), so it starts over with the peer.
     if let Some(ip) = session
@@ -263,6 +285,9 @@ pub(super) async fn upstream_response_filter(
         crate::cache::upstream_response(session, upstream_response, &mut ctx.cache);
     }
     ctx.record_outcome(status >= 500, &gw.metrics);
+    if let Some(t) = ctx.trace.as_mut() {
+        t.end_attempt(AttemptOutcome::Status(status));
+    }
     if matches!(status, 502..=504) && ctx.may_retry(session, RetryOn::GatewayError, &gw.metrics) {
         return Error::e_explain(RETRY_GATEWAY_ERROR, format!("upstream answered {status}"));
     }

@@ -84,6 +84,7 @@ pub(super) async fn logging(
     // query (it may carry a token).
     if let Some(log) = &gw.access_log {
         let mut line = Entry::new(&ctx.request_id, route, req.method.as_str(), status);
+        line.trace_id = ctx.trace_id();
         line.config_version = Some(ctx.runtime.version);
         line.path = Some(req.uri.path());
         line.duration_ms = Some(elapsed.as_secs_f64() * 1000.0);

@@ -45,6 +45,7 @@ pub mod reply;
 mod request;
 pub mod resilience;
 mod respond;
+mod trace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,6 +77,8 @@ pub struct Gateway {
     in_flight: Arc<AtomicUsize>,
     /// `None` with `access_log: off`: no line is even formatted.
     access_log: Option<Arc<AccessLog>>,
+    /// The process's tracer, when `tracing:` was configured at start.
+    tracer: Option<Arc<crate::telemetry::Tracer>>,
 }
 
 impl Gateway {
@@ -91,7 +94,14 @@ impl Gateway {
             metrics,
             in_flight,
             access_log,
+            tracer: None,
         }
+    }
+
+    /// Trace requests with `tracer` (while the running config has `tracing:`).
+    pub fn with_tracer(mut self, tracer: Arc<crate::telemetry::Tracer>) -> Self {
+        self.tracer = Some(tracer);
+        self
     }
 }
 
@@ -162,6 +172,8 @@ pub struct RequestCtx {
     client_gone: bool,
     /// What the edge-policy steps learned (consumer, preflight, key to strip).
     policy: policies::PolicyCtx,
+    /// The request's spans, when tracing is on (`crate::telemetry`).
+    trace: Option<crate::telemetry::RequestTrace>,
 }
 
 impl RequestCtx {
@@ -177,6 +189,13 @@ impl RequestCtx {
 
     fn route(&self) -> Option<&Route> {
         self.route.and_then(|r| self.runtime.routes.get(r))
+    }
+
+    /// The trace id for log lines and error bodies, when the request is traced.
+    fn trace_id(&self) -> Option<&str> {
+        self.trace
+            .as_ref()
+            .map(crate::telemetry::RequestTrace::trace_id)
     }
 
     fn tried(&self) -> &[usize] {
@@ -246,6 +265,7 @@ impl ProxyHttp for Gateway {
             body,
             client_gone: false,
             policy: policies::PolicyCtx::default(),
+            trace: None,
         }
     }
 
@@ -447,6 +467,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
-        log::logging(self, session, error, ctx).await
+        log::logging(self, session, error, ctx).await;
+        trace::finish(session, error, ctx);
     }
 }

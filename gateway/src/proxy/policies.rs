@@ -424,7 +424,23 @@ async fn forward(
         body,
     };
     let started = Instant::now();
+    let span = ctx
+        .trace
+        .as_ref()
+        .map(|t| t.child("forward_auth", opentelemetry::trace::SpanKind::Client));
     let (decision, cached) = fa.check(&check).await;
+    if let Some(mut span) = span {
+        use opentelemetry::trace::Span as _;
+        span.set_attribute(opentelemetry::KeyValue::new(
+            "gateway.forward_auth.cached",
+            cached,
+        ));
+        span.set_attribute(opentelemetry::KeyValue::new(
+            "gateway.forward_auth.result",
+            result_label(&decision, cached, fa.spec.on_error),
+        ));
+        span.end();
+    }
     let policies = &gw.metrics.policies;
     if !cached {
         policies

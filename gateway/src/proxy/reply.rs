@@ -273,11 +273,16 @@ pub const INTERNAL: Reply = Reply {
 };
 
 impl Reply {
-    /// `{"error":{"code":..,"message":..,"request_id":..}}`; the request id is checked
-    /// (or generated) by [`request_id`] so it needs no JSON escaping.
-    pub fn body(&self, request_id: &str) -> Bytes {
+    /// `{"error":{"code":..,"message":..,"request_id":..,"trace_id":..}}` (`trace_id`
+    /// only on traced requests); the request id is checked (or generated) by
+    /// [`request_id`] and the trace id is hex, so neither needs JSON escaping.
+    pub fn body(&self, request_id: &str, trace_id: Option<&str>) -> Bytes {
+        let trace = match trace_id {
+            Some(t) => format!(r#","trace_id":"{t}""#),
+            None => String::new(),
+        };
         Bytes::from(format!(
-            r#"{{"error":{{"status":{},"code":"{}","message":"{}","request_id":"{}"}}}}"#,
+            r#"{{"error":{{"status":{},"code":"{}","message":"{}","request_id":"{}"{trace}}}}}"#,
             self.status, self.code, self.message, request_id
         ))
     }
@@ -352,10 +357,14 @@ mod tests {
 
     #[test]
     fn body_is_json() {
-        let v: serde_json::Value = serde_json::from_slice(&NOT_FOUND.body("r1")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&NOT_FOUND.body("r1", None)).unwrap();
         assert_eq!(v["error"]["code"], "route_not_found");
         assert_eq!(v["error"]["status"], 404);
         assert_eq!(v["error"]["request_id"], "r1");
+        assert!(v["error"].get("trace_id").is_none());
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let v: serde_json::Value = serde_json::from_slice(&NOT_FOUND.body("r1", Some(t))).unwrap();
+        assert_eq!(v["error"]["trace_id"], t);
     }
 
     #[test]

@@ -57,6 +57,16 @@ pub(super) async fn request_filter(
     decide::normalize_target(session.req_header_mut());
     let req = session.req_header();
     ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
+    if let (Some(settings), Some(tracer)) = (&runtime.tracing, &gw.tracer) {
+        let started = std::time::SystemTime::now() - ctx.started.elapsed();
+        ctx.trace = Some(crate::telemetry::RequestTrace::begin(
+            tracer.tracer(),
+            settings,
+            &req.headers,
+            req.method.as_str(),
+            started,
+        ));
+    }
     let mut decision = decide::decide(&runtime, req);
     // The body size limit comes before everything the route does (and applies when no
     // route matches); a malformed head keeps its own 400/431.
@@ -92,7 +102,35 @@ pub(super) async fn request_filter(
             route_id: &route.id,
             consumer: ctx.policy.consumer.as_deref(),
         };
+        // A span around the decision shows the Redis round trips of cluster limits.
+        let span = ctx
+            .trace
+            .as_ref()
+            .map(|t| t.child("rate_limit", opentelemetry::trace::SpanKind::Internal));
         let outcome = ratelimit::decide(&route.rate_limits, &input, &gw.metrics).await;
+        let result = if outcome.unavailable {
+            "unavailable"
+        } else if outcome.retry_after.is_some() {
+            "limited"
+        } else {
+            "allowed"
+        };
+        if let Some(mut span) = span {
+            use opentelemetry::trace::Span as _;
+            span.set_attribute(opentelemetry::KeyValue::new(
+                "gateway.rate_limit.outcome",
+                result,
+            ));
+            span.end();
+        }
+        if let Some(t) = ctx.trace.as_mut() {
+            t.annotate(|| {
+                vec![opentelemetry::KeyValue::new(
+                    "gateway.rate_limit.outcome",
+                    result,
+                )]
+            });
+        }
         for (name, _, _, remaining, _) in &outcome.entries {
             let result = if outcome.retry_after.is_some() && *remaining == 0 {
                 "limited"
@@ -271,7 +309,7 @@ pub(super) async fn apply_jwt(
             ctx.route = Some(route);
             let reply = reply::for_rejection(&rejection);
             ctx.reply_code = Some(reply.code);
-            let body = reply.body(&ctx.request_id);
+            let body = reply.body(&ctx.request_id, ctx.trace_id());
             let www = rejection.www_authenticate();
             let retry = match rejection {
                 auth::Rejection::Unavailable { retry_after } => Some(retry_after.to_string()),

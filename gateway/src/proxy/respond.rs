@@ -50,7 +50,7 @@ pub(super) async fn send_reply_with(
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
     ctx.reply_code = Some(reply.code);
-    let body = reply.body(&ctx.request_id);
+    let body = reply.body(&ctx.request_id, ctx.trace_id());
     let retry_after = (reply.status == 503).then_some(("retry-after", "1"));
     let headers = [
         ("content-type", "application/json"),

@@ -60,12 +60,15 @@ pub struct Runtime {
     pub edge: Arc<crate::edge::EdgeSpec>,
     /// Consumers, CORS policies and the listeners' rules and defaults.
     pub policies: RuntimePolicies,
+    /// The sampling ratio of `tracing:` (the exporter is the process's: see
+    /// `telemetry::start`); `None`: no tracing, trace headers pass through.
+    pub tracing: Option<crate::telemetry::TraceSettings>,
 }
 
 /// The settings that only take effect at process start, as comparable text.
 pub fn restart_settings(spec: &Spec) -> String {
     format!(
-        "listeners={:?} admin={:?} threads={} work_stealing={} grace={:?} debounce={:?} cache={:?} discovery={:?} access_log={:?}",
+        "listeners={:?} admin={:?} threads={} work_stealing={} grace={:?} debounce={:?} cache={:?} discovery={:?} access_log={:?} tracing={:?}",
         spec.listeners,
         spec.admin,
         spec.server.threads,
@@ -74,7 +77,10 @@ pub fn restart_settings(spec: &Spec) -> String {
         spec.server.reload_debounce,
         spec.server.cache,
         spec.discovery,
-        spec.access_log
+        spec.access_log,
+        spec.tracing
+            .as_ref()
+            .map(crate::telemetry::TracingSpec::restart_key)
     )
 }
 
@@ -267,6 +273,7 @@ pub fn compile_with(
         cache: spec.server.cache.clone(),
         edge: Arc::new(spec.edge.clone()),
         policies,
+        tracing: crate::telemetry::compile(spec.tracing.as_ref()),
     })
 }
 

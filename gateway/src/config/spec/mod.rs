@@ -46,6 +46,7 @@ pub mod policies;
 mod ratelimit;
 mod routes;
 mod server;
+mod tracing;
 mod upstreams;
 
 #[derive(Debug)]
@@ -120,6 +121,8 @@ pub struct Spec {
     pub policies: policies::PoliciesSpec,
     /// Where access-log lines go (process-wide: a change takes a restart).
     pub access_log: crate::access_log::AccessLogSpec,
+    /// OpenTelemetry tracing (`tracing:`), when configured.
+    pub tracing: Option<crate::telemetry::TracingSpec>,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -250,6 +253,10 @@ impl TryFrom<wire::File> for Spec {
         }
 
         let policies = policies::file_policies(&mut e, &file, &listeners);
+        let tracing = file
+            .tracing
+            .as_ref()
+            .and_then(|t| tracing::tracing_spec(&mut e, t));
         let mut routes = Vec::new();
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut signatures: HashMap<String, usize> = HashMap::new();
@@ -330,6 +337,7 @@ impl TryFrom<wire::File> for Spec {
                 edge,
                 policies,
                 access_log,
+                tracing,
             })
         } else {
             Err(e.0)
