@@ -158,7 +158,8 @@ async fn status_page_in_headless_chromium() {
         notifications: any(),
         data_dir: None,
         issuer: ISSUER.into(),
-        admin_emails: vec![],
+        admin: None,
+        key_encryption: None,
         redis_url: None,
         backup: Default::default(),
     })
