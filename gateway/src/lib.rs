@@ -36,6 +36,7 @@ pub mod forward_auth;
 pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
+pub mod tls;
 pub mod upstream;
 
 // Config, runtime, the writer and its inputs.
