@@ -53,15 +53,13 @@ impl ListenerApp {
                 head::read_head(&mut stream, fresh, accepted, limits, &mut shutdown_rx).await;
             let buf = match read {
                 HeadRead::Complete { buf, .. } if fresh && buf.starts_with(&H2_PREFACE[..16]) => {
-                    // HTTP/2 with prior knowledge on a listener without h2c: an HTTP/1
-                    // answer would be noise to that client, so close.
-                    self.metrics
-                        .protocols
-                        .protocol_errors
-                        .with_label_values(&[&bound.name, "h2_preface_on_http1"])
-                        .inc();
-                    tracing::debug!(listener = %bound.name, "HTTP/2 preface on a listener without h2c; closing");
-                    let _ = AsyncWriteExt::shutdown(&mut stream).await;
+                    self.h2_preface_on_http1(&mut stream, bound).await;
+                    return;
+                }
+                HeadRead::Malformed { partial, .. }
+                    if fresh && partial.starts_with(&H2_PREFACE[..16]) =>
+                {
+                    self.h2_preface_on_http1(&mut stream, bound).await;
                     return;
                 }
                 HeadRead::Complete { buf, head_len } => match framing::check(&buf[..head_len]) {
@@ -110,6 +108,18 @@ impl ListenerApp {
                 None => return,
             }
         }
+    }
+
+    /// HTTP/2 with prior knowledge on a listener without h2c: an HTTP/1 answer would be
+    /// noise to that client, so count it and close.
+    async fn h2_preface_on_http1(&self, stream: &mut Stream, bound: &Bound) {
+        self.metrics
+            .protocols
+            .protocol_errors
+            .with_label_values(&[&bound.name, "h2_preface_on_http1"])
+            .inc();
+        tracing::debug!(listener = %bound.name, "HTTP/2 preface on a listener without h2c; closing");
+        let _ = AsyncWriteExt::shutdown(stream).await;
     }
 
     /// A Pingora session for one request whose head (and maybe more) is in `buf`, set up
