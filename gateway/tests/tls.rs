@@ -6,9 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 #[path = "protocols/client.rs"]
 mod client;
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -57,11 +57,16 @@ impl Ca {
     }
 }
 
-fn client_identity(pem: &(String, String)) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+fn client_identity(
+    pem: &(String, String),
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let chain = CertificateDer::pem_slice_iter(pem.0.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    (chain, PrivateKeyDer::from_pem_slice(pem.1.as_bytes()).unwrap())
+    (
+        chain,
+        PrivateKeyDer::from_pem_slice(pem.1.as_bytes()).unwrap(),
+    )
 }
 
 fn write_pair(dir: &Path, name: &str, pem: &(String, String)) -> (String, String) {
@@ -81,7 +86,11 @@ async fn sni_alpn_misdirected_requests_and_bad_input() {
     let certs = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
     let api = write_pair(certs.path(), "api", &ca.leaf(&["api.test"], false));
-    let shop = write_pair(certs.path(), "shop", &ca.leaf(&["shop.test", "*.shop.test"], false));
+    let shop = write_pair(
+        certs.path(),
+        "shop",
+        &ca.leaf(&["shop.test", "*.shop.test"], false),
+    );
     let strict_port = common::free_port();
     let template = format!(
         r#"
@@ -121,12 +130,16 @@ routes:
         ("other.test", "api.test"),
         ("127.0.0.1", "api.test"),
     ] {
-        let s = tls_connect(gw.port, sni, h1.clone()).await.unwrap();
+        let s = tls_connect(gw.port, sni, client::tls_config_any(&["http/1.1"]))
+            .await
+            .unwrap();
         assert_eq!(served_names(&s)[0], want, "SNI {sni}");
     }
 
     // HTTP/1.1 over TLS: routed by Host, forwarded as https.
-    let mut s = tls_connect(gw.port, "www.shop.test", h1.clone()).await.unwrap();
+    let mut s = tls_connect(gw.port, "www.shop.test", h1.clone())
+        .await
+        .unwrap();
     let r = http1_request(&mut s, "www.shop.test", "/cart").await;
     assert_eq!(r.status, 200);
     let body = r.json();
@@ -140,11 +153,13 @@ routes:
     assert_eq!(r.status, 200);
     // A host no certificate names routes as usual; redirects stay on https.
     let r = http1_request(&mut s, "elsewhere.test", "/old").await;
-    assert_eq!(r.status, 301, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.status, 302, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.headers["location"], "https://elsewhere.test/new");
 
     // ALPN h2: HTTP/2 over TLS; :authority is checked against the SNI too.
-    let s = tls_connect(gw.port, "api.test", both.clone()).await.unwrap();
+    let s = tls_connect(gw.port, "api.test", both.clone())
+        .await
+        .unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let c = h2(s).await;
     let r = h2_request(&c, "GET", "https://api.test/h2", &[]).await;
@@ -156,22 +171,32 @@ routes:
     // The strict listener: TLS 1.3 only, HTTP/1.1 only.
     let tls12 = tls_config(&roots, &["http/1.1"], None, &[&rustls::version::TLS12]);
     assert!(tls_connect(strict_port, "api.test", tls12).await.is_err());
-    let s = tls_connect(strict_port, "api.test", both.clone()).await.unwrap();
+    let s = tls_connect(strict_port, "api.test", both.clone())
+        .await
+        .unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let h2_only = tls_config(&roots, &["h2"], None, TLS12_13);
     assert!(tls_connect(strict_port, "api.test", h2_only).await.is_err());
 
     // Plain HTTP on the TLS port: a JSON 400, then a close.
-    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nhost: api.test\r\n\r\n").await.unwrap();
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nhost: api.test\r\n\r\n")
+        .await
+        .unwrap();
     let r = client::read_http1(&mut raw).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "plain_http_on_tls_port");
     // Garbage: closed without a byte.
-    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
     raw.write_all(&[0u8; 64]).await.unwrap();
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf)).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf))
+        .await
+        .unwrap();
     assert!(n.is_err() || buf.is_empty());
 
     let text = gw
@@ -188,12 +213,19 @@ routes:
         .await;
     let expiry: f64 = text
         .lines()
-        .find(|l| l.starts_with("gateway_tls_certificate_expiry_seconds{listener=\"https\",name=\"api.test\"}"))
+        .find(|l| {
+            l.starts_with(
+                "gateway_tls_certificate_expiry_seconds{listener=\"https\",name=\"api.test\"}",
+            )
+        })
         .and_then(|l| l.rsplit(' ').next())
         .unwrap()
         .parse()
         .unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     assert!(expiry > now, "{expiry} <= {now}");
     assert!(gw.log().contains("TLS handshake failed"), "{}", gw.log());
 }
@@ -239,7 +271,9 @@ routes:
         let refused = match tls_connect(gw.port, "api.test", config).await {
             Err(_) => true,
             Ok(mut s) => {
-                let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: api.test\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"GET / HTTP/1.1\r\nhost: api.test\r\n\r\n")
+                    .await;
                 let mut buf = [0u8; 64];
                 !matches!(tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap(), Ok(n) if n > 0)
             }
@@ -277,7 +311,11 @@ fn certificate_problems_are_config_errors_naming_the_file() {
     let expired = write_pair(certs.path(), "expired", &ca.leaf(&["api.test"], true));
     let other = write_pair(certs.path(), "other", &ca.leaf(&["api.test"], false));
     let garbage = certs.path().join("garbage.crt");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let listener = |cert: &str, key: &str| {
         format!(
             "listeners:\n  - name: https\n    address: 127.0.0.1:8443\n    tls: {{certificates: [{{cert_file: \"{cert}\", key_file: \"{key}\"}}]}}\n"
@@ -286,21 +324,39 @@ fn certificate_problems_are_config_errors_naming_the_file() {
     let (ok, text) = check(&listener(&good.0, &good.1));
     assert!(ok, "{text}");
     for (config, file, field) in [
-        (listener(&expired.0, &expired.1), expired.0.clone(), "cert_file"),
+        (
+            listener(&expired.0, &expired.1),
+            expired.0.clone(),
+            "cert_file",
+        ),
         (listener(&good.0, &other.1), other.1.clone(), "key_file"),
-        (listener(&garbage.display().to_string(), &good.1), garbage.display().to_string(), "cert_file"),
-        (listener("/nonexistent/x.crt", &good.1), "/nonexistent/x.crt".to_owned(), "cert_file"),
+        (
+            listener(&garbage.display().to_string(), &good.1),
+            garbage.display().to_string(),
+            "cert_file",
+        ),
+        (
+            listener("/nonexistent/x.crt", &good.1),
+            "/nonexistent/x.crt".to_owned(),
+            "cert_file",
+        ),
     ] {
         let (ok, text) = check(&config);
         assert!(!ok, "{config}");
         assert!(text.contains(&file), "{text}");
-        assert!(text.contains(&format!("listeners[0].tls.certificates[0].{field}")), "{text}");
+        assert!(
+            text.contains(&format!("listeners[0].tls.certificates[0].{field}")),
+            "{text}"
+        );
     }
     let (ok, text) = check(&listener(&expired.0, &expired.1));
     assert!(!ok && text.contains("expired"), "{text}");
     let (ok, text) = check(&format!(
         "{}      min_version: \"1.1\"\n",
-        listener(&good.0, &good.1).replace("tls: {", "tls:\n      {").replace("}]}", "}]\n").replace("{certificates:", "certificates:")
+        listener(&good.0, &good.1)
+            .replace("tls: {", "tls:\n      {")
+            .replace("}]}", "}]\n")
+            .replace("{certificates:", "certificates:")
     ));
     assert!(!ok, "{text}");
     // h2c is for plaintext listeners.
@@ -319,13 +375,18 @@ async fn wait_served(port: u16, config: std::sync::Arc<rustls::ClientConfig>, wa
         if s.get_ref().1.peer_certificates().unwrap()[0].as_ref() == want {
             return;
         }
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn der_of(pem: &str) -> Vec<u8> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
 }
 
 /// A Kubernetes Secret volume: `tls.crt` -> `..data/tls.crt`, `..data` -> a
@@ -373,8 +434,13 @@ routes:
     );
     let gw = Gateway::start(&template).await;
     let config = tls_config(&[ca.der()], &["http/1.1"], None, TLS12_13);
-    let mut running = tls_connect(gw.port, "api.test", config.clone()).await.unwrap();
-    assert_eq!(http1_request(&mut running, "api.test", "/1").await.status, 200);
+    let mut running = tls_connect(gw.port, "api.test", config.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        http1_request(&mut running, "api.test", "/1").await.status,
+        200
+    );
     assert_eq!(
         running.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
         der_of(&v1.0)
@@ -385,7 +451,10 @@ routes:
     secret_swap(secret.path(), 2, &v2);
     wait_served(gw.port, config.clone(), &der_of(&v2.0)).await;
     // ...and the connection from before keeps working.
-    assert_eq!(http1_request(&mut running, "api.test", "/2").await.status, 200);
+    assert_eq!(
+        http1_request(&mut running, "api.test", "/2").await.status,
+        200
+    );
 
     // A bad pair (a key of another certificate) is refused and reported; v2 stays.
     let failures = gw.metric("gateway_config_reload_failures_total").await;
@@ -393,13 +462,20 @@ routes:
     secret_swap(secret.path(), 3, &(v3.0.clone(), v2.1.clone()));
     let cfg = gw
         .wait_config("the bad pair's rejection", |v| {
-            v["last_reload"]["error_text"].to_string().contains("does not match")
+            v["last_reload"]["error_text"]
+                .to_string()
+                .contains("does not match")
         })
         .await;
     assert!(cfg.to_string().contains("tls.key"), "{cfg}");
     assert!(gw.metric("gateway_config_reload_failures_total").await > failures);
-    let s = tls_connect(gw.port, "api.test", config.clone()).await.unwrap();
-    assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0].as_ref(), der_of(&v2.0));
+    let s = tls_connect(gw.port, "api.test", config.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        der_of(&v2.0)
+    );
 
     // Files rewritten in place, then SIGHUP: the good pair is served.
     let v4 = ca.leaf(&["api.test"], false);
@@ -407,5 +483,8 @@ routes:
     std::fs::write(secret.path().join("..gen_3/tls.key"), &v4.1).unwrap();
     gw.signal("HUP");
     wait_served(gw.port, config.clone(), &der_of(&v4.0)).await;
-    assert_eq!(http1_request(&mut running, "api.test", "/3").await.status, 200);
+    assert_eq!(
+        http1_request(&mut running, "api.test", "/3").await.status,
+        200
+    );
 }

@@ -30,6 +30,8 @@ fn failure_reason(message: &str) -> &'static str {
         || m.contains("no cipher")
         || m.contains("nocipher")
         || m.contains("incompatible")
+        || m.contains("known protocol")
+        || m.contains("version")
     {
         "no_common_protocol"
     } else if m.contains("eof") || m.contains("reset") || m.contains("broken pipe") {
