@@ -354,6 +354,12 @@ impl AdminApp {
                             "error_text": status.last_errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         },
                         "restart_required": status.restart_required,
+                        "tls": rt.tls.iter().map(|(listener, t)| (listener.clone(), t.spec.certificates.iter().map(|c| json!({
+                            "cert_file": c.cert_file,
+                            "key_file": c.key_file,
+                            "names": c.names,
+                            "not_after": c.not_after,
+                        })).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
                     }),
                 )
             }

@@ -40,6 +40,7 @@ pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 // Config, runtime, the writer and its inputs.

@@ -8,6 +8,7 @@
 
 mod access_log;
 mod policies;
+mod protocols;
 mod telemetry;
 
 pub use access_log::AccessLogMetrics;
@@ -17,6 +18,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use protocols::ProtocolMetrics;
 pub use telemetry::TelemetryMetrics;
 
 #[derive(Debug)]
@@ -63,6 +65,8 @@ pub struct Metrics {
     pub access_log: AccessLogMetrics,
     /// Trace export (spans exported and dropped).
     pub telemetry: TelemetryMetrics,
+    /// TLS handshakes and certificates, HTTP/2 errors, requests by protocol.
+    pub protocols: ProtocolMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -306,6 +310,7 @@ impl Metrics {
         let policies = PolicyMetrics::new(&registry, &LATENCY_BUCKETS)?;
         let access_log = AccessLogMetrics::new(&registry)?;
         let telemetry = TelemetryMetrics::new(&registry)?;
+        let protocols = ProtocolMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -345,6 +350,7 @@ impl Metrics {
             policies,
             access_log,
             telemetry,
+            protocols,
             discovery_updates,
             discovery_update_failures,
             discovery_snapshot_version,

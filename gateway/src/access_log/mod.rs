@@ -102,6 +102,15 @@ pub struct Entry<'a> {
     pub method: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<&'a str>,
+    /// `http/1.1`, `http/1.0` or `h2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'a str>,
+    /// Whether the connection is TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// The TLS server name the client asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
@@ -140,6 +149,9 @@ impl<'a> Entry<'a> {
             config_version: None,
             method,
             path: None,
+            protocol: None,
+            tls: None,
+            sni: None,
             status,
             duration_ms: None,
             upstream: None,

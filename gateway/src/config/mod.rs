@@ -51,25 +51,37 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
     }
     let mut wire: wire::File =
         serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![serde_error(file, &e)]))?;
-    // A relative keys_file is next to the config (as a Kubernetes Secret mounted beside
-    // a ConfigMap is), wherever the gateway was started from.
+    // A relative keys_file, certificate, key or CA file is next to the config (as a
+    // Kubernetes Secret mounted beside a ConfigMap is), wherever the gateway was started
+    // from.
     if let Some(dir) = Path::new(file)
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
     {
+        let rebase = |k: &mut String| {
+            if Path::new(k.as_str()).is_relative() {
+                *k = dir.join(&*k).display().to_string();
+            }
+        };
+        for c in &mut wire.consumers {
+            if let Some(k) = c.keys_file.as_mut() {
+                rebase(k);
+            }
+        }
         // So is a relative access-log file.
         if let Some(wire::AccessLog::On(a)) = wire.access_log.as_mut()
             && let Some(p) = a.path.as_mut()
             && p != "stdout"
-            && Path::new(p.as_str()).is_relative()
         {
-            *p = dir.join(&*p).display().to_string();
+            rebase(p);
         }
-        for c in &mut wire.consumers {
-            if let Some(k) = c.keys_file.as_mut()
-                && Path::new(k.as_str()).is_relative()
-            {
-                *k = dir.join(&*k).display().to_string();
+        for t in wire.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
+            for c in &mut t.certificates {
+                rebase(&mut c.cert_file);
+                rebase(&mut c.key_file);
+            }
+            if let Some(ca) = t.client_ca_file.as_mut() {
+                rebase(ca);
             }
         }
     }

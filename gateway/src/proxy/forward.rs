@@ -197,7 +197,12 @@ pub(super) async fn upstream_request_filter(
             }
         }
     }
-    upstream.insert_header("x-forwarded-proto", "http")?;
+    let proto = if super::is_tls(session) {
+        "https"
+    } else {
+        "http"
+    };
+    upstream.insert_header("x-forwarded-proto", proto)?;
     if let Some(host) = forwarded_host(session.req_header()) {
         upstream.insert_header("x-forwarded-host", host)?;
     }

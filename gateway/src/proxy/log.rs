@@ -1,6 +1,6 @@
-//! Owns the `logging` phase: request metrics (compression's too) and the access-log
-//! line (with the API consumer), handed to the writer (`crate::access_log`), which
-//! does the I/O off the request path.
+//! Owns the `logging` phase: request metrics (compression's too, requests by protocol)
+//! and the access-log line (with the API consumer, the protocol and the TLS SNI),
+//! handed to the writer (`crate::access_log`), which does the I/O off the request path.
 //!
 //! A request that got no response at all is one whose client went away first: every
 //! other failure is answered (see `reply::for_error`). It is counted with
@@ -57,6 +57,17 @@ pub(super) async fn logging(
         .request_duration
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
+    let protocol = match req.version {
+        http::Version::HTTP_2 => "h2",
+        http::Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    };
+    let tls = super::is_tls(session);
+    gw.metrics
+        .protocols
+        .requests
+        .with_label_values(&[protocol, if tls { "true" } else { "false" }])
+        .inc();
     if let Some((outcome, collapsed)) = ctx.cache.outcome {
         crate::cache::stats::observe(&gw.metrics.cache, route, outcome, collapsed);
     }
@@ -87,6 +98,9 @@ pub(super) async fn logging(
         line.trace_id = ctx.trace_id();
         line.config_version = Some(ctx.runtime.version);
         line.path = Some(req.uri.path());
+        line.protocol = Some(protocol);
+        line.tls = Some(tls);
+        line.sni = super::tls_connection(session).and_then(|t| t.sni.as_deref());
         line.duration_ms = Some(elapsed.as_secs_f64() * 1000.0);
         line.upstream = ctx.pool.as_ref().map(|p| &*p.name);
         line.upstream_addr = ctx.endpoint.as_deref();

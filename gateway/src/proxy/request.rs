@@ -67,7 +67,7 @@ pub(super) async fn request_filter(
             started,
         ));
     }
-    let mut decision = decide::decide(&runtime, req);
+    let mut decision = decide::decide_on(&runtime, req, super::tls_connection(session));
     // The body size limit comes before everything the route does (and applies when no
     // route matches); a malformed head keeps its own 400/431.
     let malformed = matches!(&decision, Decision::Reject(r) if r.status != 404);
