@@ -33,10 +33,12 @@ pub mod compression;
 pub mod cors;
 pub mod edge;
 pub mod forward_auth;
+pub mod grpc;
 pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
 pub mod upstream;
+pub mod websocket;
 
 // Config, runtime, the writer and its inputs.
 pub mod config;

@@ -8,6 +8,7 @@ pub mod source;
 pub mod spec;
 mod wire;
 mod wire_policies;
+mod wire_protocols;
 
 use std::path::Path;
 

@@ -157,6 +157,10 @@ pub struct RequestCtx {
     client_gone: bool,
     /// What the edge-policy steps learned (consumer, preflight, key to strip).
     policy: policies::PolicyCtx,
+    /// The request is a gRPC call: the gateway's own answers are gRPC statuses.
+    grpc: bool,
+    /// A WebSocket upgrade on a proxied route: the tunnel's idle timeout.
+    websocket: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -241,6 +245,8 @@ impl ProxyHttp for Gateway {
             body,
             client_gone: false,
             policy: policies::PolicyCtx::default(),
+            grpc: false,
+            websocket: None,
         }
     }
 
@@ -268,7 +274,10 @@ impl ProxyHttp for Gateway {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        if let Some(policy) = ctx.route().and_then(|r| r.cache.as_deref()) {
+        // A WebSocket tunnel is never a cacheable exchange.
+        if ctx.websocket.is_none()
+            && let Some(policy) = ctx.route().and_then(|r| r.cache.as_deref())
+        {
             crate::cache::enable(session, policy, &ctx.runtime.cache);
         }
         Ok(())
