@@ -14,7 +14,7 @@ LAYERS = [
     ("runtime", {"runtime"}, False),
     ("config", {"config"}, False),
     ("features", {"router", "actions", "auth", "ratelimit", "cache", "upstream", "edge",
-                  "ip_rules", "cors", "apikey", "forward_auth", "compression",
+                  "ip_rules", "cors", "apikey", "forward_auth", "compression", "tls",
                   "grpc", "websocket"}, False),
     ("bottom", {"diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
 ]

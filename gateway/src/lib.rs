@@ -37,6 +37,7 @@ pub mod grpc;
 pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
+pub mod tls;
 pub mod upstream;
 pub mod websocket;
 

@@ -7,6 +7,7 @@
 //! imports nothing from the rest of the crate.
 
 mod policies;
+mod protocols;
 
 use http::Method;
 pub use policies::PolicyMetrics;
@@ -14,6 +15,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use protocols::ProtocolMetrics;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,6 +57,8 @@ pub struct Metrics {
     pub edge: EdgeMetrics,
     /// IP rules, CORS, API keys, forward auth, compression.
     pub policies: PolicyMetrics,
+    /// TLS handshakes and certificates, HTTP/2 errors, requests by protocol.
+    pub protocols: ProtocolMetrics,
     /// Runtimes swapped in for a new discovery snapshot.
     pub discovery_updates: IntCounter,
     pub discovery_update_failures: IntCounter,
@@ -296,6 +300,7 @@ impl Metrics {
         let cache = CacheMetrics::new(&registry)?;
         let edge = EdgeMetrics::new(&registry)?;
         let policies = PolicyMetrics::new(&registry, &LATENCY_BUCKETS)?;
+        let protocols = ProtocolMetrics::new(&registry)?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -333,6 +338,7 @@ impl Metrics {
             cache,
             edge,
             policies,
+            protocols,
             discovery_updates,
             discovery_update_failures,
             discovery_snapshot_version,

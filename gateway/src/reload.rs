@@ -45,6 +45,20 @@ pub struct RuntimeStore {
     metrics: Arc<Metrics>,
 }
 
+/// `gateway_tls_certificate_expiry_seconds` for the certificates `runtime` serves (and
+/// none for those it no longer does).
+fn export_certificates(runtime: &Runtime, metrics: &Metrics) {
+    let gauge = &metrics.protocols.tls_certificate_expiry;
+    gauge.reset();
+    for (listener, tls) in &runtime.tls {
+        for c in &tls.spec.certificates {
+            gauge
+                .with_label_values(&[listener.as_str(), c.label.as_str()])
+                .set(c.not_after as f64);
+        }
+    }
+}
+
 fn now_text() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
@@ -52,6 +66,7 @@ fn now_text() -> String {
 impl RuntimeStore {
     pub fn new(initial: Runtime, source: &Path, metrics: Arc<Metrics>) -> Self {
         metrics.config_version.set(initial.version as i64);
+        export_certificates(&initial, &metrics);
         Self {
             current: ArcSwap::from_pointee(initial),
             status: Mutex::new(ReloadStatus {
@@ -61,6 +76,12 @@ impl RuntimeStore {
             }),
             metrics,
         }
+    }
+
+    /// Swap in `runtime` (the one writer calls this).
+    fn publish(&self, runtime: Runtime) {
+        export_certificates(&runtime, &self.metrics);
+        self.current.store(Arc::new(runtime));
     }
 
     /// The runtime a new request should pin.
@@ -194,7 +215,7 @@ impl Reloader {
         let version = current.version + 1;
         match runtime::compile_with(&spec, Some(&snapshot), version, Some(&current)) {
             Ok(rt) => {
-                self.store.current.store(Arc::new(rt));
+                self.store.publish(rt);
                 if let Ok(mut a) = input.applied.lock() {
                     *a = Some(Arc::clone(&snapshot));
                 }
@@ -277,14 +298,14 @@ impl Reloader {
                 "config changes listeners, admin or server settings; those take effect after a restart"
             );
         }
-        self.store.current.store(Arc::new(runtime));
+        self.store.publish(runtime);
         metrics.config_version.set(version as i64);
         metrics.config_reloads.inc();
         if let Ok(mut t) = self.last_text.lock() {
             *t = text;
         }
         if let Ok(mut i) = self.inputs.lock() {
-            *i = read_inputs(&spec.policies.watched_files);
+            *i = read_inputs(&spec.watched_files());
         }
         if let Some(input) = &self.discovery {
             if let Ok(mut s) = input.spec.lock() {

@@ -144,7 +144,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         spec.server.reload_debounce,
         text,
     )
-    .with_inputs(&spec.policies.watched_files);
+    .with_inputs(&spec.watched_files());
     if let Some(d) = &discovery {
         reloader = reloader.with_discovery(Arc::new(spec), d.snapshots.clone());
     }

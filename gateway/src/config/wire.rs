@@ -274,6 +274,50 @@ pub struct Listener {
     pub cors: Option<CorsRef>,
     /// Default response compression of the routes served here.
     pub compression: Option<Compression>,
+    /// HTTP/2 with prior knowledge on this plaintext listener (default false).
+    #[serde(default)]
+    pub h2c: bool,
+    /// HTTP/2 limits (h2c, and h2 over TLS by ALPN).
+    pub http2: Option<Http2>,
+    /// TLS termination; without it the listener is plaintext.
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2 {
+    /// Streams a client may have open at once (default 100).
+    pub max_concurrent_streams: Option<u32>,
+    /// Decoded request header list, in bytes (default `server.max_request_header_bytes`).
+    pub max_header_list_size: Option<String>,
+    /// Streams the client reset before the gateway took them up; past this the
+    /// connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487; default 20).
+    pub max_pending_resets: Option<u32>,
+    /// Streams the gateway reset for the client's protocol errors; past this, GOAWAY
+    /// (default 200).
+    pub max_error_resets: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Chosen by SNI against each certificate's SAN; the first is the default.
+    pub certificates: Vec<TlsCertificate>,
+    /// "1.2" (default) or "1.3".
+    pub min_version: Option<String>,
+    /// Offered protocols, in preference order (default [h2, http/1.1]).
+    pub alpn: Option<Vec<String>>,
+    /// Require client certificates issued by these CAs (mTLS).
+    pub client_ca_file: Option<String>,
+    /// A TLS handshake must finish within this (default `timeouts.request_header`).
+    pub handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

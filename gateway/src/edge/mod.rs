@@ -2,7 +2,8 @@
 //! the client-side timeouts (`request_header`, `request_body_idle`, `keepalive_idle`,
 //! `downstream_write`), connection limits per listener and per client address
 //! (`connections`), the request body size limit (`body`), strict HTTP/1 framing
-//! (`framing`), and reading a request head under those deadlines (`head`).
+//! (`framing`), reading a request head under those deadlines (`head`), and the HTTP/2
+//! limits of a connection (`http2`).
 //!
 //! Settings are server-wide (`server:`) with a per-listener override
 //! (`listeners[].timeouts`, `max_connections`, `max_connections_per_client_ip`); they
@@ -15,6 +16,7 @@ pub mod body;
 pub mod connections;
 pub mod framing;
 pub mod head;
+pub mod http2;
 
 /// The default `max_connections` of a listener: well under the 20,000 open files the
 /// process is allowed, so that a flood of idle connections cannot exhaust them.

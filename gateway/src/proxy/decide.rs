@@ -14,6 +14,7 @@ use crate::router::matchers::MAX_HOST_LEN;
 use crate::router::path::{self, Findings, PathError};
 use crate::router::{RequestView, normalize_host};
 use crate::runtime::{RouteAction, Runtime};
+use crate::tls::TlsConnection;
 use crate::upstream::UpstreamPool;
 
 #[derive(Debug)]
@@ -56,6 +57,13 @@ fn head_size(req: &RequestHeader) -> usize {
 }
 
 pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
+    decide_on(runtime, req, None)
+}
+
+/// [`decide`] for a request on a connection: on TLS, a request without a host is
+/// matched by the connection's SNI, a request for a host another of the listener's
+/// certificates serves gets 421, and redirects keep `https`.
+pub fn decide_on(runtime: &Runtime, req: &RequestHeader, tls: Option<&TlsConnection>) -> Decision {
     if head_size(req) > runtime.max_request_header_bytes {
         return Decision::Reject(reply::HEADERS_TOO_LARGE);
     }
@@ -71,7 +79,14 @@ pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
     let path = normal.path;
     let raw_host = raw_host(req);
     let mut buf = [0u8; MAX_HOST_LEN];
-    let host = normalize_host(raw_host, &mut buf);
+    let mut host = normalize_host(raw_host, &mut buf);
+    if let Some(t) = tls {
+        if host.is_empty() {
+            host = t.sni.as_deref().unwrap_or("");
+        } else if t.misdirected(host) {
+            return Decision::Reject(reply::MISDIRECTED);
+        }
+    }
     let query = req.uri.query();
     let view = RequestView {
         method: &req.method,
@@ -98,7 +113,11 @@ pub fn decide(runtime: &Runtime, req: &RequestHeader) -> Decision {
                 .filter(|(h, _)| !h.ends_with(']') || raw_host.starts_with('['))
                 .and_then(|(_, p)| p.parse().ok());
             let target = RequestTarget {
-                scheme: Scheme::Http,
+                scheme: if tls.is_some() {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                },
                 host: if host.is_empty() { "localhost" } else { host },
                 port,
                 path: &path,

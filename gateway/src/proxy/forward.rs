@@ -183,7 +183,12 @@ pub(super) async fn upstream_request_filter(
             }
         }
     }
-    upstream.insert_header("x-forwarded-proto", "http")?;
+    let proto = if super::is_tls(session) {
+        "https"
+    } else {
+        "http"
+    };
+    upstream.insert_header("x-forwarded-proto", proto)?;
     let host = decide::raw_host(session.req_header()).to_owned();
     if !host.is_empty() {
         upstream.insert_header("x-forwarded-host", host)?;

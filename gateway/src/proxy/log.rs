@@ -1,5 +1,5 @@
-//! Owns the `logging` phase: request metrics (compression's too) and the access-log
-//! line (with the API consumer).
+//! Owns the `logging` phase: request metrics (compression's too, requests by protocol)
+//! and the access-log line (with the API consumer, the protocol and the TLS SNI).
 //!
 //! A request that got no response at all is one whose client went away first: every
 //! other failure is answered (see `reply::for_error`). It is counted with
@@ -55,6 +55,17 @@ pub(super) async fn logging(
         .request_duration
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
+    let protocol = match req.version {
+        http::Version::HTTP_2 => "h2",
+        http::Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    };
+    let tls = super::is_tls(session);
+    gw.metrics
+        .protocols
+        .requests
+        .with_label_values(&[protocol, if tls { "true" } else { "false" }])
+        .inc();
     if let Some((outcome, collapsed)) = ctx.cache.outcome {
         crate::cache::stats::observe(&gw.metrics.cache, route, outcome, collapsed);
     }
@@ -86,6 +97,9 @@ pub(super) async fn logging(
         config_version = ctx.runtime.version,
         method = %req.method,
         path = req.uri.path(),
+        protocol,
+        tls,
+        sni = super::tls_connection(session).and_then(|t| t.sni.as_deref()),
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         upstream = ctx.pool.as_ref().map(|p| &*p.name),

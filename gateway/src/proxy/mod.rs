@@ -4,8 +4,9 @@
 //! | feature                                              | phase                      |
 //! |------------------------------------------------------|----------------------------|
 //! | pin one runtime version for the request              | `new_ctx`                  |
-//! | request id, 431, 400, route match, 413 (declared     | `request_filter` (`decide`,|
-//! | body over the limit), 404, redirect,                 | `body_limit`)              |
+//! | request id, 431, 400, route match (SNI when no host; | `request_filter` (`decide`,|
+//! | 421 for another certificate's host), 413 (declared   | `body_limit`)              |
+//! | body over the limit), 404, redirect,                 |                            |
 //! | direct response, split choice, in-flight limit (503),|                            |
 //! | retry-budget deposit, deadline                       |                            |
 //! | IP rules (403), CORS preflight (204/403, after rate  | `request_filter`           |
@@ -66,6 +67,21 @@ use crate::runtime::{Route, Runtime};
 use crate::upstream::policy::RetryOn;
 use crate::upstream::{Attempt, ConnectionSlot, InFlightSlot, MAX_TRIED, UpstreamPool};
 use resilience::RetryCheck;
+
+/// What the TLS handshake of the request's connection learned; `None` on plaintext.
+pub(crate) fn tls_connection(session: &Session) -> Option<&crate::tls::TlsConnection> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<crate::tls::TlsConnection>()
+}
+
+/// Did the request come over TLS?
+pub(crate) fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
 
 /// The gateway's proxy logic; one instance serves every listener.
 #[derive(Debug)]

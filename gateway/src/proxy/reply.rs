@@ -121,6 +121,16 @@ pub fn for_rejection(r: &crate::auth::Rejection) -> Reply {
     }
 }
 
+pub const PLAIN_HTTP_ON_TLS: Reply = Reply {
+    status: 400,
+    code: "plain_http_on_tls_port",
+    message: "this port speaks HTTPS; the request was sent as plain HTTP",
+};
+pub const MISDIRECTED: Reply = Reply {
+    status: 421,
+    code: "misdirected_request",
+    message: "this connection's TLS certificate is not the one for the requested host; open a new connection for it",
+};
 pub const REQUEST_HEADER_TIMEOUT: Reply = Reply {
     status: 408,
     code: "request_header_timeout",

@@ -59,7 +59,7 @@ pub(super) async fn request_filter(
     decide::normalize_target(session.req_header_mut());
     let req = session.req_header();
     ctx.request_id = reply::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
-    let mut decision = decide::decide(&runtime, req);
+    let mut decision = decide::decide_on(&runtime, req, super::tls_connection(session));
     // The body size limit comes before everything the route does (and applies when no
     // route matches); a malformed head keeps its own 400/431.
     let malformed = matches!(&decision, Decision::Reject(r) if r.status != 404);

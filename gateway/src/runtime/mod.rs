@@ -6,6 +6,7 @@
 //! another compile and swap. `route` holds the compiled `Route`; `discovery` what a
 //! runtime knows of discovery.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -60,6 +61,69 @@ pub struct Runtime {
     pub edge: Arc<crate::edge::EdgeSpec>,
     /// Consumers, CORS policies and the listeners' rules and defaults.
     pub policies: RuntimePolicies,
+    /// TLS listeners' acceptors by listener name; a listener not here is plaintext.
+    pub tls: HashMap<String, Arc<TlsListener>>,
+}
+
+/// A TLS listener's acceptor and the spec it was built from (a recompile with the same
+/// certificates, e.g. for a discovery snapshot, keeps the acceptor and its session
+/// tickets).
+#[derive(Debug)]
+pub struct TlsListener {
+    pub spec: crate::tls::TlsSpec,
+    pub compiled: crate::tls::ListenerTls,
+}
+
+fn same_tls(a: &crate::tls::TlsSpec, b: &crate::tls::TlsSpec) -> bool {
+    a.certificates.len() == b.certificates.len()
+        && a.certificates
+            .iter()
+            .zip(&b.certificates)
+            .all(|(x, y)| Arc::ptr_eq(x, y))
+        && match (&a.client_ca, &b.client_ca) {
+            (None, None) => true,
+            (Some((_, x)), Some((_, y))) => Arc::ptr_eq(x, y),
+            _ => false,
+        }
+        && a.min_version == b.min_version
+        && a.alpn == b.alpn
+        && a.handshake_timeout == b.handshake_timeout
+}
+
+fn compile_tls(
+    spec: &Spec,
+    previous: Option<&Runtime>,
+    errors: &mut Vec<SpecError>,
+) -> HashMap<String, Arc<TlsListener>> {
+    let mut out = HashMap::new();
+    for t in &spec.tls {
+        if let Some(old) = previous
+            .and_then(|p| p.tls.get(&t.listener))
+            .filter(|o| same_tls(&o.spec, t))
+        {
+            out.insert(t.listener.clone(), Arc::clone(old));
+            continue;
+        }
+        match crate::tls::compile(t) {
+            Ok(compiled) => {
+                out.insert(
+                    t.listener.clone(),
+                    Arc::new(TlsListener {
+                        spec: t.clone(),
+                        compiled,
+                    }),
+                );
+            }
+            Err(message) => {
+                let i = spec.listeners.iter().position(|l| l.name == t.listener);
+                errors.push(SpecError {
+                    path: format!("listeners[{}].tls", i.unwrap_or_default()),
+                    message,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The settings that only take effect at process start, as comparable text.
@@ -136,6 +200,7 @@ pub fn compile_with(
             }),
         }
     }
+    let tls = compile_tls(spec, previous, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -267,6 +332,7 @@ pub fn compile_with(
         cache: spec.server.cache.clone(),
         edge: Arc::new(spec.edge.clone()),
         policies,
+        tls,
     })
 }
 

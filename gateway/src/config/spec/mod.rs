@@ -46,6 +46,7 @@ mod protocols;
 mod ratelimit;
 mod routes;
 mod server;
+mod tls;
 mod upstreams;
 
 #[derive(Debug)]
@@ -67,6 +68,9 @@ pub struct ServerSpec {
 pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
+    /// HTTP/2 with prior knowledge on this plaintext listener.
+    pub h2c: bool,
+    pub http2: crate::edge::http2::Http2Limits,
 }
 
 #[derive(Debug)]
@@ -119,6 +123,19 @@ pub struct Spec {
     pub edge: crate::edge::EdgeSpec,
     /// Consumers, CORS policies, listener policy defaults.
     pub policies: policies::PoliciesSpec,
+    /// The TLS listeners' settings, certificates loaded (reloadable).
+    pub tls: Vec<crate::tls::TlsSpec>,
+    /// The certificate, key and CA files the listeners name (watched for changes).
+    pub tls_files: Vec<std::path::PathBuf>,
+}
+
+impl Spec {
+    /// Every file besides the config that this spec read: a change to one reloads.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files = self.policies.watched_files.clone();
+        files.extend(self.tls_files.iter().cloned());
+        files
+    }
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -191,7 +208,8 @@ impl TryFrom<wire::File> for Spec {
     fn try_from(file: wire::File) -> Result<Self, Self::Error> {
         let mut e = Errors::default();
         let server = server::server_spec(&mut e, &file.server);
-        let listeners = server::listener_specs(&mut e, &file.listeners);
+        let (listeners, tls, tls_files) =
+            server::listener_specs(&mut e, &file.listeners, server.max_request_header_bytes);
         let edge = edge::edge_spec(&mut e, &file.server, &file.listeners);
         let admin = admin::admin_spec(&mut e, &file.admin);
         if listeners.iter().any(|l| l.address == admin.address) {
@@ -327,6 +345,8 @@ impl TryFrom<wire::File> for Spec {
                 discovery,
                 edge,
                 policies,
+                tls,
+                tls_files,
             })
         } else {
             Err(e.0)

@@ -1,13 +1,16 @@
 //! Builds the `server` and `listeners` sections: process settings, Redis, trusted
-//! proxies, the cache's process-wide settings, and listener addresses.
+//! proxies, the cache's process-wide settings, and the listeners (addresses, h2c,
+//! HTTP/2 limits, TLS via `tls`).
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Errors, ListenerSpec, ServerSpec, opt_duration, wire};
+use super::{Errors, ListenerSpec, ServerSpec, opt_duration, tls, wire};
 use crate::cache::CacheSettings;
 use crate::client_ip::{ClientIpSpec, Source};
 use crate::ratelimit::BreakerSpec;
+use crate::tls::TlsSpec;
 use crate::units::socket_addr;
 
 pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
@@ -180,11 +183,18 @@ fn server_cache(e: &mut Errors, c: Option<&wire::ServerCache>) -> CacheSettings 
     settings
 }
 
-pub(super) fn listener_specs(e: &mut Errors, listeners: &[wire::Listener]) -> Vec<ListenerSpec> {
+/// The listeners, their TLS settings, and the files those read (watched for changes).
+pub(super) fn listener_specs(
+    e: &mut Errors,
+    listeners: &[wire::Listener],
+    max_header: usize,
+) -> (Vec<ListenerSpec>, Vec<TlsSpec>, Vec<PathBuf>) {
     if listeners.is_empty() {
         e.push("listeners", "at least one listener is required");
     }
     let mut out = Vec::new();
+    let mut tls_out = Vec::new();
+    let mut files = Vec::new();
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
     for (i, l) in listeners.iter().enumerate() {
@@ -194,6 +204,19 @@ pub(super) fn listener_specs(e: &mut Errors, listeners: &[wire::Listener]) -> Ve
                 format!("{path}.name"),
                 format!("duplicate listener name {:?}", l.name),
             );
+        }
+        let http2 = tls::http2_limits(e, &format!("{path}.http2"), l.http2.as_ref(), max_header);
+        if let Some(t) = &l.tls {
+            if l.h2c {
+                e.push(
+                    format!("{path}.h2c"),
+                    "h2c is HTTP/2 on a plaintext listener; a TLS listener offers h2 by alpn",
+                );
+            }
+            files.extend(tls::tls_files(t));
+            if let Some(spec) = tls::tls_spec(e, &format!("{path}.tls"), &l.name, t) {
+                tls_out.push(spec);
+            }
         }
         if let Some(address) = e.take(format!("{path}.address"), socket_addr(&l.address)) {
             if !addrs.insert(address) {
@@ -205,8 +228,10 @@ pub(super) fn listener_specs(e: &mut Errors, listeners: &[wire::Listener]) -> Ve
             out.push(ListenerSpec {
                 name: l.name.clone(),
                 address,
+                h2c: l.h2c,
+                http2,
             });
         }
     }
-    out
+    (out, tls_out, files)
 }

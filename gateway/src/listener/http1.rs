@@ -1,159 +1,31 @@
-//! Owns the accept side of the proxy listeners: the Pingora `ServerApp` every proxy
-//! listener runs. Per connection it enforces the listener's connection limits (closing
-//! a connection over them at once, counted), then runs the HTTP/1 keepalive loop that
-//! Pingora would run, with the edge deadlines in front of each request head
-//! (`edge::head`: `keepalive_idle`, `request_header`, the head size limit) and the
-//! strict framing checks (`edge::framing`) before Pingora parses it; the body and write
-//! timeouts are set on each session. Heads that fail get the gateway's JSON error
-//! (408, 400, 431, 501) and the connection is closed.
-//!
-//! Why a layer and not a Pingora hook: Pingora reads the head inside
-//! `HttpProxy::process_new_http`, before any `ProxyHttp` phase, with a read timeout that
-//! restarts on every read (and none at all between keepalive requests after the first);
-//! its connection filter sees an accept but not the close, so it cannot count open
-//! connections. What this layer reads is handed to Pingora as the session's pre-read
-//! bytes (`set_pipelined_prefix`), which Pingora parses without reading again.
-//!
-//! HTTP/2 (ALPN `h2`, or h2c when enabled) is handed to Pingora's own loop after the
-//! connection limits; its per-stream limits are Pingora's (see README, "Limits and
-//! timeouts").
+//! The HTTP/1 keepalive loop of a connection: each request head read under the edge
+//! deadlines and checked for strict framing before Pingora parses it, and the JSON
+//! refusal (then a close) of a head that fails.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{ALPN, Stream};
-use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::config::ListenerSpec;
-use crate::edge::connections::ConnectionCounts;
+use super::{Bound, H2_PREFACE, ListenerApp};
+use crate::edge::Timeouts;
 use crate::edge::framing;
 use crate::edge::head::{self, HeadLimits, HeadRead};
-use crate::edge::{ConnectionLimits, Timeouts};
-use crate::metrics::{Metrics, method_label, status_class};
-use crate::proxy::Gateway;
+use crate::metrics::{method_label, status_class};
 use crate::proxy::reply::{self, Reply};
-use crate::reload::RuntimeStore;
 
-/// The HTTP/2 connection preface (RFC 9113 section 3.4), for h2c.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// After refusing a head, keep reading (and discarding) this long before closing, so
 /// that the refusal is not destroyed by the reset a close with unread bytes causes.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// A listener this process bound, with its connection counts.
-#[derive(Debug)]
-struct Bound {
-    name: String,
-    address: SocketAddr,
-    counts: Arc<ConnectionCounts>,
-}
-
-/// The `ServerApp` of the proxy service (see the module doc).
-pub struct ListenerApp {
-    proxy: Arc<HttpProxy<Gateway>>,
-    store: Arc<RuntimeStore>,
-    metrics: Arc<Metrics>,
-    listeners: Vec<Bound>,
-}
-
 impl ListenerApp {
-    /// `listeners`: the proxy listeners this process binds (fixed until a restart).
-    pub fn new(
-        proxy: HttpProxy<Gateway>,
-        store: Arc<RuntimeStore>,
-        metrics: Arc<Metrics>,
-        listeners: &[ListenerSpec],
-    ) -> Self {
-        let listeners = listeners
-            .iter()
-            .map(|l| Bound {
-                name: l.name.clone(),
-                address: l.address,
-                counts: ConnectionCounts::new(
-                    metrics
-                        .edge
-                        .connections_active
-                        .with_label_values(&[&l.name]),
-                ),
-            })
-            .collect();
-        Self {
-            proxy: Arc::new(proxy),
-            store,
-            metrics,
-            listeners,
-        }
-    }
-
-    /// The listener a connection accepted on `local` came in on: the one bound to that
-    /// address, else the one bound to the unspecified address on its port.
-    fn bound_at(&self, local: SocketAddr) -> Option<&Bound> {
-        let local = SocketAddr::new(local.ip().to_canonical(), local.port());
-        self.listeners
-            .iter()
-            .find(|l| l.address == local)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|l| l.address.port() == local.port() && l.address.ip().is_unspecified())
-            })
-    }
-
-    fn timed_out(&self, bound: &Bound, kind: &str) {
-        self.metrics
-            .edge
-            .downstream_timeouts
-            .with_label_values(&[&bound.name, kind])
-            .inc();
-    }
-
-    /// Is this connection HTTP/2 (or a custom protocol) for Pingora's own loop?
-    /// `None`: the connection ended while finding out.
-    async fn wants_pingora_loop(
-        &self,
-        stream: &mut Stream,
-        bound: &Bound,
-        limits: &ConnectionLimits,
-    ) -> Option<bool> {
-        let options = self.proxy.server_options.as_ref();
-        if options.is_some_and(|o| o.force_custom)
-            || matches!(
-                stream.selected_alpn_proto(),
-                Some(ALPN::H2) | Some(ALPN::Custom(_))
-            )
-        {
-            return Some(true);
-        }
-        if stream.get_ssl_digest().is_some() || !options.is_some_and(|o| o.h2c) {
-            return Some(false);
-        }
-        // h2c: peek for the preface, within the head deadline (Pingora waits forever).
-        let mut preface = [0u8; H2_PREFACE.len()];
-        match tokio::time::timeout(
-            limits.timeouts.request_header,
-            stream.try_peek(&mut preface),
-        )
-        .await
-        {
-            Ok(Ok(peeked)) => Some(peeked && preface == H2_PREFACE),
-            Ok(Err(_)) => None,
-            Err(_) => {
-                self.timed_out(bound, "request_header");
-                None
-            }
-        }
-    }
-
     /// Serve HTTP/1 requests on `stream` until the connection ends.
-    async fn serve_http1(
+    pub(super) async fn serve_http1(
         &self,
         mut stream: Stream,
         bound: &Bound,
@@ -180,6 +52,18 @@ impl ListenerApp {
             let read =
                 head::read_head(&mut stream, fresh, accepted, limits, &mut shutdown_rx).await;
             let buf = match read {
+                HeadRead::Complete { buf, .. } if fresh && buf.starts_with(&H2_PREFACE[..16]) => {
+                    // HTTP/2 with prior knowledge on a listener without h2c: an HTTP/1
+                    // answer would be noise to that client, so close.
+                    self.metrics
+                        .protocols
+                        .protocol_errors
+                        .with_label_values(&[&bound.name, "h2_preface_on_http1"])
+                        .inc();
+                    tracing::debug!(listener = %bound.name, "HTTP/2 preface on a listener without h2c; closing");
+                    let _ = AsyncWriteExt::shutdown(&mut stream).await;
+                    return;
+                }
                 HeadRead::Complete { buf, head_len } => match framing::check(&buf[..head_len]) {
                     Ok(_) => buf,
                     Err(e) => {
@@ -262,7 +146,7 @@ impl ListenerApp {
 
     /// Answer a refused head with the gateway's JSON error and close the connection.
     /// `head`: what came of the head (for the method and request id, when they came).
-    async fn refuse(
+    pub(super) async fn refuse(
         &self,
         stream: &mut Stream,
         bound: &Bound,
@@ -319,68 +203,6 @@ impl ListenerApp {
         if status != 0 {
             linger(stream).await;
         }
-    }
-}
-
-impl std::fmt::Debug for ListenerApp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListenerApp")
-            .field("listeners", &self.listeners)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl ServerApp for ListenerApp {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let accepted = Instant::now();
-        let digest = stream.get_socket_digest();
-        let local = digest
-            .as_ref()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let peer: Option<IpAddr> = digest
-            .as_ref()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let Some(bound) = local.and_then(|l| self.bound_at(l)) else {
-            // Not a listener from the config (cannot happen): Pingora's own handling.
-            tracing::warn!(?local, "connection on an unknown listener");
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        };
-        let limits = *self.store.load().edge.limits(&bound.name);
-        let _guard = match bound.counts.admit(
-            peer,
-            limits.max_connections,
-            limits.max_connections_per_client_ip,
-        ) {
-            Ok(guard) => guard,
-            Err(refusal) => {
-                self.metrics
-                    .edge
-                    .connections_rejected
-                    .with_label_values(&[&bound.name, refusal.reason()])
-                    .inc();
-                tracing::debug!(listener = %bound.name, ?peer, reason = refusal.reason(), "connection refused");
-                return None;
-            }
-        };
-        match self.wants_pingora_loop(&mut stream, bound, &limits).await {
-            Some(true) => {
-                // HTTP/2 or a custom protocol; the connection ends with this call (only
-                // custom sessions hand a stream back, and the gateway configures none).
-                ServerApp::process_new(&self.proxy, stream, shutdown).await;
-            }
-            Some(false) => self.serve_http1(stream, bound, accepted, shutdown).await,
-            None => {}
-        }
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
     }
 }
 
