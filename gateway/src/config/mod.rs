@@ -52,8 +52,8 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
     }
     let mut wire: wire::File =
         serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![serde_error(file, &e)]))?;
-    // A relative keys_file is next to the config (as a Kubernetes Secret mounted beside
-    // a ConfigMap is), wherever the gateway was started from.
+    // A relative keys_file (or upstream TLS file) is next to the config (as a Kubernetes
+    // Secret mounted beside a ConfigMap is), wherever the gateway was started from.
     if let Some(dir) = Path::new(file)
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -63,6 +63,20 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
                 && Path::new(k.as_str()).is_relative()
             {
                 *k = dir.join(&*k).display().to_string();
+            }
+        }
+        for t in wire.upstreams.values_mut().filter_map(|u| u.tls.as_mut()) {
+            for f in [
+                &mut t.ca_file,
+                &mut t.client_cert_file,
+                &mut t.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if Path::new(f.as_str()).is_relative() {
+                    *f = dir.join(&*f).display().to_string();
+                }
             }
         }
     }
