@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
-use tonic::{Code, Request, Response, Status, Streaming};
 use tokio::sync::Semaphore;
 use tokio_stream::{Stream, StreamExt};
+use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 /// `shop.Inventory`.
 pub const SERVICE: &str = "shop.Inventory";
@@ -121,7 +121,10 @@ impl Inventory {
 
     fn get(&self, req: GetItemRequest) -> Result<Item, Status> {
         self.check()?;
-        let items = self.items.lock().map_err(|_| Status::internal("poisoned"))?;
+        let items = self
+            .items
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
         match items.get(&req.sku) {
             Some((name, q)) => Ok(self.item(&req.sku, name, *q)),
             None => Err(Status::not_found(format!("no item {:?}", req.sku))),
@@ -130,8 +133,15 @@ impl Inventory {
 
     fn snapshot(&self, limit: u32) -> Result<Vec<Item>, Status> {
         self.check()?;
-        let items = self.items.lock().map_err(|_| Status::internal("poisoned"))?;
-        let take = if limit == 0 { usize::MAX } else { limit as usize };
+        let items = self
+            .items
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
+        let take = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
         Ok(items
             .iter()
             .take(take)
@@ -143,7 +153,10 @@ impl Inventory {
         if req.sku.is_empty() || req.sku.len() > MAX_SKU {
             return Err(Status::invalid_argument("sku must be 1-64 bytes"));
         }
-        let mut items = self.items.lock().map_err(|_| Status::internal("poisoned"))?;
+        let mut items = self
+            .items
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
         if !items.contains_key(&req.sku) && items.len() >= MAX_ITEMS {
             return Err(Status::resource_exhausted("the inventory is full"));
         }

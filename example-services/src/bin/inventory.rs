@@ -9,7 +9,10 @@ use example_services::inventory::{
 use tokio_stream::StreamExt;
 
 #[derive(Parser)]
-#[command(name = "inventory", about = "Sample gRPC inventory service (shop.Inventory) and client")]
+#[command(
+    name = "inventory",
+    about = "Sample gRPC inventory service (shop.Inventory) and client"
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -56,12 +59,12 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&args.listen).await?;
             tracing::info!(address = %listener.local_addr()?, name = %args.name, "inventory (gRPC, h2c) listening");
             let shutdown = async {
-                let mut term = match tokio::signal::unix::signal(
-                    tokio::signal::unix::SignalKind::terminate(),
-                ) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return std::future::pending().await,
+                    };
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {},
                     _ = term.recv() => {},
