@@ -21,9 +21,10 @@ const HANDSHAKE_RECORD: u8 = 0x16;
 /// reach us through Pingora's error chain as text).
 fn failure_reason(message: &str) -> &'static str {
     let m = message.to_ascii_lowercase();
-    if m.contains("certificate") && (m.contains("peer") || m.contains("client")) {
-        "client_certificate"
-    } else if m.contains("no certificates") || m.contains("certificaterequired") {
+    if (m.contains("certificate") && (m.contains("peer") || m.contains("client")))
+        || m.contains("no certificates")
+        || m.contains("certificaterequired")
+    {
         "client_certificate"
     } else if m.contains("application protocol")
         || m.contains("protocol version")
