@@ -63,9 +63,15 @@ mod tests {
 
     #[test]
     fn upgrade_requests() {
-        let ws = [("upgrade", "websocket"), ("connection", "Upgrade")];
-        let cases: &[(&Method, Version, &[(&'static str, &'static str)], bool)] = &[
-            (&Method::GET, Version::HTTP_11, &ws, true),
+        const WS: &[(&str, &str)] = &[("upgrade", "websocket"), ("connection", "Upgrade")];
+        type Case = (
+            &'static Method,
+            Version,
+            &'static [(&'static str, &'static str)],
+            bool,
+        );
+        let cases: &[Case] = &[
+            (&Method::GET, Version::HTTP_11, WS, true),
             (
                 &Method::GET,
                 Version::HTTP_11,
@@ -75,9 +81,9 @@ mod tests {
                 ],
                 true,
             ),
-            (&Method::POST, Version::HTTP_11, &ws, false),
-            (&Method::GET, Version::HTTP_10, &ws, false),
-            (&Method::GET, Version::HTTP_2, &ws, false),
+            (&Method::POST, Version::HTTP_11, WS, false),
+            (&Method::GET, Version::HTTP_10, WS, false),
+            (&Method::GET, Version::HTTP_2, WS, false),
             (
                 &Method::GET,
                 Version::HTTP_11,
