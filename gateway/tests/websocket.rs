@@ -136,7 +136,6 @@ async fn echo_through_jwt_auth_both_ways_and_close_from_either_side() {
         Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {}
         other => panic!("expected the close answer, got {other:?}"),
     }
-    }
 
     // The service closes first: the client sees its close frame, then the end.
     let mut ws = connect(&gw, "/ws", Some(&token("bob"))).await.unwrap();
