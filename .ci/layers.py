@@ -14,7 +14,8 @@ LAYERS = [
     ("runtime", {"runtime"}, False),
     ("config", {"config"}, False),
     ("features", {"access_log", "router", "actions", "auth", "ratelimit", "cache", "upstream", "edge",
-                  "ip_rules", "cors", "apikey", "forward_auth", "compression", "telemetry", "tls"}, False),
+                  "ip_rules", "cors", "apikey", "forward_auth", "compression", "telemetry", "tls",
+                  "grpc", "websocket"}, False),
     ("bottom", {"alloc", "diag", "units", "metrics", "pattern", "http_head", "client_ip", "redact"}, False),
 ]
 rank = {}

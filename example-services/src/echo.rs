@@ -1,11 +1,15 @@
 //! Owns the `echo` service: every request is answered with a JSON description of itself
 //! (method, path, query, headers except credentials, body size and a body preview) and the
 //! service's name, plus a few helper
-//! endpoints for exercising a proxy: `/healthz`, `/delay/{ms}`, `/status/{code}`.
+//! endpoints for exercising a proxy: `/healthz`, `/delay/{ms}`, `/status/{code}`, and
+//! the WebSocket echo `/ws`: every text or binary message comes back as it was; the
+//! text `whoami` is answered with the `x-user-id` the upgrade request carried (what a
+//! gateway set from a verified token), and `close` makes the service close first.
 
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
@@ -30,6 +34,7 @@ pub fn app(name: &str) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/delay/{ms}", get(delay))
         .route("/status/{code}", get(status))
+        .route("/ws", get(ws))
         .fallback(echo)
         .with_state(EchoState {
             name: name.to_owned(),
@@ -84,6 +89,45 @@ async fn delay(State(state): State<EchoState>, Path(ms): Path<u64>, req: Request
     tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
     let body = describe(&state, &req, &[]);
     served_by(&state, Json(body).into_response())
+}
+
+async fn ws(
+    State(state): State<EchoState>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let user = headers
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    served_by(&state, upgrade.on_upgrade(move |s| ws_echo(s, user)))
+}
+
+/// Echo frames until the client closes (answered with a close) or asks the service
+/// to close first.
+async fn ws_echo(mut socket: WebSocket, user: String) {
+    while let Some(Ok(msg)) = socket.recv().await {
+        let reply = match msg {
+            Message::Text(t) if t.as_str() == "whoami" => Message::Text(user.clone().into()),
+            Message::Text(t) if t.as_str() == "close" => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "bye".into(),
+                    })))
+                    .await;
+                return;
+            }
+            Message::Text(_) | Message::Binary(_) => msg,
+            // The close answer is queued by the library and flushed by the next read,
+            // which then ends the loop; pings are answered the same way.
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn status(State(state): State<EchoState>, Path(code): Path<u16>) -> Response {

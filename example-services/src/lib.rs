@@ -4,7 +4,8 @@
 //! `notifications` (which consumes them). `events` is the messaging between them; `echo`
 //! answers every request with what it received, which makes the gateway's rewrites,
 //! header operations and load balancing visible. `authz` is a forward-auth check
-//! endpoint (sessions, login redirects, path rules). `common` holds what they share.
+//! endpoint (sessions, login redirects, path rules). `inventory` is a gRPC service
+//! (tonic, h2c) with its client. `common` holds what they share.
 
 pub mod auth;
 pub mod authz;
@@ -12,6 +13,7 @@ pub mod catalog;
 pub mod common;
 pub mod echo;
 pub mod events;
+pub mod inventory;
 pub mod notifications;
 pub mod orders;
 pub mod stack;

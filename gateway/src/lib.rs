@@ -36,12 +36,14 @@ pub mod compression;
 pub mod cors;
 pub mod edge;
 pub mod forward_auth;
+pub mod grpc;
 pub mod ip_rules;
 pub mod ratelimit;
 pub mod router;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 // Config, runtime, the writer and its inputs.
 pub mod config;

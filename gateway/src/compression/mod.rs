@@ -194,7 +194,8 @@ impl CompressionSpec {
 
     /// Whether a response of this media type is compressed (never `text/event-stream`:
     /// the encoders hold bytes back until a block fills, which would stall a stream of
-    /// events).
+    /// events; never gRPC, whose messages are length-prefixed frames a client must read
+    /// as they are, compressed by gRPC itself when at all).
     pub fn compressible_type(&self, content_type: Option<&HeaderValue>) -> bool {
         let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
             return false;
@@ -205,7 +206,9 @@ impl CompressionSpec {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        media != "text/event-stream" && self.content_types.iter().any(|p| p.matches(&media))
+        media != "text/event-stream"
+            && !media.starts_with("application/grpc")
+            && self.content_types.iter().any(|p| p.matches(&media))
     }
 }
 

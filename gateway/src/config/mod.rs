@@ -8,6 +8,7 @@ pub mod source;
 pub mod spec;
 mod wire;
 mod wire_policies;
+mod wire_protocols;
 
 use std::path::Path;
 
@@ -51,9 +52,9 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
     }
     let mut wire: wire::File =
         serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![serde_error(file, &e)]))?;
-    // A relative keys_file, certificate, key or CA file is next to the config (as a
-    // Kubernetes Secret mounted beside a ConfigMap is), wherever the gateway was started
-    // from.
+    // A relative keys_file, certificate, key or CA file (listener or upstream TLS) is next
+    // to the config (as a Kubernetes Secret mounted beside a ConfigMap is), wherever the
+    // gateway was started from.
     if let Some(dir) = Path::new(file)
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -82,6 +83,20 @@ pub fn parse(text: &str, file: &str) -> Result<Spec, ConfigErrors> {
             }
             if let Some(ca) = t.client_ca_file.as_mut() {
                 rebase(ca);
+            }
+        }
+        for t in wire.upstreams.values_mut().filter_map(|u| u.tls.as_mut()) {
+            for f in [
+                &mut t.ca_file,
+                &mut t.client_cert_file,
+                &mut t.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if Path::new(f.as_str()).is_relative() {
+                    *f = dir.join(&*f).display().to_string();
+                }
             }
         }
     }

@@ -5,6 +5,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 pub use super::wire_policies::*;
+pub use super::wire_protocols::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -424,6 +425,8 @@ pub struct Route {
     pub cors: Option<CorsRef>,
     /// Response compression; off unless present (or a listener default).
     pub compression: Option<Compression>,
+    /// WebSocket upgrades on this route (idle timeout).
+    pub websocket: Option<WebSocket>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -451,6 +454,8 @@ pub struct Match {
     pub headers: Vec<ValueMatch>,
     #[serde(default)]
     pub query: Vec<ValueMatch>,
+    /// A gRPC service (and method): sets the path, and needs a gRPC content type.
+    pub grpc: Option<GrpcMatch>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +560,10 @@ pub struct Upstream {
     pub retry_budget: Option<RetryBudget>,
     pub limits: Option<Limits>,
     pub sticky_cookie: Option<StickyCookie>,
+    /// `http1` (default; for `kubernetes`, from the port's `appProtocol`), `h2c` or `h2`.
+    pub protocol: Option<String>,
+    /// TLS to the endpoints (`h2` implies it).
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]

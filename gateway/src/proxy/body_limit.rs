@@ -4,7 +4,8 @@
 //! the route does (and the server-wide limit when no route matches); a body without a
 //! declared length is counted in `request_body_filter` and cut off once it crosses the
 //! limit: the upstream request is aborted, and the client gets 413 if no response head
-//! went out yet (`fail_to_proxy`), else the connection is closed.
+//! went out yet (`fail_to_proxy`), else the connection is closed. A gRPC call on a
+//! route is held to the route's own limit only (streams are long-lived bodies).
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub(super) async fn refuse_declared(
     route: Option<usize>,
 ) -> Result<bool> {
     let limit = match route.and_then(|r| ctx.runtime.routes.get(r)) {
+        Some(r) if ctx.grpc => r.max_grpc_body,
         Some(r) => r.max_request_body,
         None => ctx.runtime.edge.max_request_body_bytes,
     };

@@ -85,6 +85,13 @@ pub(super) async fn upstream_peer(
         peer.options.read_timeout = Some(t);
         peer.options.write_timeout = Some(t);
     }
+    if let Some(idle) = ctx.websocket {
+        // The tunnel's reads wait as long as the route's idle timeout allows, and an
+        // upgrade is HTTP/1.1 whatever the upstream speaks otherwise.
+        peer.options.read_timeout = Some(idle);
+        peer.options.write_timeout = Some(idle);
+        peer.options.alpn = pingora::protocols::ALPN::H1;
+    }
     if let Some(t) = ctx.trace.as_mut() {
         t.begin_attempt(
             session.req_header().method.as_str(),
@@ -295,6 +302,15 @@ pub(super) async fn upstream_response_filter(
     }
     if matches!(status, 502..=504) && ctx.may_retry(session, RetryOn::GatewayError, &gw.metrics) {
         return Error::e_explain(RETRY_GATEWAY_ERROR, format!("upstream answered {status}"));
+    }
+    // A trailers-only UNAVAILABLE: the call was not processed, nothing reached the
+    // client yet, so another endpoint may take it.
+    if ctx.grpc
+        && status == 200
+        && crate::grpc::head_status(&upstream_response.headers) == Some(14)
+        && ctx.may_retry(session, RetryOn::GrpcUnavailable, &gw.metrics)
+    {
+        return Error::e_explain(RETRY_GATEWAY_ERROR, "upstream answered grpc-status 14");
     }
     Ok(())
 }

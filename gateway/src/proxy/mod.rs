@@ -190,6 +190,10 @@ pub struct RequestCtx {
     policy: policies::PolicyCtx,
     /// The request's spans, when tracing is on (`crate::telemetry`).
     trace: Option<crate::telemetry::RequestTrace>,
+    /// The request is a gRPC call: the gateway's own answers are gRPC statuses.
+    grpc: bool,
+    /// A WebSocket upgrade on a proxied route: the tunnel's idle timeout.
+    websocket: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -282,6 +286,8 @@ impl ProxyHttp for Gateway {
             client_gone: false,
             policy: policies::PolicyCtx::default(),
             trace: None,
+            grpc: false,
+            websocket: None,
         }
     }
 
@@ -309,7 +315,10 @@ impl ProxyHttp for Gateway {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        if let Some(policy) = ctx.route().and_then(|r| r.cache.as_deref()) {
+        // A WebSocket tunnel is never a cacheable exchange.
+        if ctx.websocket.is_none()
+            && let Some(policy) = ctx.route().and_then(|r| r.cache.as_deref())
+        {
             crate::cache::enable(session, policy, &ctx.runtime.cache);
         }
         Ok(())

@@ -14,7 +14,7 @@ use super::body_limit;
 use super::decide::{self, Decision};
 use super::policies;
 use super::reply;
-use super::respond::{X_REQUEST_ID, send, send_reply};
+use super::respond::{X_REQUEST_ID, send, send_reply, send_reply_with};
 use super::{Gateway, RequestCtx};
 use crate::auth::{self, AuthOutcome, RouteJwt};
 use crate::ratelimit;
@@ -31,6 +31,8 @@ pub(super) async fn request_filter(
         .req_header()
         .headers
         .contains_key(http::header::AUTHORIZATION);
+    // Before anything can answer: a gRPC call gets every answer as a gRPC status.
+    ctx.grpc = crate::grpc::is_grpc(&session.req_header().headers);
     // Who the client is, once, before anything is removed; then what only a trusted
     // proxy may say goes (and spoofs such as `X_User_Id` from anyone).
     let peer = session
@@ -216,11 +218,24 @@ pub(super) async fn request_filter(
             upstream_target,
         } => {
             ctx.route = Some(route);
-            ctx.deadline = runtime
-                .routes
-                .get(route)
-                .and_then(|r| r.deadline)
-                .map(|d| ctx.started + d);
+            let matched = runtime.routes.get(route);
+            ctx.deadline = matched.and_then(|r| r.deadline).map(|d| ctx.started + d);
+            if ctx.grpc
+                && let Some(t) = crate::grpc::timeout(&session.req_header().headers)
+            {
+                // The caller's deadline bounds the upstream wait too (the earlier wins).
+                let end = ctx.started + t;
+                ctx.deadline = Some(ctx.deadline.map_or(end, |d| d.min(end)));
+            }
+            let req = session.req_header();
+            if let Some(r) = matched
+                && crate::websocket::is_upgrade(&req.method, req.version, &req.headers)
+            {
+                ctx.websocket = Some(r.websocket.idle_timeout);
+                // After the 101 the client side is read with this timeout too (instead
+                // of `request_body_idle`).
+                session.set_read_timeout(Some(r.websocket.idle_timeout));
+            }
             ctx.upstream_target = policies::strip_key_from_target(session, ctx, upstream_target);
             if runtime.routes.get(route).is_some_and(|r| r.cache.is_some()) {
                 // A cache hit never reaches the upstream: the in-flight slot and the
@@ -308,6 +323,16 @@ pub(super) async fn apply_jwt(
         AuthOutcome::Rejected(rejection) => {
             ctx.route = Some(route);
             let reply = reply::for_rejection(&rejection);
+            if ctx.grpc {
+                let www = rejection.www_authenticate();
+                let extra: Vec<(&'static str, &str)> = www
+                    .as_deref()
+                    .map(|w| ("www-authenticate", w))
+                    .into_iter()
+                    .collect();
+                send_reply_with(session, ctx, reply, &extra).await?;
+                return Ok(true);
+            }
             ctx.reply_code = Some(reply.code);
             let body = reply.body(&ctx.request_id, ctx.trace_id());
             let www = rejection.www_authenticate();

@@ -35,6 +35,7 @@ pub fn reason_label(why: RetryOn) -> &'static str {
         RetryOn::ConnectFailure => "connect_failure",
         RetryOn::GatewayError => "gateway_error",
         RetryOn::Timeout => "timeout",
+        RetryOn::GrpcUnavailable => "grpc_unavailable",
     }
 }
 

@@ -50,6 +50,9 @@ pub(super) async fn send_reply_with(
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
     ctx.reply_code = Some(reply.code);
+    if ctx.grpc {
+        return send_grpc_status(session, ctx, reply, extra).await;
+    }
     let body = reply.body(&ctx.request_id, ctx.trace_id());
     let retry_after = (reply.status == 503).then_some(("retry-after", "1"));
     let headers = [
@@ -72,6 +75,39 @@ pub(super) async fn send_reply_with(
         .chain(extra.iter().copied())
         .collect();
     send(session, reply.status, &all, body).await
+}
+
+/// A gateway answer to a gRPC call: HTTP 200 with the status in a trailers-only
+/// response (one HEADERS frame ending the stream: `grpc-status`, `grpc-message`),
+/// never a JSON body; gRPC clients read no HTTP status.
+async fn send_grpc_status(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    reply: Reply,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
+    let code = crate::grpc::Code::for_http(reply.status);
+    let mut resp = ResponseHeader::build(200, Some(6 + extra.len()))?;
+    resp.insert_header(
+        "content-type",
+        crate::grpc::reply_content_type(&session.req_header().headers),
+    )?;
+    resp.insert_header("grpc-status", code.as_str())?;
+    resp.insert_header("grpc-message", crate::grpc::encode_message(reply.message))?;
+    resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    for (k, v) in ctx
+        .rate_headers
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(extra.iter().copied())
+    {
+        resp.insert_header(k, v)?;
+    }
+    if !session.is_http2() {
+        // HTTP/1.1 has no end-of-stream flag: the empty body needs its length.
+        resp.insert_header("content-length", "0")?;
+    }
+    session.write_response_header(Box::new(resp), true).await
 }
 
 pub(super) async fn response_filter(

@@ -298,7 +298,9 @@ pub fn compile_with(
                 r.max_request_body_bytes,
                 spec.edge.max_request_body_bytes,
             ),
+            max_grpc_body: crate::edge::body::effective(r.max_request_body_bytes, None),
             policies: policies.compile_route(&r.id, &r.policies, &previous_forward),
+            websocket: r.websocket,
         });
     }
     let mut identity_headers: Vec<http::HeaderName> = spec

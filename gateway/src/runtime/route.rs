@@ -43,8 +43,13 @@ pub struct Route {
     pub cache: Option<Arc<RouteCache>>,
     /// Largest request body (the route's or the server's); `None`: unlimited.
     pub max_request_body: Option<u64>,
+    /// Largest body of a gRPC call: the route's own limit only. A streaming call is
+    /// a long-lived body, which `server.max_request_body_bytes` would cut off.
+    pub max_grpc_body: Option<u64>,
     /// IP rules, CORS, compression, API key, forward auth (`runtime::policies`).
     pub policies: super::RoutePolicies,
+    /// Upgraded WebSocket connections (idle timeout).
+    pub websocket: crate::websocket::WebSocketSpec,
 }
 
 impl Route {

@@ -33,6 +33,7 @@ pub fn endpoints(
             address: b.address.to_string(),
             weight: 1,
             draining: b.draining && !only_draining,
+            app_protocol: b.app_protocol,
         })
         .collect()
 }

@@ -8,6 +8,7 @@ pub mod kubernetes;
 pub mod policy;
 mod ring;
 pub mod state;
+pub mod transport;
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -180,6 +181,8 @@ pub struct Endpoint {
     pub draining: bool,
     /// Opaque, stable id for sticky-session cookies: a hash of the address.
     pub affinity: u64,
+    /// The HTTP version `peer` speaks (`http1`, `h2c`, `h2`).
+    pub protocol: transport::Protocol,
 }
 
 #[derive(Debug)]
@@ -266,7 +269,8 @@ impl UpstreamPool {
                     address: address.clone(),
                     reason,
                 })?;
-            let mut peer = HttpPeer::new(socket, false, String::new());
+            let protocol = spec.transport.effective(ep.app_protocol.as_deref());
+            let mut peer = spec.transport.peer(socket, address, protocol);
             peer.options.connection_timeout = Some(spec.connect_timeout);
             peer.options.idle_timeout = Some(spec.idle_timeout);
             // A hung upstream must not hold a request forever; routes may override.
@@ -284,6 +288,7 @@ impl UpstreamPool {
                 state,
                 draining: ep.draining,
                 affinity: hash64(address.as_bytes()),
+                protocol,
             });
         }
         let load_balancing = spec.load_balancing.clone();

@@ -28,6 +28,8 @@ pub struct UpstreamSpec {
     pub retry_budget: RetryBudgetPolicy,
     pub limits: Limits,
     pub sticky_cookie: Option<StickyCookie>,
+    /// HTTP version and TLS to the endpoints.
+    pub transport: super::transport::TransportSpec,
 }
 
 /// A `kubernetes` upstream: the endpoints of one Service port.
@@ -44,6 +46,8 @@ pub struct EndpointSpec {
     pub weight: u32,
     /// Takes no new requests; requests already in flight finish.
     pub draining: bool,
+    /// The Service port's `appProtocol`, for a `kubernetes` endpoint.
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +141,10 @@ pub enum RetryOn {
     GatewayError,
     /// The try ran into the route's per-try timeout, or the connection broke mid-request.
     Timeout,
+    /// A gRPC call answered UNAVAILABLE (`grpc-status: 14`) before any message: the
+    /// server says it did not process the call. Only when named in `retry_on`, and then
+    /// whatever the method (every gRPC call is a POST).
+    GrpcUnavailable,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -167,7 +175,9 @@ impl RetryPolicy {
     /// May `method` be retried for `why`?
     pub fn allows(&self, method: &Method, why: RetryOn) -> bool {
         self.retry_on.contains(&why)
-            && (why == RetryOn::ConnectFailure || self.non_idempotent || method.is_idempotent())
+            && (matches!(why, RetryOn::ConnectFailure | RetryOn::GrpcUnavailable)
+                || self.non_idempotent
+                || method.is_idempotent())
     }
 
     /// Exponential backoff with full jitter before retry number `retry` (1-based).

@@ -39,6 +39,7 @@ fn spec_of(lb: LoadBalancing, endpoints: &[(String, u32)]) -> UpstreamSpec {
                 address: address.clone(),
                 weight: *weight,
                 draining: false,
+                app_protocol: None,
             })
             .collect(),
         load_balancing: lb,
@@ -50,6 +51,7 @@ fn spec_of(lb: LoadBalancing, endpoints: &[(String, u32)]) -> UpstreamSpec {
         retry_budget: RetryBudgetPolicy::default(),
         limits: Limits::default(),
         sticky_cookie: None,
+        transport: Default::default(),
     }
 }
 

@@ -43,6 +43,7 @@ mod forward_auth;
 mod ip_rules;
 mod jwt;
 pub mod policies;
+mod protocols;
 mod ratelimit;
 mod routes;
 mod server;
@@ -105,6 +106,8 @@ pub struct RouteSpec {
     pub max_request_body_bytes: Option<u64>,
     /// IP rules, CORS, compression, API key and forward auth.
     pub policies: policies::RoutePoliciesSpec,
+    /// Upgraded WebSocket connections (idle timeout).
+    pub websocket: crate::websocket::WebSocketSpec,
 }
 
 /// A fully validated gateway configuration.

@@ -40,10 +40,11 @@ fn retry_policy(e: &mut Errors, path: &str, r: Option<&wire::Retry>) -> RetryPol
             "connect_failure" => retry_on.push(RetryOn::ConnectFailure),
             "gateway_error" => retry_on.push(RetryOn::GatewayError),
             "timeout" => retry_on.push(RetryOn::Timeout),
+            "grpc_unavailable" => retry_on.push(RetryOn::GrpcUnavailable),
             other => e.push(
                 format!("{path}.retry_on[{i}]"),
                 format!(
-                    "unknown retry_on {other:?}; expected connect_failure, gateway_error or timeout"
+                    "unknown retry_on {other:?}; expected connect_failure, gateway_error, timeout or grpc_unavailable"
                 ),
             ),
         }
@@ -182,7 +183,22 @@ fn route_match(e: &mut Errors, path: &str, m: &wire::Match) -> Option<RouteMatch
         .enumerate()
         .filter_map(|(i, h)| e.take(format!("{path}.hosts[{i}]"), HostPattern::parse(h)))
         .collect();
-    let path_pattern = path_pattern(e, &format!("{path}.path"), m.path.as_ref());
+    let grpc = m.grpc.as_ref().and_then(|g| {
+        if m.path.is_some() {
+            e.push(
+                format!("{path}.grpc"),
+                "set only one of path or grpc (grpc sets the path /package.Service/Method)",
+            );
+        }
+        super::protocols::grpc_match(e, &format!("{path}.grpc"), g)
+    });
+    let (path_pattern, grpc_header) = match grpc {
+        Some((p, h)) => (Some(p), Some(h)),
+        None => (
+            path_pattern(e, &format!("{path}.path"), m.path.as_ref()),
+            None,
+        ),
+    };
     let methods = if m.methods.is_empty() {
         None
     } else {
@@ -191,11 +207,9 @@ fn route_match(e: &mut Errors, path: &str, m: &wire::Match) -> Option<RouteMatch
             MethodSet::parse(m.methods.iter().map(String::as_str)),
         )
     };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| {
+    let headers = grpc_header
+        .into_iter()
+        .chain(m.headers.iter().enumerate().filter_map(|(i, h)| {
             let p = format!("{path}.headers[{i}]");
             let name = e.take(format!("{p}.name"), header_name(&h.name));
             let test = e.take(
@@ -206,7 +220,7 @@ fn route_match(e: &mut Errors, path: &str, m: &wire::Match) -> Option<RouteMatch
                 name: name?,
                 test: test?,
             })
-        })
+        }))
         .collect();
     let query = m
         .query
@@ -569,5 +583,10 @@ pub(super) fn route_spec(
         cache,
         max_request_body_bytes: None,
         policies: Default::default(),
+        websocket: super::protocols::websocket(
+            e,
+            &format!("{path}.websocket"),
+            r.websocket.as_ref(),
+        ),
     })
 }

@@ -13,6 +13,7 @@ use crate::router::matchers::PathPattern;
 use crate::upstream::policy::{
     EndpointSpec, HealthCheck, Limits, OutlierDetection, Probe, RetryBudgetPolicy, StickyCookie,
 };
+use crate::upstream::transport::{Protocol, TlsSpec, TransportSpec};
 use crate::upstream::{HashOn, LoadBalancing, UpstreamSpec};
 
 pub(super) fn upstream_spec(
@@ -66,6 +67,7 @@ pub(super) fn upstream_spec(
             address: ep.address.clone(),
             weight,
             draining: ep.draining,
+            app_protocol: None,
         });
     }
     let load_balancing = load_balancing(e, path, u);
@@ -158,7 +160,9 @@ pub(super) fn upstream_spec(
             ttl,
         })
     });
+    let transport = transport(e, path, u);
     let spec = UpstreamSpec {
+        transport,
         endpoints,
         kubernetes,
         load_balancing,
@@ -368,4 +372,69 @@ fn load_balancing(e: &mut Errors, path: &str, u: &wire::Upstream) -> LoadBalanci
                 .unwrap_or(fallback)
         }
     }
+}
+
+/// `protocol` and `tls`: the files are read and checked here, so a bad one is a
+/// config error at its field.
+fn transport(e: &mut Errors, path: &str, u: &wire::Upstream) -> TransportSpec {
+    let protocol = u
+        .protocol
+        .as_deref()
+        .and_then(|p| e.take(format!("{path}.protocol"), Protocol::parse(p)));
+    let tls = u.tls.as_ref().and_then(|t| {
+        let p = format!("{path}.tls");
+        if protocol == Some(Protocol::H2c) {
+            e.push(
+                format!("{path}.protocol"),
+                "h2c is HTTP/2 without TLS; for HTTP/2 over TLS say protocol: h2",
+            );
+        }
+        let insecure = t.insecure_skip_verify == Some(true);
+        if insecure && t.ca_file.is_some() {
+            e.push(
+                format!("{p}.insecure_skip_verify"),
+                "insecure_skip_verify ignores ca_file; set only one",
+            );
+        }
+        let client = match (&t.client_cert_file, &t.client_key_file) {
+            (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
+            (None, None) => None,
+            (Some(_), None) => {
+                e.push(
+                    format!("{p}.client_key_file"),
+                    "client_cert_file needs client_key_file",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                e.push(
+                    format!("{p}.client_cert_file"),
+                    "client_key_file needs client_cert_file",
+                );
+                None
+            }
+        };
+        let sni = t.sni.as_deref().and_then(|s| {
+            // A DNS name or an IP address, as rustls will need it.
+            if rustls_pki_types::ServerName::try_from(s).is_ok() {
+                Some(s.to_owned())
+            } else {
+                e.push(
+                    format!("{p}.sni"),
+                    format!("sni {s:?} is not a DNS name or IP address"),
+                );
+                None
+            }
+        });
+        match TlsSpec::load(sni, t.ca_file.as_deref(), client, insecure) {
+            Ok(spec) => Some(spec),
+            Err(errors) => {
+                for (field, message) in errors {
+                    e.push(format!("{p}.{field}"), message);
+                }
+                None
+            }
+        }
+    });
+    TransportSpec { protocol, tls }
 }
