@@ -82,7 +82,8 @@ measure() { # name port script command...
         [ -n "$total" ] && break
         sleep 0.1
     done
-    kill "$pid" 2>/dev/null || true
+    # SIGKILL: the numbers are in; a graceful Pingora shutdown under valgrind takes minutes.
+    kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     awk -v n="$name" -v t="$total" -v r="$reqs" 'BEGIN { printf "%-16s %9.0f instructions/request (%d requests)\n", n, t / r, r }'
 }

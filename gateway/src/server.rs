@@ -90,8 +90,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let grace = spec.server.shutdown_grace_period;
     let conf = ServerConf {
         threads: spec.server.threads,
-        // Off by default: a single-threaded runtime per thread skips the cross-thread
-        // queue and its atomics on every wake-up (benches/README.md).
+        // Pingora's default (on); off measured no better (benches/README.md).
         work_stealing: spec.server.work_stealing,
         // On a signal, listeners stop accepting at once and Pingora waits the whole
         // grace period before stopping its runtimes (which drops unfinished requests).

@@ -386,10 +386,11 @@ routes: [{{id: all, upstream: pooled}}]
     for _ in 0..50 {
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
     }
-    // Without upstream keepalive this would be 50.
+    // Without upstream keepalive this would be 50; a request may still open a second or
+    // third connection when it arrives before the previous one is back in the pool.
     let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
-        (1..=2).contains(&n),
+        (1..=5).contains(&n),
         "{n} upstream connections for 50 sequential requests"
     );
 }

@@ -173,9 +173,9 @@ pub struct RateLimitPolicy {
 pub struct Server {
     /// Worker threads for the proxy; default: the number of CPUs.
     pub threads: Option<usize>,
-    /// One Tokio runtime shared by all threads, which steal each other's tasks (true),
-    /// or one single-threaded runtime per thread (false, the default: fewer
-    /// instructions per request, see benches/README.md).
+    /// One Tokio runtime shared by all threads, which steal each other's tasks (true,
+    /// the default), or one single-threaded runtime per thread (false; it measured no
+    /// fewer instructions per request, see benches/README.md).
     pub work_stealing: Option<bool>,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT; default 30s.
     pub shutdown_grace_period: Option<String>,

@@ -35,7 +35,7 @@ pub(super) fn server_spec(e: &mut Errors, s: &wire::Server) -> ServerSpec {
     };
     ServerSpec {
         threads,
-        work_stealing: s.work_stealing.unwrap_or(false),
+        work_stealing: s.work_stealing.unwrap_or(true),
         shutdown_grace_period: opt_duration(
             e,
             "server.shutdown_grace_period",
