@@ -7,6 +7,7 @@
 pub mod source;
 pub mod spec;
 mod wire;
+mod wire_discovery;
 mod wire_policies;
 mod wire_protocols;
 
