@@ -185,7 +185,7 @@ async fn h2c_serves_every_feature_and_bad_input_is_counted() {
         "gateway_requests_by_protocol_total{protocol=\"http/1.1\",tls=\"false\"} 1",
         "gateway_http2_connection_errors_total{listener=\"mesh\",reason=\"enhance_your_calm\"} 1",
         "gateway_http2_connection_errors_total{listener=\"mesh\",reason=\"protocol_error\"} 1",
-        "gateway_downstream_protocol_errors_total{listener=\"plain\",kind=\"h2_preface_on_http1\"} 1",
+        "gateway_downstream_protocol_errors_total{kind=\"h2_preface_on_http1\",listener=\"plain\"} 1",
         "gateway_requests_total{method=\"GET\",route=\"limited\",status_class=\"4xx\"} 1",
     ])
     .await;
