@@ -466,3 +466,52 @@ tracing:
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn spans_go_to_a_file_without_a_collector() {
+    let echo = echo_upstream("echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spans.jsonl");
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+tracing: {{sample_ratio: 1.0, file: "{}", batch_interval: 50ms}}
+upstreams: {{echo: {{endpoints: [{{address: "{echo}"}}]}}}}
+routes: [{{id: echo, upstream: echo}}]
+"#,
+        file.display()
+    ))
+    .await;
+    let r = reqwest::Client::new()
+        .get(gw.url("/a"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans not written:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let server = lines.iter().find(|l| l["kind"] == "server").unwrap();
+    assert_eq!(server["trace_id"], PARENT_TRACE);
+    assert_eq!(server["parent_span_id"], PARENT_SPAN);
+    assert_eq!(server["service"], "gateway");
+    assert_eq!(server["attributes"]["http.route"], "echo");
+    let attempt = lines.iter().find(|l| l["kind"] == "client").unwrap();
+    assert_eq!(attempt["parent_span_id"], server["span_id"]);
+}
