@@ -279,8 +279,8 @@ async fn one_trace_across_gateway_orders_and_its_database() {
     for s in &spans {
         assert!(!s.all_values().contains("very-secret-token-value"), "{s:?}");
     }
-    // The access log line carries the trace id.
-    let log = gw.log();
+    // The access log line carries the trace id (lines are written in batches: wait).
+    let log = gw.wait_log(PARENT_TRACE).await;
     assert!(
         log.lines()
             .any(|l| l.contains("access_log") && l.contains(PARENT_TRACE)),
@@ -395,7 +395,7 @@ async fn ratio_zero_records_nothing_but_still_propagates() {
         got.iter().all(|s| s.trace_id() != trace),
         "unsampled trace exported"
     );
-    let log = gw.log();
+    let log = gw.wait_log(&trace).await;
     assert!(log.contains(&trace), "trace id in the access log:\n{log}");
 }
 
