@@ -4,6 +4,8 @@
 # reverse proxy in front of the same nginx upstream on loopback (plain HTTP/1.1, keepalive).
 #
 #   bash benches/load/tls.sh            # from the repository root
+#   ROUNDS=2 DURATION=5 LOADS="https hs h2" CONNECTIONS=64 HS_CONNECTIONS=16 \
+#   H2_CONNECTIONS=16 H2_STREAMS=10 PROXY_CPU=0 LOAD_CPU=1   (the defaults; SKIP_BUILD=1 skips cargo)
 #
 # Three loads per target, interleaved for ROUNDS rounds (default 2) of DURATION seconds
 # (default 5, after a 1 s warm-up):
@@ -24,6 +26,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}
+CONNECTIONS=${CONNECTIONS:-64}
+HS_CONNECTIONS=${HS_CONNECTIONS:-16}
+H2_CONNECTIONS=${H2_CONNECTIONS:-16}
+H2_STREAMS=${H2_STREAMS:-10}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-$ROOT/benches/load/out}
@@ -191,15 +197,15 @@ run() {
     local load=$1 t=$2 secs=$3 url="https://127.0.0.1:${PORT[$2]}/bench" out
     case "$load" in
         https)
-            out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${secs}s" "$url")
+            out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" "$url")
             awk '/requests in/ {n = $1} /^Requests\/sec/ {r = $2} /Non-2xx|Socket errors/ {e = e $0 " "}
                 END {print n, r, (e == "" ? "-" : e)}' <<<"$out" ;;
         hs)
-            out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" wrk -t1 -c16 -d"${secs}s" -H "Connection: close" "$url")
+            out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" wrk -t1 -c"$HS_CONNECTIONS" -d"${secs}s" -H "Connection: close" "$url")
             awk '/requests in/ {n = $1} /^Requests\/sec/ {r = $2} /Non-2xx|Socket errors/ {e = e $0 " "}
                 END {print n, r, (e == "" ? "-" : e)}' <<<"$out" ;;
         h2)
-            out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" h2load -c16 -m10 -D "$secs" "$url")
+            out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -D "$secs" "$url")
             awk '/^finished in/ {r = $4} /^requests:/ {n = $8; bad = $10 + $12 + $14}
                 /^status codes:/ {if ($3 + 0 != n) e = "non-2xx " n - $3}
                 END {print n, r, (e == "" && bad == 0 ? "-" : e " failed " bad)}' <<<"$out" ;;
@@ -207,7 +213,7 @@ run() {
 }
 
 : >"$WORK/rounds.tsv"
-LOADS=(https hs h2)
+read -r -a LOADS <<<"${LOADS:-https hs h2}"
 say "measuring: ${#TARGETS[@]} targets x ${#LOADS[@]} loads x $ROUNDS rounds x ${DURATION}s"
 for round in $(seq 1 "$ROUNDS"); do
     for load in "${LOADS[@]}"; do
