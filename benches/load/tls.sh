@@ -4,14 +4,17 @@
 # reverse proxy in front of the same nginx upstream on loopback (plain HTTP/1.1, keepalive).
 #
 #   bash benches/load/tls.sh            # from the repository root
-#   ROUNDS=2 DURATION=5 LOADS="https hs h2" CONNECTIONS=64 HS_CONNECTIONS=16 \
+#   ROUNDS=2 DURATION=5 LOADS="https hs full h2" CONNECTIONS=64 HS_CONNECTIONS=16 \
 #   H2_CONNECTIONS=16 H2_STREAMS=10 PROXY_CPU=0 LOAD_CPU=1   (the defaults; SKIP_BUILD=1 skips cargo)
 #
 # Three loads per target, interleaved for ROUNDS rounds (default 2) of DURATION seconds
 # (default 5, after a 1 s warm-up):
 #   https  wrk -t1 -c64 over https, keepalive: req/s and CPU µs/request;
-#   hs     wrk -t1 -c16 over https with "Connection: close": one full TLS handshake per
-#          request, so req/s = handshakes/s;
+#   hs     wrk -t1 -c16 over https with "Connection: close": a new connection and TLS
+#          handshake per request, so req/s = handshakes/s; wrk keeps its TLS session
+#          across reconnects (SSL_clear), so a server that issues tickets resumes it;
+#   full   openssl s_time -new: one client, sequential, a full handshake (no resumption)
+#          per connection and no request: CPU µs per full handshake;
 #   h2     h2load -c16 -m10 over TLS (ALPN h2): req/s and CPU µs/request.
 # Each proxy runs one worker pinned to PROXY_CPU (default 0); the load generator and the
 # upstream share LOAD_CPU (default 1). CPU per request is the proxy process's utime+stime
@@ -204,6 +207,9 @@ run() {
             out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" wrk -t1 -c"$HS_CONNECTIONS" -d"${secs}s" -H "Connection: close" "$url")
             awk '/requests in/ {n = $1} /^Requests\/sec/ {r = $2} /Non-2xx|Socket errors/ {e = e $0 " "}
                 END {print n, r, (e == "" ? "-" : e)}' <<<"$out" ;;
+        full)
+            out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" openssl s_time -connect "127.0.0.1:${PORT[$t]}" -new -time "$secs" 2>&1)
+            awk '/real seconds/ {printf "%s %.1f -\n", $1, $1 / $4} END {if (NR == 0) print "0 0 no-output"}' <<<"$out" ;;
         h2)
             out=$(timeout $((secs + 15)) taskset -c "$LOAD_CPU" h2load -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -D "$secs" "$url")
             awk '/^finished in/ {r = $4} /^requests:/ {n = $8; bad = $10 + $12 + $14}
@@ -213,7 +219,7 @@ run() {
 }
 
 : >"$WORK/rounds.tsv"
-read -r -a LOADS <<<"${LOADS:-https hs h2}"
+read -r -a LOADS <<<"${LOADS:-https hs full h2}"
 say "measuring: ${#TARGETS[@]} targets x ${#LOADS[@]} loads x $ROUNDS rounds x ${DURATION}s"
 for round in $(seq 1 "$ROUNDS"); do
     for load in "${LOADS[@]}"; do
@@ -242,6 +248,7 @@ for line in open(os.path.join(out, "tls_rounds.tsv")):
 model = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
               if l.startswith("Model name")), "?")
 names = {"https": "HTTPS keepalive (wrk -c64), req/s", "hs": "TLS handshakes/s (wrk -c16, Connection: close)",
+         "full": "full handshakes/s (openssl s_time -new, 1 client)",
          "h2": "h2 over TLS (h2load -c16 -m10), req/s"}
 lines = [f"{rounds} interleaved rounds of {duration} s, medians; {os.cpu_count()} x {model}; one worker per proxy pinned to one core.", "",
          "| load | nginx | gateway | gateway x nginx | nginx CPU µs/req | gateway CPU µs/req | CPU x nginx |",
