@@ -856,8 +856,11 @@ async fn stale_while_revalidate_and_stale_if_error() {
         cache_status(&r)
     );
 
+    // The first stale request starts the refresh; a poll of the loop above that comes
+    // before the refresh lands is served stale too, so "at least one" (the line exists
+    // once the counter moved).
     gw.wait_metrics(&[
-        r#"gateway_cache_stale_served_total{reason="stale_while_revalidate",route="cached"} 1"#,
+        r#"gateway_cache_stale_served_total{reason="stale_while_revalidate",route="cached"} "#,
         r#"gateway_cache_stale_served_total{reason="stale_if_error",route="cached"} 2"#,
     ])
     .await;
