@@ -29,18 +29,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d /tmp/gw-load.XXXXXX)
 PIDS=()
 
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-say() { printf '%s\n' "$*" >&2; }
+# cleanup (stops every PID in PIDS, removes WORK), say, free_port, wait_port, start, cpu_ticks.
+. "$ROOT/benches/load/lib.sh"
 
 # --- tools -----------------------------------------------------------------------------
 need=()
@@ -60,31 +50,6 @@ say "building release binaries (fat LTO: minutes from cold)"
 (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p gateway -p benches \
     --bin gateway --bin bare_pingora --bin load_fixtures >&2)
 BIN=$TARGET_DIR/release
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_port() {
-    local port=$1 i
-    for i in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    say "nothing listening on $port"
-    return 1
-}
-
-# Start a process pinned to a CPU in the background; its PID is in $STARTED.
-start() {
-    local cpu=$1 log=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$log" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
 
 # --- the upstream: nginx answering 100 bytes -----------------------------------------
 UP_PORT=$(free_port)
@@ -191,7 +156,6 @@ for t in "${TARGETS[@]}"; do
     check "$t" /bench
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 to_us() { # wrk latency text (e.g. 812.00us, 1.20ms, 1.01s) -> microseconds
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) m = 1; else if (v ~ /ms$/) m = 1000; else if (v ~ /s$/) m = 1000000; else m = 1; printf "%.0f", n * m }'

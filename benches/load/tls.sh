@@ -40,18 +40,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d /tmp/gw-tls.XXXXXX)
 PIDS=()
 
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-say() { printf '%s\n' "$*" >&2; }
+# cleanup (stops every PID in PIDS, removes WORK), say, free_port, wait_port, start, cpu_ticks.
+. "$ROOT/benches/load/lib.sh"
 
 # --- tools -----------------------------------------------------------------------------
 need=()
@@ -72,31 +62,6 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p gateway --bin gateway >&2)
 fi
 BIN=$TARGET_DIR/release
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_port() {
-    local port=$1 i
-    for i in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    say "nothing listening on $port"
-    return 1
-}
-
-# Start a process pinned to a CPU in the background; its PID is in $STARTED.
-start() {
-    local cpu=$1 log=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$log" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
 
 # --- the certificate: ECDSA P-256, SAN bench.local ----------------------------------------
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/key.pem" 2>/dev/null
@@ -191,7 +156,6 @@ say "negotiated (gateway): $(openssl s_client -connect "127.0.0.1:$GW_PORT" -ser
 say "negotiated (nginx):   $(openssl s_client -connect "127.0.0.1:$NG_PORT" -servername bench.local </dev/null 2>/dev/null |
     awk '/^New,|Server Temp Key|Peer signature type/' | tr '\n' ' ')"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
 # run LOAD TARGET SECONDS -> "requests req/s errors" on stdout. The URL is an IP address,
