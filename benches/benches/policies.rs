@@ -170,6 +170,7 @@ fn per_request(c: &mut Criterion) {
                 request_id: "0123456789abcdef0123456789abcdef",
                 headers: black_box(&fh),
                 body: None,
+                trace: None,
             };
             let (d, cached) = poll_once(fa.check(&check));
             assert!(cached);

@@ -608,3 +608,99 @@ async fn credentials_keep_answers_out_of_the_shared_cache() {
         .unwrap();
     assert_eq!(seen(r).await.0, json!(["u-5"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_fetches_are_spans() {
+    use common::otlp::{receiver, wait_spans};
+    const TRACE: &str = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let (recv, store) = receiver().await;
+    let issuer = Issuer::start().await;
+    let up = identity_upstream().await;
+    let cfg = format!(
+        "{}tracing: {{sample_ratio: 0, batch_interval: 50ms, otlp: {{endpoint: 'http://{recv}'}}}}\n",
+        jwks_config(&issuer.jwks_url(), up, "10s")
+    );
+    let gw = Gateway::start(&cfg).await;
+    // The fetch at start is a trace of its own, recorded although the ratio is 0.
+    let got = wait_spans(&store, "the start-up JWKS fetch", |g| {
+        g.iter().any(|s| s.span.name == "GET jwks")
+    })
+    .await;
+    let start = got.iter().find(|s| s.span.name == "GET jwks").unwrap();
+    assert_eq!(start.parent_id(), "", "a root span");
+    assert_eq!(start.span.kind, 3, "client");
+    assert_eq!(
+        start.attr("gateway.jwks.trigger").as_deref(),
+        Some("schedule")
+    );
+    assert_eq!(start.attr("gateway.jwt.provider").as_deref(), Some("idp"));
+    assert_eq!(
+        start.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let keys: u32 = start.attr("gateway.jwks.keys").unwrap().parse().unwrap();
+    assert!(keys >= 1);
+    assert_eq!(start.attr("url.full"), Some(issuer.jwks_url()));
+
+    // A new key: the traced request that meets its kid fetches, inside its trace.
+    issuer.rotate().await;
+    let token = issuer.token("ada@example.com").await;
+    let r = reqwest::Client::new()
+        .get(gw.url("/api/thing"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.log());
+    assert_eq!(issuer.fetches(), 2);
+    let got = wait_spans(&store, "the request's JWKS fetch and server span", |g| {
+        g.iter()
+            .any(|s| s.trace_id() == TRACE && s.span.name == "GET jwks")
+            && g.iter().any(|s| s.trace_id() == TRACE && s.span.kind == 2)
+    })
+    .await;
+    let server = got
+        .iter()
+        .find(|s| s.trace_id() == TRACE && s.span.kind == 2)
+        .unwrap();
+    let fetch = got
+        .iter()
+        .find(|s| s.trace_id() == TRACE && s.span.name == "GET jwks")
+        .unwrap();
+    assert_eq!(fetch.parent_id(), server.span_id());
+    assert_eq!(
+        fetch.attr("gateway.jwks.trigger").as_deref(),
+        Some("unknown_kid")
+    );
+    assert_eq!(
+        fetch.attr("gateway.jwks.keys"),
+        Some((keys + 1).to_string())
+    );
+    assert_eq!(server.attr("gateway.auth.outcome").as_deref(), Some("jwt"));
+    for s in &got {
+        assert!(!s.all_values().contains(&token), "no token in {s:?}");
+    }
+
+    // A failing fetch is an error span.
+    issuer.down.store(true, Ordering::SeqCst);
+    issuer.rotate().await;
+    let token = issuer.token("grace@example.com").await;
+    let r = get(&gw, &token).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the new kid cannot be verified while the JWKS is down"
+    );
+    let got = wait_spans(&store, "a failed JWKS fetch span", |g| {
+        g.iter()
+            .any(|s| s.span.name == "GET jwks" && s.attr("error.type").is_some())
+    })
+    .await;
+    let failed = got
+        .iter()
+        .find(|s| s.span.name == "GET jwks" && s.attr("error.type").is_some())
+        .unwrap();
+    assert_eq!(failed.attr("error.type").as_deref(), Some("503"));
+    assert_eq!(failed.span.status.as_ref().map(|s| s.code), Some(2));
+}

@@ -327,3 +327,84 @@ async fn paused_redis_opens_the_circuit_and_probes_close_it() {
     let log = gw.log();
     assert_eq!(log.matches("redis circuit closed").count(), 1, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_calls_are_spans_of_the_request_trace() {
+    use common::otlp::{receiver, wait_spans};
+    const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let redis = RedisServer::start();
+    let up = echo_upstream("one").await.to_string();
+    let (recv, store) = receiver().await;
+    let cfg = format!(
+        "{}tracing: {{sample_ratio: 0, batch_interval: 50ms, otlp: {{endpoint: 'http://{recv}'}}}}\n",
+        config(&redis.url(), &up)
+    );
+    let gw = Gateway::start(&cfg).await;
+    let c = reqwest::Client::new();
+    // Unsampled: no span for its Redis call.
+    assert_eq!(status(&gw, "/shared/quiet").await, 200);
+    let r = c
+        .get(gw.url("/shared/traced"))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.log());
+    let got = wait_spans(&store, "the Redis call span", |g| {
+        g.iter().any(|s| s.span.name == "EVALSHA") && g.iter().any(|s| s.span.name == "rate_limit")
+    })
+    .await;
+    let limit = got.iter().find(|s| s.span.name == "rate_limit").unwrap();
+    let calls: Vec<_> = got.iter().filter(|s| s.span.name == "EVALSHA").collect();
+    assert_eq!(
+        calls.len(),
+        1,
+        "one call for the traced request: {calls:#?}"
+    );
+    let call = calls[0];
+    assert_eq!(call.trace_id(), TRACE);
+    assert_eq!(
+        call.parent_id(),
+        limit.span_id(),
+        "a child of the rate-limit span"
+    );
+    assert_eq!(call.span.kind, 3, "client");
+    assert_eq!(call.attr("db.system.name").as_deref(), Some("redis"));
+    assert_eq!(call.attr("server.port"), Some(redis.port.to_string()));
+    assert_eq!(
+        call.attr("gateway.rate_limit.policy").as_deref(),
+        Some("shared")
+    );
+    assert_eq!(
+        call.attr("gateway.rate_limit.granted").as_deref(),
+        Some("1")
+    );
+    assert!(
+        call.span.status.as_ref().is_none_or(|s| s.code != 2),
+        "{call:?}"
+    );
+
+    // Redis gone: the failed call is an error span (the policy answers for it).
+    drop(redis);
+    let r = c
+        .get(gw.url("/open/x"))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b8-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "fail_open");
+    let got = wait_spans(&store, "the failed Redis call span", |g| {
+        g.iter()
+            .any(|s| s.span.name == "EVALSHA" && s.attr("error.type").is_some())
+    })
+    .await;
+    let failed = got
+        .iter()
+        .find(|s| s.span.name == "EVALSHA" && s.attr("error.type").is_some())
+        .unwrap();
+    assert_eq!(failed.span.status.as_ref().map(|s| s.code), Some(2));
+    assert_eq!(
+        failed.attr("gateway.rate_limit.policy").as_deref(),
+        Some("open")
+    );
+}

@@ -12,118 +12,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use common::otlp::{Got, receiver, wait_spans};
 use common::{Gateway, echo_upstream, free_port};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 use serde_json::Value;
-
-/// One received span and the `service.name` of its resource.
-#[derive(Clone, Debug)]
-struct Got {
-    service: String,
-    span: Span,
-}
-
-impl Got {
-    fn trace_id(&self) -> String {
-        hex::encode(&self.span.trace_id)
-    }
-    fn span_id(&self) -> String {
-        hex::encode(&self.span.span_id)
-    }
-    fn parent_id(&self) -> String {
-        hex::encode(&self.span.parent_span_id)
-    }
-    fn attr(&self, key: &str) -> Option<String> {
-        self.span
-            .attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| v.value.as_ref())
-            .map(|v| match v {
-                AnyValue::StringValue(s) => s.clone(),
-                AnyValue::IntValue(i) => i.to_string(),
-                AnyValue::BoolValue(b) => b.to_string(),
-                AnyValue::DoubleValue(d) => d.to_string(),
-                other => format!("{other:?}"),
-            })
-    }
-    fn all_values(&self) -> String {
-        format!("{:?}", self.span.attributes)
-    }
-}
-
-type Store = Arc<Mutex<Vec<Got>>>;
-
-/// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf) on a loopback port.
-async fn receiver() -> (SocketAddr, Store) {
-    let store: Store = Arc::default();
-    let s = Arc::clone(&store);
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
-            let s = Arc::clone(&s);
-            async move {
-                let req = ExportTraceServiceRequest::decode(body).unwrap();
-                let mut out = s.lock().unwrap();
-                for rs in req.resource_spans {
-                    let service = rs
-                        .resource
-                        .as_ref()
-                        .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                        .and_then(|a| a.value.as_ref())
-                        .and_then(|v| match &v.value {
-                            Some(AnyValue::StringValue(s)) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .unwrap_or_default();
-                    for ss in rs.scope_spans {
-                        for span in ss.spans {
-                            out.push(Got {
-                                service: service.clone(),
-                                span,
-                            });
-                        }
-                    }
-                }
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, store)
-}
-
-/// Wait (bounded) until `pred` holds for the spans received so far.
-async fn wait_spans(store: &Store, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = store.lock().unwrap().clone();
-        if pred(&got) {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; got {:#?}",
-            got.iter()
-                .map(|g| (&g.service, &g.span.name, g.trace_id()))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The orders service in process, tracing into `receiver` as `orders`.
 async fn orders_service(
@@ -514,4 +408,151 @@ routes: [{{id: echo, upstream: echo}}]
     assert_eq!(server["attributes"]["http.route"], "echo");
     let attempt = lines.iter().find(|l| l["kind"] == "client").unwrap();
     assert_eq!(attempt["parent_span_id"], server["span_id"]);
+}
+
+#[tokio::test]
+async fn server_errors_are_exported_even_when_not_sampled() {
+    let (recv, store) = receiver().await;
+    let echo = echo_upstream("echo").await;
+    let gw = Gateway::start(&config(recv, 0.0, echo, echo)).await;
+    let c = reqwest::Client::new();
+    // Unsampled by the ratio, and by a client's parent that says "not sampled".
+    let unsampled_parent = format!("00-{PARENT_TRACE}-{PARENT_SPAN}-00");
+    let r = c
+        .get(gw.url("/dead/x"))
+        .header("traceparent", &unsampled_parent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["trace_id"], PARENT_TRACE, "{body}");
+    let r = c.get(gw.url("/dead/y")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    let fresh = body["error"]["trace_id"].as_str().unwrap().to_owned();
+    let got = wait_spans(&store, "the server spans of both 502s", |g| {
+        g.iter().any(|s| s.trace_id() == PARENT_TRACE) && g.iter().any(|s| s.trace_id() == fresh)
+    })
+    .await;
+    for (trace, parent) in [(PARENT_TRACE, PARENT_SPAN), (fresh.as_str(), "")] {
+        let spans: Vec<&Got> = got.iter().filter(|s| s.trace_id() == trace).collect();
+        assert_eq!(spans.len(), 1, "the server span alone: {spans:#?}");
+        let s = spans[0];
+        assert_eq!(s.span.kind, 2);
+        assert_eq!(s.parent_id(), parent);
+        assert_eq!(s.span.name, "GET dead");
+        assert_eq!(
+            s.attr("gateway.trace.sampled_by").as_deref(),
+            Some("server_error")
+        );
+        assert_eq!(s.attr("http.response.status_code").as_deref(), Some("502"));
+        assert_eq!(s.attr("gateway.upstream.tries").as_deref(), Some("2"));
+        assert_eq!(s.span.status.as_ref().map(|s| s.code), Some(2));
+        // Started when the request came in, not when it failed: the two connect
+        // attempts (and the backoff between them) lie inside it.
+        assert!(s.span.start_time_unix_nano < s.span.end_time_unix_nano);
+    }
+    // The access log names the same trace.
+    gw.wait_log(&fresh).await;
+
+    // `sample_errors: false`: a 502 of an unsampled trace stays unrecorded.
+    let (recv, store) = receiver().await;
+    let cfg = config(recv, 0.0, echo, echo).replace(
+        "sample_ratio: 0\n",
+        "sample_ratio: 0\n  sample_errors: false\n",
+    );
+    assert!(cfg.contains("sample_errors"), "{cfg}");
+    let gw = Gateway::start(&cfg).await;
+    let r = c.get(gw.url("/dead/z")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    let quiet = body["error"]["trace_id"].as_str().unwrap().to_owned();
+    // A sampled request after it, as a marker that export went on.
+    let r = c
+        .get(gw.url("/echo/after"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = wait_spans(&store, "the marker span", |g| {
+        g.iter().any(|s| s.trace_id() == PARENT_TRACE)
+    })
+    .await;
+    assert!(got.iter().all(|s| s.trace_id() != quiet), "{got:#?}");
+}
+
+/// A forward-auth service that allows everything and keeps the trace headers it got.
+async fn recording_authz() -> (SocketAddr, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/check",
+        axum::routing::get(move |h: axum::http::HeaderMap| {
+            let s = Arc::clone(&s);
+            async move {
+                let v = |n: &str| {
+                    h.get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                s.lock().unwrap().push((v("traceparent"), v("tracestate")));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_forward_auth_call_continues_the_trace() {
+    let (recv, store) = receiver().await;
+    let echo = echo_upstream("echo").await;
+    let (authz, seen) = recording_authz().await;
+    let cfg = config(recv, 1.0, echo, echo).replace(
+        "routes:\n",
+        &format!(
+            "routes:\n  - id: guarded\n    match: {{path: {{prefix: /guarded}}}}\n    \
+             auth: {{forward: {{url: 'http://{authz}/check', send_headers: [traceparent, tracestate, accept]}}}}\n    \
+             upstream: echo\n"
+        ),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let r = reqwest::Client::new()
+        .get(gw.url("/guarded/x"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .header("tracestate", "vendor=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.log());
+    let (parent, state) = seen.lock().unwrap().first().cloned().unwrap();
+    let got = wait_spans(&store, "the forward_auth span", |g| {
+        g.iter()
+            .any(|s| s.trace_id() == PARENT_TRACE && s.span.name == "forward_auth")
+            && g.iter()
+                .any(|s| s.trace_id() == PARENT_TRACE && s.span.kind == 2)
+    })
+    .await;
+    let fa = got
+        .iter()
+        .find(|s| s.trace_id() == PARENT_TRACE && s.span.name == "forward_auth")
+        .unwrap();
+    let server = got
+        .iter()
+        .find(|s| s.trace_id() == PARENT_TRACE && s.span.kind == 2)
+        .unwrap();
+    assert_eq!(fa.parent_id(), server.span_id());
+    // Not the client's header passed along: the check's own span is the parent.
+    assert_eq!(
+        parent,
+        format!("00-{PARENT_TRACE}-{}-01", fa.span_id()),
+        "traceparent the auth service got"
+    );
+    assert_eq!(state, "vendor=abc");
 }

@@ -12,6 +12,9 @@
 //!   `negative_cache`.
 //! - A failed fetch keeps the last good keys until they are `max_stale` old; after that
 //!   (or before the first success) the provider has no keys and answers 503.
+//! - Each fetch is a client span (through OpenTelemetry's global tracer, a no-op
+//!   without `tracing:`): a child of the request's span when an unknown `kid` of a
+//!   traced request triggered it, a trace of its own when the schedule did.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -234,7 +237,7 @@ impl KeyStore {
         if recent {
             return false;
         }
-        self.fetch(spec, metrics).await;
+        self.fetch(spec, metrics, "unknown_kid").await;
         true
     }
 
@@ -252,7 +255,7 @@ impl KeyStore {
         let Ok(_one) = self.fetch_lock.try_lock() else {
             return;
         };
-        self.fetch(spec, metrics).await;
+        self.fetch(spec, metrics, "schedule").await;
     }
 
     fn client(&self) -> Result<&reqwest::Client, String> {
@@ -280,7 +283,11 @@ impl KeyStore {
             .map_err(Clone::clone)
     }
 
-    async fn get(&self, spec: &JwksSpec) -> Result<(Vec<u8>, Option<Duration>), String> {
+    async fn get(
+        &self,
+        spec: &JwksSpec,
+        status: &mut Option<u16>,
+    ) -> Result<(Vec<u8>, Option<Duration>), String> {
         let client = self.client()?;
         let mut resp = client
             .get(&spec.url)
@@ -289,6 +296,7 @@ impl KeyStore {
             .send()
             .await
             .map_err(|e| format!("fetch failed: {e}"))?;
+        *status = Some(resp.status().as_u16());
         if !resp.status().is_success() {
             return Err(format!("JWKS answered {}", resp.status()));
         }
@@ -311,13 +319,51 @@ impl KeyStore {
         Ok((body, max_age))
     }
 
+    /// The span of one fetch, in the current context (see the module doc).
+    fn span(&self, spec: &JwksSpec, trigger: &'static str) -> opentelemetry::global::BoxedSpan {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{SpanKind, Tracer as _};
+        let tracer = opentelemetry::global::tracer("gateway");
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", "GET"),
+            KeyValue::new("url.full", crate::redact::url(&spec.url).into_owned()),
+            KeyValue::new("gateway.jwt.provider", self.provider.to_string()),
+            KeyValue::new("gateway.jwks.trigger", trigger),
+        ];
+        if let Ok(u) = spec.url.parse::<http::Uri>() {
+            if let Some(h) = u.host() {
+                attrs.push(KeyValue::new("server.address", h.to_owned()));
+            }
+            let port = u.port_u16().or(match u.scheme_str() {
+                Some("https") => Some(443),
+                _ => Some(80),
+            });
+            if let Some(p) = port {
+                attrs.push(KeyValue::new("server.port", i64::from(p)));
+            }
+        }
+        tracer
+            .span_builder("GET jwks")
+            .with_kind(SpanKind::Client)
+            .with_attributes(attrs)
+            .start(&tracer)
+    }
+
     /// One fetch; the caller holds `fetch_lock`.
-    async fn fetch(&self, spec: &JwksSpec, metrics: &Metrics) {
+    async fn fetch(&self, spec: &JwksSpec, metrics: &Metrics, trigger: &'static str) {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{Span as _, Status};
         if let Ok(mut s) = self.state.lock() {
             s.last_attempt = Some(Instant::now());
             s.last_attempt_wall = Some(SystemTime::now());
         }
-        let outcome = match self.get(spec).await {
+        let mut span = self.span(spec, trigger);
+        let mut status = None;
+        let fetched = self.get(spec, &mut status).await;
+        if let Some(code) = status {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+        }
+        let outcome = match fetched {
             Ok((body, max_age)) => match KeySet::from_jwks(&body) {
                 Ok((keys, skipped)) => {
                     self.count_skipped(&skipped, metrics);
@@ -374,6 +420,8 @@ impl KeyStore {
                     .jwks_last_success
                     .with_label_values(&[provider])
                     .set(unix_seconds(SystemTime::now()));
+                span.set_attribute(KeyValue::new("gateway.jwks.keys", count as i64));
+                span.set_attribute(KeyValue::new("gateway.jwks.changed", changed));
                 tracing::info!(provider, keys = count, changed, "JWKS fetched");
             }
             Err(error) => {
@@ -392,10 +440,20 @@ impl KeyStore {
                     .jwks_refresh
                     .with_label_values(&[provider, "error"])
                     .inc();
+                span.set_attribute(KeyValue::new(
+                    "error.type",
+                    match status {
+                        Some(code) if !(200..300).contains(&code) => code.to_string(),
+                        Some(_) => "invalid_jwks".to_owned(),
+                        None => "fetch_failed".to_owned(),
+                    },
+                ));
+                span.set_status(Status::error(error.clone()));
                 tracing::warn!(provider, url = %crate::redact::url(&spec.url), %error, "JWKS fetch failed; keeping the last good keys");
             }
         }
         self.fetches.fetch_add(1, Ordering::AcqRel);
+        span.end();
     }
 
     /// Count the keys a fetch left out; weak ones (an attack, or a broken issuer) are

@@ -45,6 +45,9 @@ pub struct File {
 pub struct Tracing {
     /// Share of new traces recorded (default 0.01); incoming sampled flags win.
     pub sample_ratio: Option<f64>,
+    /// Record the server span of every request answered with a 5xx, sampled or not
+    /// (default true).
+    pub sample_errors: Option<bool>,
     /// Default `gateway`.
     pub service_name: Option<String>,
     /// Where spans go (the default when neither this nor `file` is set: OTLP with the

@@ -68,6 +68,10 @@ pub struct CheckRequest<'a> {
     pub request_id: &'a str,
     pub headers: &'a HeaderMap,
     pub body: Option<Bytes>,
+    /// `traceparent` and `tracestate` (may be empty) of the check's span when the
+    /// gateway traces: they replace whatever the client sent. `None`: the client's
+    /// trace headers pass as the other headers do.
+    pub trace: Option<(&'a str, &'a str)>,
 }
 
 /// A refusal as the auth service gave it: status, end-to-end headers, body.
@@ -201,6 +205,14 @@ impl ForwardAuth {
         set("x-request-id", req.request_id);
         if let Some(ip) = req.client_ip {
             set("x-forwarded-for", &ip.to_string());
+        }
+        if let Some((parent, state)) = req.trace {
+            set("traceparent", parent);
+            if state.is_empty() {
+                headers.remove("tracestate");
+            } else {
+                set("tracestate", state);
+            }
         }
         let mut builder = client
             .request(method, &self.spec.url)

@@ -320,7 +320,12 @@ async fn any_of(
     if matches!(key_outcome, KeyOutcome::Verified { .. }) {
         return key_result(gw, session, ctx, route, key, key_outcome).await;
     }
-    let jwt_outcome = auth::authenticate(jwt, &req.headers, req.uri.query(), &gw.metrics).await;
+    let scope = ctx.trace.as_ref().and_then(|t| t.scope());
+    let jwt_outcome = super::trace::in_scope(
+        scope,
+        auth::authenticate(jwt, &req.headers, req.uri.query(), &gw.metrics),
+    )
+    .await;
     match (&key_outcome, &jwt_outcome) {
         (_, AuthOutcome::Verified { .. }) | (KeyOutcome::Missing, AuthOutcome::Anonymous) => {
             super::request::apply_jwt(session, ctx, route.index, jwt, jwt_outcome).await
@@ -413,21 +418,38 @@ async fn forward(
         Some(name) => strip_query(pq, name),
         None => pq.to_owned(),
     };
-    let check = CheckRequest {
-        method: &req.method,
-        uri: &uri,
-        host: decide::raw_host(req),
-        proto: "http",
-        client_ip,
-        request_id: &ctx.request_id,
-        headers: &req.headers,
-        body,
-    };
-    let started = Instant::now();
     let span = ctx
         .trace
         .as_ref()
         .map(|t| t.child("forward_auth", opentelemetry::trace::SpanKind::Client));
+    // The auth service continues the trace from the forward-auth span (as an upstream
+    // continues it from its attempt span).
+    let trace_headers = span.as_ref().map(|s| {
+        use opentelemetry::trace::Span as _;
+        let sc = s.span_context();
+        (
+            crate::telemetry::propagation::traceparent(sc),
+            sc.trace_state().header(),
+        )
+    });
+    let check = CheckRequest {
+        method: &req.method,
+        uri: &uri,
+        host: decide::raw_host(req),
+        proto: if super::tls_connection(session).is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        client_ip,
+        request_id: &ctx.request_id,
+        headers: &req.headers,
+        body,
+        trace: trace_headers
+            .as_ref()
+            .map(|(parent, state)| (parent.as_str(), state.as_str())),
+    };
+    let started = Instant::now();
     let (decision, cached) = fa.check(&check).await;
     if let Some(mut span) = span {
         use opentelemetry::trace::Span as _;

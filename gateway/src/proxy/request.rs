@@ -104,12 +104,17 @@ pub(super) async fn request_filter(
             route_id: &route.id,
             consumer: ctx.policy.consumer.as_deref(),
         };
-        // A span around the decision shows the Redis round trips of cluster limits.
+        // A span around the decision; the Redis calls of cluster limits are its children.
         let span = ctx
             .trace
             .as_ref()
             .map(|t| t.child("rate_limit", opentelemetry::trace::SpanKind::Internal));
-        let outcome = ratelimit::decide(&route.rate_limits, &input, &gw.metrics).await;
+        let scope = span.as_ref().and_then(crate::telemetry::scope_of);
+        let outcome = super::trace::in_scope(
+            scope,
+            ratelimit::decide(&route.rate_limits, &input, &gw.metrics),
+        )
+        .await;
         let result = if outcome.unavailable {
             "unavailable"
         } else if outcome.retry_after.is_some() {
@@ -289,7 +294,12 @@ pub(super) async fn authenticate(
     jwt: &RouteJwt,
 ) -> Result<bool> {
     let req = session.req_header();
-    let outcome = auth::authenticate(jwt, &req.headers, req.uri.query(), &gw.metrics).await;
+    let scope = ctx.trace.as_ref().and_then(|t| t.scope());
+    let outcome = super::trace::in_scope(
+        scope,
+        auth::authenticate(jwt, &req.headers, req.uri.query(), &gw.metrics),
+    )
+    .await;
     apply_jwt(session, ctx, route, jwt, outcome).await
 }
 

@@ -1,9 +1,13 @@
 //! Owns what the proxy tells the request's server span when the request ends (after
 //! the access log line): the HTTP semantic-convention attributes and the gateway's own
 //! (`gateway.*`: route, upstream, tries, cache status, auth outcome, the reply it made),
-//! then ends it. Never a header value, a query string or a credential.
+//! then ends it. Never a header value, a query string or a credential. Also runs the
+//! calls features make for a request inside its trace scope (`in_scope`).
+
+use std::future::Future;
 
 use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
@@ -49,6 +53,18 @@ fn auth_outcome(ctx: &RequestCtx) -> Option<&'static str> {
     })
 }
 
+/// Await `fut` with `scope` as OpenTelemetry's current context, so the spans of the
+/// calls it makes (Redis, a JWKS fetch) are children of the span `scope` holds.
+pub(super) async fn in_scope<F: Future>(
+    scope: Option<opentelemetry::Context>,
+    fut: F,
+) -> F::Output {
+    match scope {
+        Some(cx) => fut.with_context(cx).await,
+        None => fut.await,
+    }
+}
+
 pub(super) fn finish(session: &Session, error: Option<&Error>, ctx: &mut RequestCtx) {
     let Some(mut trace) = ctx.trace.take() else {
         return;
@@ -58,6 +74,7 @@ pub(super) fn finish(session: &Session, error: Option<&Error>, ctx: &mut Request
         // Nothing was answered: the client went away first (see `log`).
         _ => 499,
     };
+    trace.promote_error(status);
     let req = session.req_header();
     let method = req.method.as_str();
     let route = ctx.route().map(|r| r.id.clone());

@@ -79,6 +79,42 @@ pub struct RedisBackend {
     last_connect: std::sync::Mutex<Option<std::time::Instant>>,
     script: redis::Script,
     breaker: Breaker,
+    /// Where the calls go, for their spans.
+    peer: Peer,
+}
+
+/// The server of a Redis URL as trace attributes show it (never its credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Peer {
+    host: String,
+    port: Option<u16>,
+    db: i64,
+}
+
+impl Peer {
+    fn of(url: &str) -> Peer {
+        use redis::{ConnectionAddr, IntoConnectionInfo};
+        match url.into_connection_info() {
+            Ok(info) => {
+                let (host, port) = match info.addr {
+                    ConnectionAddr::Tcp(h, p) => (h, Some(p)),
+                    ConnectionAddr::TcpTls { host, port, .. } => (host, Some(port)),
+                    ConnectionAddr::Unix(path) => (path.display().to_string(), None),
+                };
+                Peer {
+                    host,
+                    port,
+                    db: info.redis.db,
+                }
+            }
+            // The spec checked the URL; this only keeps spans meaningful if not.
+            Err(_) => Peer {
+                host: crate::redact::url(url).into_owned(),
+                port: None,
+                db: 0,
+            },
+        }
+    }
 }
 
 /// Least time between two attempts to open the first connection to Redis.
@@ -128,6 +164,7 @@ impl RedisBackend {
     pub fn new(spec: RedisSpec, breaker: BreakerSpec) -> Self {
         let label = crate::redact::url(&spec.url).into_owned();
         Self {
+            peer: Peer::of(&spec.url),
             spec,
             conn: Mutex::new(None),
             last_connect: std::sync::Mutex::new(None),
@@ -237,16 +274,79 @@ impl RedisBackend {
     }
 
     async fn call(&self, spec: &PolicySpec, key: &str, want: u32) -> Option<(u32, Duration, u32)> {
-        let mut conn = self.connection().await?;
+        let mut span = self.span(spec);
+        let result = self.gcra(spec, key, want).await;
+        if let Some(span) = span.as_mut() {
+            use opentelemetry::trace::Span as _;
+            match &result {
+                Ok((granted, _, remaining)) => span.set_attributes([
+                    opentelemetry::KeyValue::new("gateway.rate_limit.granted", i64::from(*granted)),
+                    opentelemetry::KeyValue::new(
+                        "gateway.rate_limit.remaining",
+                        i64::from(*remaining),
+                    ),
+                ]),
+                Err(kind) => {
+                    span.set_attribute(opentelemetry::KeyValue::new("error.type", *kind));
+                    span.set_status(opentelemetry::trace::Status::error(*kind));
+                }
+            }
+            span.end();
+        }
+        result.ok()
+    }
+
+    /// A client span for one Redis call, when the request making it is traced (the
+    /// proxy runs the decision in its rate-limit span's context; see `telemetry`).
+    /// Database client attributes as the OpenTelemetry semantic conventions name them.
+    fn span(&self, spec: &PolicySpec) -> Option<opentelemetry::global::BoxedSpan> {
+        use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+        let cx = opentelemetry::Context::current();
+        if !cx.span().span_context().is_sampled() {
+            return None;
+        }
+        let tracer = opentelemetry::global::tracer("gateway");
+        let mut attrs = vec![
+            opentelemetry::KeyValue::new("db.system.name", "redis"),
+            opentelemetry::KeyValue::new("db.operation.name", "EVALSHA"),
+            opentelemetry::KeyValue::new("db.namespace", self.peer.db.to_string()),
+            opentelemetry::KeyValue::new("server.address", self.peer.host.clone()),
+            opentelemetry::KeyValue::new("gateway.rate_limit.policy", spec.name.to_string()),
+        ];
+        if let Some(port) = self.peer.port {
+            attrs.push(opentelemetry::KeyValue::new("server.port", i64::from(port)));
+        }
+        Some(
+            tracer
+                .span_builder("EVALSHA")
+                .with_kind(SpanKind::Client)
+                .with_attributes(attrs)
+                .start_with_context(&tracer, &cx),
+        )
+    }
+
+    /// The GCRA script for `key`: `(granted, wait, remaining)` or what went wrong.
+    async fn gcra(
+        &self,
+        spec: &PolicySpec,
+        key: &str,
+        want: u32,
+    ) -> Result<(u32, Duration, u32), &'static str> {
+        let mut conn = self.connection().await.ok_or("connection")?;
         let interval = (spec.period.as_micros() / u128::from(spec.count.max(1))).max(1) as u64;
         let tolerance = interval * u64::from(spec.burst.max(1));
         let redis_key = format!("gw:rl:{}:{key}", spec.name);
         let mut call = self.script.key(redis_key);
         call.arg(interval).arg(tolerance).arg(want.max(1));
-        let result: Result<Result<(i64, i64, i64), _>, _> =
+        let result: Result<Result<(i64, i64, i64), redis::RedisError>, _> =
             tokio::time::timeout(self.spec.timeout, call.invoke_async(&mut conn)).await;
-        let (granted, wait_us, remaining) = result.ok()?.ok()?;
-        Some((
+        let (granted, wait_us, remaining) = match result {
+            Err(_) => return Err("timeout"),
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => return Err("io"),
+            Ok(Err(_)) => return Err("redis_error"),
+            Ok(Ok(r)) => r,
+        };
+        Ok((
             granted.max(0) as u32,
             Duration::from_micros(wait_us.max(0) as u64),
             remaining.max(0) as u32,

@@ -87,6 +87,9 @@ pub fn start(spec: &TracingSpec, metrics: TelemetryMetrics) -> Result<Tracer, St
         .with_span_processor(QueueProcessor { tx, metrics })
         .with_resource(resource)
         .build();
+    // Features start spans for their own calls through the global provider (their
+    // root spans, e.g. a scheduled JWKS fetch, are always sampled: they are rare).
+    opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("gateway");
     Ok(Tracer {
         tracer,

@@ -6,6 +6,12 @@
 //! export pipeline (`export`: a bounded queue drained by one thread, batches to OTLP
 //! over HTTP/protobuf or gRPC, or to a JSON-lines file; never blocking a request).
 //!
+//! The tracer provider is also installed as OpenTelemetry's global one, so that the
+//! features that make calls of their own (JWKS fetches in `auth`, Redis calls in
+//! `ratelimit`) start spans through `opentelemetry::global` in the current context,
+//! without depending on this module. Requests that end in a 5xx are exported even when
+//! not sampled (`sample_errors`, see `span`).
+//!
 //! Sampling is parent-based: a valid incoming `traceparent` decides (its sampled
 //! flag), otherwise the trace id is compared with `sample_ratio` (the W3C/OTel
 //! ratio rule on its lower 64 bits), so every service of one trace agrees. Without a
@@ -21,13 +27,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use export::{Tracer, start};
-pub use span::{AttemptOutcome, RequestTrace};
+pub use span::{AttemptOutcome, RequestTrace, scope_of};
 
 /// `tracing:` as validated.
 #[derive(Clone, PartialEq)]
 pub struct TracingSpec {
     /// Share of new traces recorded, 0.0-1.0 (reloadable).
     pub sample_ratio: f64,
+    /// Export the server span of a request answered with a 5xx even when its trace
+    /// was not sampled (reloadable).
+    pub sample_errors: bool,
     /// `service.name` of the gateway's spans.
     pub service_name: String,
     pub exporter: ExporterSpec,
@@ -96,6 +105,7 @@ impl std::fmt::Debug for TracingSpec {
         // `TracingSpec::restart_key`).
         f.debug_struct("TracingSpec")
             .field("sample_ratio", &self.sample_ratio)
+            .field("sample_errors", &self.sample_errors)
             .field("service_name", &self.service_name)
             .field("exporter", &self.exporter)
             .field("queue_size", &self.queue_size)
@@ -120,12 +130,14 @@ impl TracingSpec {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TraceSettings {
     pub sample_ratio: f64,
+    pub sample_errors: bool,
 }
 
 /// Compile step: what a runtime keeps of `tracing:`.
 pub fn compile(spec: Option<&TracingSpec>) -> Option<TraceSettings> {
     spec.map(|s| TraceSettings {
         sample_ratio: s.sample_ratio,
+        sample_errors: s.sample_errors,
     })
 }
 

@@ -5,7 +5,15 @@
 //! for calls made on the request's behalf (forward auth, rate limits).
 //!
 //! An unsampled request still gets span contexts (ids for `traceparent` and the access
-//! log) but records nothing: no attribute is built for it.
+//! log) but records nothing: no attribute is built for it. If it ends in a 5xx and
+//! `sample_errors` is on, its server span is built then, after the fact, with the same
+//! ids, parent and start time (`promote_error`): the failure is exported without
+//! recording, or buffering, anything for the requests that succeed. Its child spans
+//! were never recorded, so such a trace holds the server span alone.
+//!
+//! Calls that features make on a request's behalf (Redis, JWKS fetches) start their
+//! spans from OpenTelemetry's current context: the proxy runs them inside
+//! [`RequestTrace::scope`] / [`scope_of`], which is only set for sampled requests.
 
 use std::borrow::Cow;
 use std::time::SystemTime;
@@ -27,6 +35,10 @@ pub struct RequestTrace {
     /// The current upstream attempt, ended when its outcome is known.
     attempt: Option<Span>,
     trace_id: String,
+    /// What an after-the-fact server span needs (`promote_error`).
+    parent: Option<SpanContext>,
+    started: SystemTime,
+    sample_errors: bool,
 }
 
 /// How an upstream attempt ended.
@@ -78,7 +90,7 @@ impl RequestTrace {
             .span_builder(method.to_owned())
             .with_kind(SpanKind::Server)
             .with_start_time(started);
-        let cx = match parent {
+        let cx = match parent.clone() {
             Some(sc) => {
                 builder.sampling_result = Some(sampling(sc.is_sampled(), sc.trace_state().clone()));
                 Context::new().with_remote_span_context(sc)
@@ -100,7 +112,42 @@ impl RequestTrace {
             server,
             attempt: None,
             trace_id,
+            parent,
+            started,
+            sample_errors: settings.sample_errors,
         }
+    }
+
+    /// The context to run calls made for this request in (their spans become children
+    /// of the server span); `None` when the request is not sampled.
+    pub fn scope(&self) -> Option<Context> {
+        scope_of(&self.server)
+    }
+
+    /// A request about to be answered with `status` that was not sampled: if it is a
+    /// 5xx and `sample_errors` is on, record its server span from now on (same trace
+    /// and span id, parent and start time), so the attributes set next are exported.
+    pub fn promote_error(&mut self, status: u16) {
+        if status < 500 || !self.sample_errors || self.server.is_recording() {
+            return;
+        }
+        let sc = self.server.span_context().clone();
+        let mut builder = self
+            .tracer
+            .span_builder(Cow::Borrowed("request"))
+            .with_kind(SpanKind::Server)
+            .with_start_time(self.started)
+            .with_trace_id(sc.trace_id())
+            .with_span_id(sc.span_id());
+        builder.sampling_result = Some(sampling(true, sc.trace_state().clone()));
+        let cx = match &self.parent {
+            Some(p) => Context::new().with_remote_span_context(p.clone()),
+            None => Context::new(),
+        };
+        let mut server = self.tracer.build_with_context(builder, &cx);
+        // Tells a reader why a trace of one span exists (the rest was never recorded).
+        server.set_attribute(KeyValue::new("gateway.trace.sampled_by", "server_error"));
+        self.server = server;
     }
 
     /// The trace id (32 lower-case hex digits), for the access log and error bodies.
@@ -225,6 +272,14 @@ impl RequestTrace {
         }
         self.server.end();
     }
+}
+
+/// The context that makes `span` the parent of spans started in it; `None` when
+/// `span` is not sampled (nothing started in it would be recorded either).
+pub fn scope_of(span: &Span) -> Option<Context> {
+    let sc = span.span_context();
+    sc.is_sampled()
+        .then(|| Context::new().with_remote_span_context(sc.clone()))
 }
 
 /// `host:port` (or `[v6]:port`) into its parts.

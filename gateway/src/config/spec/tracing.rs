@@ -61,6 +61,7 @@ pub(super) fn tracing_spec(e: &mut Errors, t: &wire::Tracing) -> Option<TracingS
     let exporter = exporter?;
     (e.len() == before).then_some(TracingSpec {
         sample_ratio,
+        sample_errors: t.sample_errors.unwrap_or(true),
         service_name,
         exporter,
         queue_size,
