@@ -491,3 +491,68 @@ routes:
         200
     );
 }
+
+/// A forward-auth check over TLS tells the auth service the request came over https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_hears_https_from_a_tls_listener() {
+    use std::sync::{Arc, Mutex};
+    let up = echo_upstream("app").await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let authz = axum::Router::new().route(
+        "/check",
+        axum::routing::get(move |h: axum::http::HeaderMap| {
+            let s = Arc::clone(&s);
+            async move {
+                let proto = h
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                s.lock().unwrap().push(proto);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authz_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, authz).await.unwrap() });
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let api = write_pair(certs.path(), "api", &ca.leaf(&["api.test"], false));
+    let plain_port = common::free_port();
+    let gw = Gateway::start(&format!(
+        r#"
+listeners:
+  - name: https
+    address: "127.0.0.1:{{PORT}}"
+    tls: {{certificates: [{{cert_file: "{}", key_file: "{}"}}]}}
+  - {{name: plain, address: "127.0.0.1:{plain_port}"}}
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+upstreams:
+  app: {{endpoints: [{{address: "{up}"}}]}}
+routes:
+  - id: guarded
+    match: {{path: {{prefix: /}}}}
+    auth: {{forward: {{url: "http://{authz_addr}/check"}}}}
+    upstream: app
+"#,
+        api.0, api.1
+    ))
+    .await;
+    let roots = [ca.der()];
+    let mut s = tls_connect(
+        gw.port,
+        "api.test",
+        tls_config(&roots, &["http/1.1"], None, TLS12_13),
+    )
+    .await
+    .unwrap();
+    let r = http1_request(&mut s, "api.test", "/x").await;
+    assert_eq!(r.status, 200, "{}", gw.log());
+    let r = reqwest::get(format!("http://127.0.0.1:{plain_port}/x"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(*seen.lock().unwrap(), ["https", "http"]);
+}
