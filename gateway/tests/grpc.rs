@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "protocols/client.rs"]
+mod client;
 mod common;
 
 use std::net::SocketAddr;
@@ -321,6 +323,40 @@ async fn gateway_answers_are_grpc_statuses() {
         bytes += chunk.unwrap().len();
     }
     assert_eq!(bytes, 0, "no body after a gateway status");
+
+    // On the wire that answer is trailers-only: one HEADERS frame with END_STREAM and no
+    // DATA frame (strict gRPC clients read the status only from such a frame or from
+    // trailers).
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let literal = |name: &str, value: &str| {
+        let mut b = vec![0x00, name.len() as u8];
+        b.extend_from_slice(name.as_bytes());
+        b.push(value.len() as u8);
+        b.extend_from_slice(value.as_bytes());
+        b
+    };
+    // :method POST, :scheme http, then :path and :authority by their static indexes.
+    let mut block = vec![0x83, 0x86, 0x04, 19];
+    block.extend_from_slice(b"/shop.Inventory/Get");
+    block.extend_from_slice(&[0x01, 11]);
+    block.extend_from_slice(b"secure.test");
+    block.extend(literal("content-type", "application/grpc"));
+    block.extend(literal("te", "trailers"));
+    let mut wire = client::PREFACE.to_vec();
+    wire.extend(client::frame(4, 0, 0, &[]));
+    wire.extend(client::frame(1, 0x4, 1, &block));
+    wire.extend(client::frame(0, 0x1, 1, &[0, 0, 0, 0, 0]));
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &wire)
+        .await
+        .unwrap();
+    let frames = client::read_frames(&mut tcp, Duration::from_secs(2), true).await;
+    let on_stream: Vec<_> = frames.iter().filter(|f| f.2 == 1).collect();
+    assert_eq!(on_stream.len(), 1, "one frame on the stream: {on_stream:?}");
+    let (kind, flags, _, _) = on_stream[0];
+    assert_eq!(*kind, 1, "HEADERS");
+    assert_eq!(flags & 0x1, 0x1, "END_STREAM on the HEADERS frame");
 
     // An upstream that never answers, with the caller's grpc-timeout (500ms) shorter
     // than the route's 30s timeout: the gateway gives up at the caller's deadline.

@@ -103,10 +103,15 @@ async fn send_grpc_status(
     {
         resp.insert_header(k, v)?;
     }
-    if !session.is_http2() {
-        // HTTP/1.1 has no end-of-stream flag: the empty body needs its length.
-        resp.insert_header("content-length", "0")?;
+    if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
+        // Straight to the HTTP/2 stream: Pingora's `write_response_header` keeps the
+        // stream open for a body and ends it later with an empty DATA frame, which is not
+        // the trailers-only form (gRPC clients other than tonic then miss the status).
+        // Nothing of the downstream modules applies to an answer without a body.
+        return h2.write_response_header(Box::new(resp), true);
     }
+    // HTTP/1.1 has no end-of-stream flag: the empty body needs its length.
+    resp.insert_header("content-length", "0")?;
     session.write_response_header(Box::new(resp), true).await
 }
 
