@@ -1,5 +1,6 @@
 //! Owns the `inventory` sample gRPC service (`shop.Inventory`, proto/inventory.proto):
-//! unary `Get`, server-streaming `List`, client-streaming `Restock`, over h2c with
+//! unary `Get`, server-streaming `List`, client-streaming `Restock`, bidirectional
+//! `Adjust`, over h2c with
 //! tonic, plus its client. The prost messages are written by hand, field for field
 //! with the .proto, so building needs no `protoc`; the service glue is what
 //! tonic-build would generate, written out.
@@ -170,7 +171,8 @@ impl Inventory {
 
 type ItemStream = std::pin::Pin<Box<dyn Stream<Item = Result<Item, Status>> + Send>>;
 
-/// The tonic service: routes `/shop.Inventory/{Get,List,Restock}` to [`Inventory`].
+/// The tonic service: routes `/shop.Inventory/{Get,List,Restock,Adjust}` to
+/// [`Inventory`].
 #[derive(Clone, Debug)]
 pub struct InventoryServer {
     inner: Arc<Inventory>,
@@ -260,6 +262,23 @@ where
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
                 Ok(grpc.client_streaming(method, req).await)
             }),
+            "/shop.Inventory/Adjust" => Box::pin(async move {
+                let method = tower::service_fn(move |r: Request<Streaming<RestockRequest>>| {
+                    let inv = Arc::clone(&inv);
+                    async move {
+                        inv.check()?;
+                        // Each delta answered when it arrives: the reply stream runs
+                        // alongside the request stream.
+                        let answers: ItemStream = Box::pin(
+                            r.into_inner()
+                                .map(move |delta| delta.and_then(|d| inv.restock(&d))),
+                        );
+                        Ok::<_, Status>(Response::new(answers))
+                    }
+                });
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.streaming(method, req).await)
+            }),
             other => {
                 let status = Status::new(
                     Code::Unimplemented,
@@ -342,6 +361,21 @@ impl InventoryClient {
             .server_streaming(
                 req.into_request(),
                 path("/shop.Inventory/List"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+    }
+
+    /// Bidirectional: each delta sent is answered with the item's new stock.
+    pub async fn adjust(
+        &mut self,
+        req: impl tonic::IntoStreamingRequest<Message = RestockRequest>,
+    ) -> Result<Response<Streaming<Item>>, Status> {
+        self.ready().await?;
+        self.grpc
+            .streaming(
+                req.into_streaming_request(),
+                path("/shop.Inventory/Adjust"),
                 tonic_prost::ProstCodec::default(),
             )
             .await

@@ -202,6 +202,35 @@ async fn unary_and_streaming_calls_pass_with_their_trailers() {
     let item = c.restock(deltas).await.unwrap().into_inner();
     assert_eq!((item.sku.as_str(), item.quantity), ("fig", 7));
 
+    // Bidirectional streaming, ping-pong: each answer arrives before the next request
+    // message is sent, so neither direction waits for the other's end.
+    let (tx, rx) = tokio::sync::mpsc::channel::<RestockRequest>(1);
+    let mut answers = c
+        .adjust(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for (quantity, want) in [(1, 13), (4, 17), (3, 20)] {
+        tx.send(RestockRequest {
+            sku: "apple".into(),
+            quantity,
+        })
+        .await
+        .unwrap();
+        let item = tokio::time::timeout(Duration::from_secs(10), answers.next())
+            .await
+            .expect("an answer before the request stream ends")
+            .unwrap()
+            .unwrap();
+        assert_eq!((item.sku.as_str(), item.quantity), ("apple", want));
+    }
+    drop(tx);
+    let end = tokio::time::timeout(Duration::from_secs(10), answers.next())
+        .await
+        .expect("the call ends after the request stream");
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(c.get(get("apple")).await.unwrap().into_inner().quantity, 20);
+
     // Many calls share the multiplexed connections; all succeed.
     let calls = (0..20).map(|i| {
         let mut c = c.clone();
