@@ -3,6 +3,7 @@
 //! and refusals: an upstream whose certificate another CA signed, or one that wants a
 //! client certificate the gateway does not send, gets 502 JSON (counted); bad TLS files
 //! are config errors naming the file, and a reload with one keeps the running config.
+//! Also `protocol: h2` over TLS (ALPN h2) to an upstream that speaks only HTTP/2.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -234,4 +235,92 @@ routes:
     }
     // Every error has its line and column.
     assert!(text.contains("gateway.yaml:4:"), "{text}");
+}
+
+/// An HTTPS upstream that speaks only HTTP/2 (ALPN h2): answers `h2 <path>`, with the
+/// request's `:authority` host in `x-seen-host`.
+async fn h2_tls_upstream(cert: (String, String)) -> SocketAddr {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.1.as_bytes())
+        .map_err(|_| ())
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(der_certs(&cert.0), key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return;
+                }
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let body = format!("h2 {}", req.uri().path());
+                    let host = req.uri().host().unwrap_or("").to_owned();
+                    let resp = http::Response::builder()
+                        .status(200)
+                        .header("x-seen-host", host)
+                        .body(())
+                        .unwrap();
+                    let Ok(mut send) = respond.send_response(resp, false) else {
+                        continue;
+                    };
+                    let _ = send.send_data(bytes::Bytes::from(body), true);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstreams_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let ca_file = write(dir.path(), "ca.pem", &ca.cert.pem());
+    let up = h2_tls_upstream(ca.issue(&["api.internal"])).await;
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{name: main, address: "127.0.0.1:{{PORT}}"}}]
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+upstreams:
+  h2:
+    protocol: h2
+    tls: {{sni: api.internal, ca_file: "{ca_file}"}}
+    endpoints: [{{address: "{up}"}}]
+  h1-to-h2-only:
+    tls: {{sni: api.internal, ca_file: "{ca_file}"}}
+    endpoints: [{{address: "{up}"}}]
+routes:
+  - {{id: h2, match: {{path: {{prefix: /h2}}}}, upstream: h2}}
+  - {{id: h1, match: {{path: {{prefix: /h1}}}}, upstream: h1-to-h2-only}}
+"#
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    // An HTTP/1.1 client, an HTTP/2 upstream over TLS (ALPN h2), several requests on the
+    // one multiplexed connection.
+    for i in 0..5 {
+        let r = http.get(gw.url(&format!("/h2/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", gw.log());
+        let body = r.text().await.unwrap();
+        assert_eq!(body, format!("h2 /h2/{i}"));
+    }
+    // The same upstream as HTTP/1.1 (the default): ALPN offers http/1.1, the upstream
+    // refuses it, and the client gets a 502 JSON answer, not a hang.
+    let r = http.get(gw.url("/h1")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
 }
