@@ -39,14 +39,23 @@ pub enum FramingError {
     BadTransferEncoding,
     #[error("a transfer coding other than chunked")]
     UnsupportedTransferEncoding,
+    #[error("CONNECT (tunnels are not offered)")]
+    Connect,
+    #[error("Host differs from the authority of an absolute-form target")]
+    HostMismatch,
+    #[error("an expectation other than 100-continue")]
+    UnsupportedExpectation,
 }
 
 impl FramingError {
     /// The status the client gets: 501 for a transfer coding the gateway does not
-    /// implement (RFC 9112 section 6.1), 431 for too many fields, 400 otherwise.
+    /// implement (RFC 9112 section 6.1) and for CONNECT (a method it supports for no
+    /// resource, RFC 9110 section 15.6.2), 417 for an expectation it cannot meet (RFC
+    /// 9110 section 10.1.1), 431 for too many fields, 400 otherwise.
     pub fn status(self) -> u16 {
         match self {
-            FramingError::UnsupportedTransferEncoding => 501,
+            FramingError::UnsupportedTransferEncoding | FramingError::Connect => 501,
+            FramingError::UnsupportedExpectation => 417,
             FramingError::TooManyHeaders => 431,
             _ => 400,
         }
@@ -137,6 +146,7 @@ pub fn check(head: &[u8]) -> Result<Head<'_>, FramingError> {
         .position(|&b| b == b'\n')
         .ok_or(FramingError::BadRequestLine)?;
     let (method, version) = request_line(&rest[..nl]).ok_or(FramingError::BadRequestLine)?;
+    let target = request_target(&rest[..nl]);
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let headers = match httparse::parse_headers(&rest[nl + 1..], &mut storage) {
         Ok(httparse::Status::Complete((_, h))) => h,
@@ -151,8 +161,12 @@ pub fn check(head: &[u8]) -> Result<Head<'_>, FramingError> {
     let mut content_lengths = 0usize;
     let mut te = false;
     let mut request_id = None;
+    let mut expect_other = false;
     for h in headers.iter() {
         let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"expect") {
+            expect_other |= !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue");
+        }
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
             host = Some(h.value);
@@ -173,6 +187,21 @@ pub fn check(head: &[u8]) -> Result<Head<'_>, FramingError> {
         None if version == Version::Http11 => return Err(FramingError::MissingHost),
         Some(v) if !valid_host(trim_ows(v)) => return Err(FramingError::BadHost),
         _ => {}
+    }
+    if method == b"CONNECT" {
+        return Err(FramingError::Connect);
+    }
+    // RFC 9112 section 3.2.2: with an absolute-form target the authority is the
+    // target's; a Host saying otherwise is refused here (Pingora would answer a bare
+    // 400), so routing never sees two authorities.
+    if let (Some(authority), Some(h)) = (absolute_authority(target), host)
+        && !authority.eq_ignore_ascii_case(trim_ows(h))
+    {
+        return Err(FramingError::HostMismatch);
+    }
+    // RFC 9110 section 10.1.1 (an HTTP/1.0 request's expectations are ignored).
+    if expect_other && version == Version::Http11 {
+        return Err(FramingError::UnsupportedExpectation);
     }
 
     let body = if te {
@@ -271,6 +300,34 @@ fn request_line(line: &[u8]) -> Option<(&[u8], Version)> {
         return None;
     }
     Some((method, version))
+}
+
+/// The target of a request line that [`request_line`] accepted.
+fn request_target(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match (
+        line.iter().position(|&b| b == b' '),
+        line.iter().rposition(|&b| b == b' '),
+    ) {
+        (Some(sp), Some(last)) if last > sp => &line[sp + 1..last],
+        _ => b"",
+    }
+}
+
+/// The authority of an absolute-form `http`/`https` target (`http://a.example:8080/x`
+/// -> `a.example:8080`); `None` for origin-form and anything else.
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let scheme_end = target.windows(3).position(|w| w == b"://")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// Index after any empty lines before the request line (RFC 9112 section 2.2), or

@@ -64,12 +64,62 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     limits: HeadLimits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> HeadRead {
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut deadline = if fresh {
+    read_head_after(stream, fresh, accepted, limits, shutdown, BytesMut::new()).await
+}
+
+/// What the buffered bytes say so far: `None` while the head may still complete.
+fn judge(buf: &[u8], limits: &HeadLimits) -> Option<Judged> {
+    match framing::scan(buf) {
+        Scan::Complete(head_len) if head_len > limits.max_bytes => Some(Judged::TooLarge),
+        Scan::Complete(head_len) => Some(Judged::Complete(head_len)),
+        Scan::Malformed(error) => Some(Judged::Malformed(error)),
+        Scan::Partial if buf.len() > limits.max_bytes => Some(Judged::TooLarge),
+        Scan::Partial => None,
+    }
+}
+
+enum Judged {
+    Complete(usize),
+    TooLarge,
+    Malformed(FramingError),
+}
+
+impl Judged {
+    fn into_read(self, buf: BytesMut) -> HeadRead {
+        match self {
+            Judged::Complete(head_len) => HeadRead::Complete { buf, head_len },
+            Judged::TooLarge => HeadRead::TooLarge { partial: buf },
+            Judged::Malformed(error) => HeadRead::Malformed {
+                error,
+                partial: buf,
+            },
+        }
+    }
+}
+
+/// [`read_head`] for a connection whose client already sent the start of this request
+/// (`pending`: bytes of a pipelined request read together with the previous one). The
+/// request has begun, so the whole head is due within `request_header` from now.
+pub async fn read_head_after<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    fresh: bool,
+    accepted: Instant,
+    limits: HeadLimits,
+    shutdown: &mut watch::Receiver<bool>,
+    pending: BytesMut,
+) -> HeadRead {
+    let mut buf = pending;
+    let mut deadline = if !buf.is_empty() {
+        if let Some(j) = judge(&buf, &limits) {
+            return j.into_read(buf);
+        }
+        Instant::now() + limits.request_header
+    } else if fresh {
         accepted + limits.request_header
     } else {
         Instant::now() + limits.keepalive_idle
     };
+    let started = !buf.is_empty();
     let mut watch_shutdown = true;
     loop {
         if buf.is_empty() && *shutdown.borrow() {
@@ -93,7 +143,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
             Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return HeadRead::Closed,
             Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Truncated,
             Ok(Ok(n)) => {
-                if !fresh && buf.len() == n {
+                if !fresh && !started && buf.len() == n {
                     // The first bytes of a request on a reused connection: from now on
                     // the whole head must arrive within `request_header`.
                     deadline = Instant::now() + limits.request_header;
@@ -108,21 +158,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(
                     }
                     continue;
                 }
-                match framing::scan(&buf) {
-                    Scan::Complete(head_len) if head_len > limits.max_bytes => {
-                        return HeadRead::TooLarge { partial: buf };
-                    }
-                    Scan::Complete(head_len) => return HeadRead::Complete { buf, head_len },
-                    Scan::Malformed(error) => {
-                        return HeadRead::Malformed {
-                            error,
-                            partial: buf,
-                        };
-                    }
-                    Scan::Partial if buf.len() > limits.max_bytes => {
-                        return HeadRead::TooLarge { partial: buf };
-                    }
-                    Scan::Partial => {}
+                if let Some(j) = judge(&buf, &limits) {
+                    return j.into_read(buf);
                 }
             }
         }

@@ -258,15 +258,43 @@ fn framing_table() {
         (&["GET  / HTTP/1.1", "Host: a"], Err(BadRequestLine)),
         (&["GET /", "Host: a"], Err(BadRequestLine)),
         (&["G(T / HTTP/1.1", "Host: a"], Err(BadRequestLine)),
+        (&["CONNECT a:443 HTTP/1.1", "Host: a:443"], Err(Connect)),
+        (
+            &["GET http://A.example/x HTTP/1.1", "Host: a.EXAMPLE"],
+            ok(None),
+        ),
+        (&["GET https://a:8443?q HTTP/1.1", "Host: a:8443"], ok(None)),
+        (&["GET http://b/x HTTP/1.1", "Host: a"], Err(HostMismatch)),
+        (&["GET http://a:81/ HTTP/1.1", "Host: a"], Err(HostMismatch)),
+        (&["GET http://a/ HTTP/1.0", "Host: b"], Err(HostMismatch)),
+        (&["GET /http://b/ HTTP/1.1", "Host: a"], ok(None)),
+        (
+            &[
+                "POST / HTTP/1.1",
+                "Host: a",
+                "Expect: 100-Continue",
+                "Content-Length: 1",
+            ],
+            ok(Length(1)),
+        ),
+        (
+            &["POST / HTTP/1.1", "Host: a", "Expect: teapot"],
+            Err(UnsupportedExpectation),
+        ),
+        (&["GET / HTTP/1.0", "Expect: teapot"], ok(None)),
     ];
     for (lines, want) in cases {
         let bytes = head(lines);
         let got = check(&bytes).map(|h| h.body);
         assert_eq!(&got, want, "{lines:?}");
         if let Err(e) = want {
-            // Every refusal is a 4xx, except an unknown transfer coding (501).
+            // Every refusal is a 4xx, except what is not implemented (501).
             let status = e.status();
             assert!((400..500).contains(&status) || status == 501, "{e:?}");
+            assert_eq!(
+                status == 501,
+                matches!(e, UnsupportedTransferEncoding | Connect)
+            );
         }
     }
 }

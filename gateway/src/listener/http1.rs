@@ -36,6 +36,8 @@ impl ListenerApp {
         let mut shutdown_rx = shutdown.clone();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut fresh = true;
+        // Bytes of the next pipelined request, read together with the previous one.
+        let mut pending = BytesMut::new();
         loop {
             // Read the running limits per request, and pin no runtime while idle.
             let (timeouts, max_bytes) = {
@@ -50,8 +52,15 @@ impl ListenerApp {
                 keepalive_idle: timeouts.keepalive_idle,
                 max_bytes,
             };
-            let read =
-                head::read_head(&mut stream, fresh, accepted, limits, &mut shutdown_rx).await;
+            let read = head::read_head_after(
+                &mut stream,
+                fresh,
+                accepted,
+                limits,
+                &mut shutdown_rx,
+                std::mem::take(&mut pending),
+            )
+            .await;
             let buf = match read {
                 HeadRead::Complete { buf, .. } if fresh && buf.starts_with(&H2_PREFACE[..16]) => {
                     self.h2_preface_on_http1(&mut stream, bound).await;
@@ -63,15 +72,34 @@ impl ListenerApp {
                     self.h2_preface_on_http1(&mut stream, bound).await;
                     return;
                 }
-                HeadRead::Complete { buf, head_len } => match framing::check(&buf[..head_len]) {
-                    Ok(_) => buf,
-                    Err(e) => {
-                        let head = Some(&buf[..head_len]);
-                        self.refuse(&mut stream, bound, reply::for_framing(e), head, &timeouts)
-                            .await;
-                        return;
+                HeadRead::Complete { mut buf, head_len } => {
+                    match framing::check(&buf[..head_len]) {
+                        Ok(head) => {
+                            // Pipelining (RFC 9112 section 9.3.2): when this request (head and
+                            // a body of known length) is all buffered and more follows, Pingora
+                            // gets exactly this request and the rest waits here to be read,
+                            // and checked, as the next head. Otherwise Pingora would read the
+                            // next request as overread body bytes and close the connection.
+                            let body = match head.body {
+                                framing::BodyFraming::None => Some(0),
+                                framing::BodyFraming::Length(n) => usize::try_from(n).ok(),
+                                framing::BodyFraming::Chunked => None,
+                            };
+                            if let Some(end) = body.and_then(|b| head_len.checked_add(b))
+                                && buf.len() > end
+                            {
+                                pending = buf.split_off(end);
+                            }
+                            buf
+                        }
+                        Err(e) => {
+                            let head = Some(&buf[..head_len]);
+                            self.refuse(&mut stream, bound, reply::for_framing(e), head, &timeouts)
+                                .await;
+                            return;
+                        }
                     }
-                },
+                }
                 HeadRead::Closed | HeadRead::Shutdown | HeadRead::Truncated => return,
                 HeadRead::Idle => {
                     self.timed_out(bound, "keepalive_idle");
@@ -88,7 +116,17 @@ impl ListenerApp {
                     return;
                 }
                 HeadRead::TooLarge { partial } => {
-                    let reply = reply::HEADERS_TOO_LARGE;
+                    // No line end yet (leading empty lines aside): the request line
+                    // alone is too long, which is the target (RFC 9112 section 3).
+                    let line_ended = partial
+                        .iter()
+                        .skip_while(|&&b| b == b'\r' || b == b'\n')
+                        .any(|&b| b == b'\n');
+                    let reply = if line_ended {
+                        reply::HEADERS_TOO_LARGE
+                    } else {
+                        reply::URI_TOO_LONG
+                    };
                     self.refuse(&mut stream, bound, reply, Some(&partial), &timeouts)
                         .await;
                     return;

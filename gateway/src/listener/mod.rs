@@ -133,21 +133,26 @@ impl ListenerApp {
             return Some(false);
         }
         // h2c: peek for the preface, within the head deadline (Pingora waits forever).
-        let mut preface = [0u8; H2_PREFACE.len()];
-        match tokio::time::timeout(
-            limits.timeouts.request_header,
-            stream.try_peek(&mut preface),
-        )
-        .await
-        {
-            Ok(Ok(peeked)) => Some(peeked && preface == H2_PREFACE),
-            // Fewer bytes than a preface, then a close: nothing to serve.
-            Ok(Err(_)) => None,
-            Err(_) => {
-                self.timed_out(bound, "request_header");
-                None
+        // In steps, so that an HTTP/1 request shorter than the preface (`GET /
+        // HTTP/1.1` and an empty line are 18 bytes) is not held waiting for 24: a first
+        // byte other than `P` decides at once, then `PRI ` (no other method starts so),
+        // then the whole preface. A peek reads and puts back, so nothing is lost.
+        let deadline = Instant::now() + limits.timeouts.request_header;
+        let mut peeked = [0u8; H2_PREFACE.len()];
+        for n in [1, 4, H2_PREFACE.len()] {
+            let window = &mut peeked[..n];
+            match tokio::time::timeout_at(deadline, stream.try_peek(window)).await {
+                Ok(Ok(true)) if H2_PREFACE.starts_with(window) => {}
+                Ok(Ok(_)) => return Some(false),
+                // Fewer bytes than asked for, then a close: nothing to serve.
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    self.timed_out(bound, "request_header");
+                    return None;
+                }
             }
         }
+        Some(true)
     }
 }
 

@@ -17,6 +17,11 @@ pub const NOT_FOUND: Reply = Reply {
     code: "route_not_found",
     message: "no route matches this request",
 };
+pub const URI_TOO_LONG: Reply = Reply {
+    status: 414,
+    code: "uri_too_long",
+    message: "the request target is longer than this gateway accepts",
+};
 pub const HEADERS_TOO_LARGE: Reply = Reply {
     status: 431,
     code: "request_header_too_large",
@@ -183,6 +188,18 @@ pub fn for_framing(e: crate::edge::framing::FramingError) -> Reply {
         UnsupportedTransferEncoding => (
             "unsupported_transfer_encoding",
             "transfer codings other than chunked are not implemented",
+        ),
+        Connect => (
+            "connect_not_supported",
+            "CONNECT is not supported: this gateway does not open tunnels",
+        ),
+        HostMismatch => (
+            "host_mismatch",
+            "the Host header differs from the authority of the request target",
+        ),
+        UnsupportedExpectation => (
+            "expectation_failed",
+            "the only expectation this gateway meets is 100-continue",
         ),
     };
     Reply {

@@ -23,6 +23,7 @@ listeners:
   - {name: main, address: "127.0.0.1:{PORT}"}
   - {name: limited, address: "127.0.0.1:{LIMITED}", max_connections: {MAX}}
   - {name: per-ip, address: "127.0.0.1:{PERIP}", max_connections_per_client_ip: 1}
+  - {name: h2c, address: "127.0.0.1:{H2C}", h2c: true}
 admin: {address: "127.0.0.1:{ADMIN}"}
 upstreams:
   rec: {endpoints: [{address: "{REC}"}]}
@@ -43,10 +44,13 @@ struct Edge {
     rec: Recorder,
     limited: u16,
     per_ip: u16,
+    /// A listener that also takes HTTP/2 with prior knowledge.
+    h2c: u16,
 }
 
 fn config(rec: &Recorder, limited: u16, per_ip: u16, max: u32) -> String {
     CONFIG
+        .replace("{H2C}", &free_port().to_string())
         .replace("{REC}", &rec.addr.to_string())
         .replace("{LIMITED}", &limited.to_string())
         .replace("{PERIP}", &per_ip.to_string())
@@ -56,12 +60,21 @@ fn config(rec: &Recorder, limited: u16, per_ip: u16, max: u32) -> String {
 async fn start() -> Edge {
     let rec = Recorder::start().await;
     let (limited, per_ip) = (free_port(), free_port());
-    let gw = Gateway::start(&config(&rec, limited, per_ip, 2)).await;
+    let cfg = config(&rec, limited, per_ip, 2);
+    let h2c = cfg
+        .lines()
+        .find(|l| l.contains("name: h2c"))
+        .and_then(|l| l.split("127.0.0.1:").nth(1))
+        .and_then(|p| p.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let gw = Gateway::start(&cfg).await;
     Edge {
         gw,
         rec,
         limited,
         per_ip,
+        h2c,
     }
 }
 
@@ -528,17 +541,47 @@ async fn strict_framing_refuses_ambiguous_heads_and_closes() {
             400,
             "bad_request_line",
         ),
+        // Shorter than the HTTP/2 preface: answered at once on the h2c listener too.
+        ("GET /p\r\n\r\n", 400, "bad_request_line"),
+        (
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            501,
+            "connect_not_supported",
+        ),
+        (
+            "GET http://b.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            400,
+            "host_mismatch",
+        ),
+        (
+            "POST /p HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\nab",
+            417,
+            "expectation_failed",
+        ),
     ];
-    for (raw, status, code) in cases {
-        let a = send(e.gw.port, raw.as_bytes()).await;
-        assert_eq!(a.status(), *status, "{raw:?}: {}", a.text);
-        assert_eq!(a.code().as_deref(), Some(*code), "{raw:?}: {}", a.text);
-        assert!(a.closed_after.is_some(), "{raw:?}: the connection closes");
-        assert!(
-            a.text.to_ascii_lowercase().contains("connection: close"),
-            "{raw:?}"
-        );
+    for port in [e.gw.port, e.h2c] {
+        for (raw, status, code) in cases {
+            let a = send(port, raw.as_bytes()).await;
+            assert_eq!(a.status(), *status, "{port} {raw:?}: {}", a.text);
+            assert_eq!(a.code().as_deref(), Some(*code), "{raw:?}: {}", a.text);
+            assert!(a.closed_after.is_some(), "{raw:?}: the connection closes");
+            assert!(
+                a.text.to_ascii_lowercase().contains("connection: close"),
+                "{raw:?}"
+            );
+        }
     }
+    // A request line longer than the head limit: 414, not 431.
+    let long = format!("GET /p/{} HTTP/1.1\r\nHost: a\r\n\r\n", "x".repeat(70_000));
+    let a = send(e.gw.port, long.as_bytes()).await;
+    assert_eq!(a.status(), 414, "{}", a.text);
+    assert_eq!(a.code().as_deref(), Some("uri_too_long"));
+    let big = format!(
+        "GET /p HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(70_000)
+    );
+    let a = send(e.gw.port, big.as_bytes()).await;
+    assert_eq!(a.status(), 431, "{}", a.text);
     assert!(e.rec.seen().is_empty(), "{:?}", e.rec.seen());
 
     // A bad chunk size is refused while the body streams.
@@ -586,4 +629,40 @@ async fn requests_whose_client_went_away_are_labelled_client_closed() {
         .await;
     assert!(!text.contains(r#"status_class="none""#), "{text}");
     e.gw.wait_log(r#""status":499"#).await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_each_head_is_checked() {
+    let e = start().await;
+    // Three requests in one write: each answered, in order, on the one connection.
+    let a = send(
+        e.gw.port,
+        b"GET /p/one HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /p/two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          GET /p/three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.text.matches("HTTP/1.1 200 OK").count(), 3, "{}", a.text);
+    let targets: Vec<String> = e.rec.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(targets, ["/p/one", "/p/two", "/p/three"]);
+    assert_eq!(e.rec.seen()[1].body, b"hello");
+
+    // A pipelined head gets the same strict checks as a first one: the smuggling
+    // attempt behind a good request is refused and nothing of it reaches the upstream.
+    let a = send(
+        e.gw.port,
+        b"GET /p/four HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /p/five HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+          GET /p/six HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.text.matches("HTTP/1.1 200 OK").count(), 1, "{}", a.text);
+    assert!(
+        a.text.contains("content_length_with_transfer_encoding"),
+        "{}",
+        a.text
+    );
+    assert!(a.closed_after.is_some());
+    let targets: Vec<String> = e.rec.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(targets, ["/p/one", "/p/two", "/p/three", "/p/four"]);
 }
