@@ -105,6 +105,11 @@ async fn h2c_serves_every_feature_and_bad_input_is_counted() {
         statuses.push(r.status);
     }
     assert_eq!(statuses, [200, 200, 429]);
+    // CONNECT: a JSON 501 on that stream (no tunnels), and the connection goes on.
+    let r = h2_request(&c, "CONNECT", &format!("127.0.0.1:{}", gw.port), &[]).await;
+    assert_eq!(r.status, 501);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json()["error"]["code"], "connect_not_supported");
     // Concurrent streams on one connection.
     let many = (0..10).map(|i| {
         let c = c.clone();

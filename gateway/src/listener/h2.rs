@@ -183,6 +183,16 @@ impl ListenerApp {
                         return;
                     }
                 }
+                Ok(Some(H2Accept::Session(session)))
+                    if session.req_header().method == http::Method::CONNECT =>
+                {
+                    // As on HTTP/1 (`edge::framing`): no tunnels, a JSON 501 rather than
+                    // Pingora's bare 405. Extended CONNECT (RFC 8441) is not offered.
+                    let reply = crate::proxy::reply::for_framing(
+                        crate::edge::framing::FramingError::Connect,
+                    );
+                    self.refuse_stream(session, bound, reply, active.start());
+                }
                 Ok(Some(H2Accept::Session(session))) => {
                     let guard = active.start();
                     let app = Arc::clone(&self.proxy);
@@ -195,5 +205,54 @@ impl ListenerApp {
                 }
             }
         }
+    }
+
+    /// Answer one stream with the gateway's JSON error (the connection stays open). The
+    /// answer is written on a task of its own: the accept loop must go on driving the
+    /// connection, or a client holding back flow-control credit would stall it.
+    fn refuse_stream(
+        &self,
+        mut session: HttpSession,
+        bound: &Bound,
+        reply: crate::proxy::reply::Reply,
+        guard: StreamGuard,
+    ) {
+        let request_id = crate::proxy::reply::request_id(
+            session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .map(|v| v.as_bytes()),
+        );
+        let client = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let method = session.req_header().method.as_str().to_owned();
+        self.account_refusal(
+            bound,
+            &request_id,
+            &method,
+            reply.status,
+            client,
+            reply.code,
+        );
+        let body = bytes::Bytes::from(reply.body(&request_id, None));
+        tokio::spawn(async move {
+            let _guard = guard;
+            let written = async {
+                let mut resp = pingora::http::ResponseHeader::build(reply.status, Some(4))?;
+                resp.insert_header("content-type", "application/json")?;
+                resp.insert_header("cache-control", "no-store")?;
+                resp.insert_header("content-length", body.len().to_string())?;
+                resp.insert_header("x-request-id", request_id.as_str())?;
+                session.write_response_header(Box::new(resp), false)?;
+                session.write_body(body, true).await
+            }
+            .await;
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "could not answer a refused HTTP/2 stream");
+            }
+        });
     }
 }

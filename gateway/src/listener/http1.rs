@@ -193,6 +193,30 @@ impl ListenerApp {
         session
     }
 
+    /// Count and log an answer the listener made before any route (`status` 0: the
+    /// answer could not be written).
+    pub(super) fn account_refusal(
+        &self,
+        bound: &Bound,
+        request_id: &str,
+        method: &str,
+        status: u16,
+        client: Option<std::net::SocketAddr>,
+        code: &'static str,
+    ) {
+        self.metrics
+            .requests
+            .with_label_values(&["-", method_label_bytes(method), status_class(status)])
+            .inc();
+        if let Some(log) = &self.access_log {
+            let mut line = Entry::new(request_id, "-", method, status);
+            line.listener = Some(&bound.name);
+            line.client = client;
+            line.reply = Some(code);
+            log.write(&line);
+        }
+    }
+
     /// Answer a refused head with the gateway's JSON error and close the connection.
     /// `head`: what came of the head (for the method and request id, when they came).
     pub(super) async fn refuse(
@@ -235,17 +259,7 @@ impl ListenerApp {
             Ok(Ok(())) => reply.status,
             _ => 0,
         };
-        self.metrics
-            .requests
-            .with_label_values(&["-", method_label_bytes(method), status_class(status)])
-            .inc();
-        if let Some(log) = &self.access_log {
-            let mut line = Entry::new(&request_id, "-", method, status);
-            line.listener = Some(&bound.name);
-            line.client = client;
-            line.reply = Some(reply.code);
-            log.write(&line);
-        }
+        self.account_refusal(bound, &request_id, method, status, client, reply.code);
         if status != 0 {
             linger(stream).await;
         }
