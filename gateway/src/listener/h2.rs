@@ -237,7 +237,7 @@ impl ListenerApp {
             client,
             reply.code,
         );
-        let body = bytes::Bytes::from(reply.body(&request_id, None));
+        let body = reply.body(&request_id, None);
         tokio::spawn(async move {
             let _guard = guard;
             let written = async {
