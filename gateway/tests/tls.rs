@@ -495,28 +495,8 @@ routes:
 /// A forward-auth check over TLS tells the auth service the request came over https.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_hears_https_from_a_tls_listener() {
-    use std::sync::{Arc, Mutex};
     let up = echo_upstream("app").await;
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let s = Arc::clone(&seen);
-    let authz = axum::Router::new().route(
-        "/check",
-        axum::routing::get(move |h: axum::http::HeaderMap| {
-            let s = Arc::clone(&s);
-            async move {
-                let proto = h
-                    .get("x-forwarded-proto")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                s.lock().unwrap().push(proto);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authz_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, authz).await.unwrap() });
+    let (authz_addr, seen) = common::header_recorder("/check", &["x-forwarded-proto"]).await;
     let certs = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
     let api = write_pair(certs.path(), "api", &ca.leaf(&["api.test"], false));
@@ -554,5 +534,5 @@ routes:
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(*seen.lock().unwrap(), ["https", "http"]);
+    assert_eq!(*seen.lock().unwrap(), [["https"], ["http"]]);
 }

@@ -483,37 +483,11 @@ async fn server_errors_are_exported_even_when_not_sampled() {
     assert!(got.iter().all(|s| s.trace_id() != quiet), "{got:#?}");
 }
 
-/// A forward-auth service that allows everything and keeps the trace headers it got.
-async fn recording_authz() -> (SocketAddr, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
-    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
-    let s = Arc::clone(&seen);
-    let app = axum::Router::new().route(
-        "/check",
-        axum::routing::get(move |h: axum::http::HeaderMap| {
-            let s = Arc::clone(&s);
-            async move {
-                let v = |n: &str| {
-                    h.get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned()
-                };
-                s.lock().unwrap().push((v("traceparent"), v("tracestate")));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
-}
-
 #[tokio::test]
 async fn the_forward_auth_call_continues_the_trace() {
     let (recv, store) = receiver().await;
     let echo = echo_upstream("echo").await;
-    let (authz, seen) = recording_authz().await;
+    let (authz, seen) = common::header_recorder("/check", &["traceparent", "tracestate"]).await;
     let cfg = config(recv, 1.0, echo, echo).replace(
         "routes:\n",
         &format!(
@@ -531,7 +505,8 @@ async fn the_forward_auth_call_continues_the_trace() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", gw.log());
-    let (parent, state) = seen.lock().unwrap().first().cloned().unwrap();
+    let got = seen.lock().unwrap().first().cloned().unwrap();
+    let (parent, state) = (got[0].clone(), got[1].clone());
     let got = wait_spans(&store, "the forward_auth span", |g| {
         g.iter()
             .any(|s| s.trace_id() == PARENT_TRACE && s.span.name == "forward_auth")

@@ -52,9 +52,17 @@ fn der_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
         .collect()
 }
 
-/// An HTTPS/1.1 upstream with `cert`; with `client_ca`, it requires a client
-/// certificate from that CA. Answers each request with `mtls=<yes|no>`.
-async fn https_upstream(cert: (String, String), client_ca: Option<&Ca>) -> SocketAddr {
+/// A TLS acceptor with `cert` (and, with `client_ca`, required client certificates
+/// from that CA) offering `alpn`, and the loopback listener it serves.
+async fn tls_listener(
+    cert: (String, String),
+    client_ca: Option<&Ca>,
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::TlsAcceptor,
+    tokio::net::TcpListener,
+    SocketAddr,
+) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.1.as_bytes())
         .map_err(|_| ())
@@ -72,10 +80,21 @@ async fn https_upstream(cert: (String, String), client_ca: Option<&Ca>) -> Socke
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(der_certs(&cert.0), key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let mut config = builder.with_single_cert(der_certs(&cert.0), key).unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        listener,
+        addr,
+    )
+}
+
+/// An HTTPS/1.1 upstream with `cert`; with `client_ca`, it requires a client
+/// certificate from that CA. Answers each request with `mtls=<yes|no>`.
+async fn https_upstream(cert: (String, String), client_ca: Option<&Ca>) -> SocketAddr {
+    let (acceptor, listener, addr) = tls_listener(cert, client_ca, &[]).await;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -240,18 +259,7 @@ routes:
 /// An HTTPS upstream that speaks only HTTP/2 (ALPN h2): answers `h2 <path>`, with the
 /// request's `:authority` host in `x-seen-host`.
 async fn h2_tls_upstream(cert: (String, String)) -> SocketAddr {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.1.as_bytes())
-        .map_err(|_| ())
-        .unwrap();
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(der_certs(&cert.0), key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (acceptor, listener, addr) = tls_listener(cert, None, &[b"h2"]).await;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();

@@ -19,6 +19,42 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What a [`header_recorder`] saw: per request, the values of the headers it was asked
+/// to keep ("" when absent), in order.
+pub type Recorded = std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>;
+
+/// A service that answers `GET {path}` with 200 `ok` (a forward-auth check that allows
+/// everything) and keeps the values of `names` of every request.
+pub async fn header_recorder(path: &str, names: &[&'static str]) -> (SocketAddr, Recorded) {
+    let seen: Recorded = Recorded::default();
+    let s = std::sync::Arc::clone(&seen);
+    let names = names.to_vec();
+    let app = axum::Router::new().route(
+        path,
+        axum::routing::get(move |h: axum::http::HeaderMap| {
+            let s = std::sync::Arc::clone(&s);
+            let names = names.clone();
+            async move {
+                let values = names
+                    .iter()
+                    .map(|n| {
+                        h.get(*n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    })
+                    .collect();
+                s.lock().unwrap().push(values);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
 /// Start an echo upstream named `name` on a free port; runs until the test's runtime ends.
 pub async fn echo_upstream(name: &str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
