@@ -86,27 +86,41 @@ impl RequestTrace {
         started: SystemTime,
     ) -> RequestTrace {
         let parent = propagation::extract(headers);
-        let mut builder = tracer
-            .span_builder(method.to_owned())
-            .with_kind(SpanKind::Server)
-            .with_start_time(started);
-        let cx = match parent.clone() {
+        let (cx, trace_id, sampled, state) = match parent.clone() {
             Some(sc) => {
-                builder.sampling_result = Some(sampling(sc.is_sampled(), sc.trace_state().clone()));
-                Context::new().with_remote_span_context(sc)
+                let (sampled, state) = (sc.is_sampled(), sc.trace_state().clone());
+                (
+                    Context::new().with_remote_span_context(sc),
+                    None,
+                    sampled,
+                    state,
+                )
             }
             None => {
                 let trace_id = RandomIdGenerator::default().new_trace_id();
-                builder.trace_id = Some(trace_id);
-                builder.sampling_result = Some(sampling(
-                    ratio_says(trace_id, settings.sample_ratio),
+                let sampled = ratio_says(trace_id, settings.sample_ratio);
+                (
+                    Context::new(),
+                    Some(trace_id),
+                    sampled,
                     TraceState::default(),
-                ));
-                Context::new()
+                )
             }
         };
+        // An unsampled span's name is never seen: no allocation for it.
+        let name: Cow<'static, str> = if sampled {
+            Cow::Owned(method.to_owned())
+        } else {
+            Cow::Borrowed("request")
+        };
+        let mut builder = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(started);
+        builder.trace_id = trace_id;
+        builder.sampling_result = Some(sampling(sampled, state));
         let server = tracer.build_with_context(builder, &cx);
-        let trace_id = server.span_context().trace_id().to_string();
+        let trace_id = propagation::trace_id_hex(server.span_context().trace_id());
         RequestTrace {
             tracer: tracer.clone(),
             server,
