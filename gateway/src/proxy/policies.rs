@@ -421,12 +421,11 @@ async fn forward(
     let span = ctx
         .trace
         .as_ref()
-        .map(|t| t.child("forward_auth", opentelemetry::trace::SpanKind::Client));
+        .and_then(|t| t.child("forward_auth", opentelemetry::trace::SpanKind::Client));
     // The auth service continues the trace from the forward-auth span (as an upstream
-    // continues it from its attempt span).
-    let trace_headers = span.as_ref().map(|s| {
-        use opentelemetry::trace::Span as _;
-        let sc = s.span_context();
+    // continues it from its attempt span); unsampled, from the server span.
+    let trace_headers = ctx.trace.as_ref().map(|t| {
+        let sc = t.context_of(span.as_ref());
         (
             crate::telemetry::propagation::traceparent(sc),
             sc.trace_state().header(),

@@ -104,11 +104,13 @@ pub(super) async fn request_filter(
             route_id: &route.id,
             consumer: ctx.policy.consumer.as_deref(),
         };
-        // A span around the decision; the Redis calls of cluster limits are its children.
+        // A span around the decision when it asks Redis (the calls are its children); a
+        // local decision is only an attribute of the server span.
         let span = ctx
             .trace
             .as_ref()
-            .map(|t| t.child("rate_limit", opentelemetry::trace::SpanKind::Internal));
+            .filter(|_| route.rate_limits.iter().any(|l| l.cluster.is_some()))
+            .and_then(|t| t.child("rate_limit", opentelemetry::trace::SpanKind::Internal));
         let scope = span.as_ref().and_then(crate::telemetry::scope_of);
         let outcome = super::trace::in_scope(
             scope,

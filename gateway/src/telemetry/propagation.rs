@@ -107,12 +107,21 @@ pub fn traceparent(sc: &SpanContext) -> String {
 
 /// Replace the upstream request's trace headers with `sc`'s.
 pub fn inject(req: &mut pingora::http::RequestHeader, sc: &SpanContext) -> pingora::Result<()> {
-    req.insert_header(TRACEPARENT, traceparent(sc))?;
-    let state = sc.trace_state().header();
-    if state.is_empty() {
-        req.remove_header(TRACESTATE);
+    // Prebuilt names: inserting by `&str` would parse the name on every request.
+    const PARENT: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+    const STATE: http::HeaderName = http::HeaderName::from_static(TRACESTATE);
+    let value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(traceparent(sc)))
+        .map_err(|_| pingora::Error::new_str("traceparent is not a header value"))?;
+    req.insert_header(PARENT, value)?;
+    if sc.trace_state() == &TraceState::NONE {
+        req.remove_header(&STATE);
     } else {
-        req.insert_header(TRACESTATE, state)?;
+        let state = sc.trace_state().header();
+        if state.is_empty() {
+            req.remove_header(&STATE);
+        } else {
+            req.insert_header(STATE, state)?;
+        }
     }
     Ok(())
 }

@@ -188,45 +188,57 @@ impl RequestTrace {
         }
     }
 
-    /// A child span of the server span, started now.
-    pub fn child(&self, name: &'static str, kind: SpanKind) -> Span {
-        let sc = self.server.span_context().clone();
+    /// A child span of the server span, started now; `None` when the request is not
+    /// sampled (nothing of it would be recorded: not even an unrecorded span is built).
+    pub fn child(&self, name: &'static str, kind: SpanKind) -> Option<Span> {
+        let sc = self.server.span_context();
+        if !sc.is_sampled() {
+            return None;
+        }
         let mut builder = self
             .tracer
             .span_builder(Cow::Borrowed(name))
             .with_kind(kind);
-        builder.sampling_result = Some(sampling(sc.is_sampled(), sc.trace_state().clone()));
-        self.tracer
-            .build_with_context(builder, &Context::new().with_remote_span_context(sc))
+        builder.sampling_result = Some(sampling(true, sc.trace_state().clone()));
+        Some(self.tracer.build_with_context(
+            builder,
+            &Context::new().with_remote_span_context(sc.clone()),
+        ))
+    }
+
+    /// The context a call made for this request carries (in `traceparent`): `child`'s
+    /// when it was recorded, else the server span's.
+    pub fn context_of<'a>(&'a self, child: Option<&'a Span>) -> &'a SpanContext {
+        child.map_or(self.server.span_context(), |c| c.span_context())
     }
 
     /// Start the span of upstream attempt `try_no` (1-based) to `endpoint`; an attempt
     /// still open (its outcome never reported) is ended first.
     pub fn begin_attempt(&mut self, method: &str, upstream: &str, endpoint: &str, try_no: u32) {
         self.end_attempt(AttemptOutcome::Failed("abandoned"));
-        let mut span = self.child("upstream", SpanKind::Client);
-        if span.is_recording() {
-            span.update_name(format!("{method} {upstream}"));
-            let (host, port) = split_host_port(endpoint);
-            let mut attrs = vec![
-                KeyValue::new("http.request.method", method.to_owned()),
-                KeyValue::new("server.address", host.to_owned()),
-                KeyValue::new("gateway.upstream", upstream.to_owned()),
-                KeyValue::new("gateway.upstream.endpoint", endpoint.to_owned()),
-                KeyValue::new("gateway.attempt", i64::from(try_no)),
-            ];
-            if let Some(p) = port {
-                attrs.push(KeyValue::new("server.port", i64::from(p)));
-            }
-            if try_no > 1 {
-                // Semantic conventions: the ordinal of a resent request.
-                attrs.push(KeyValue::new(
-                    "http.request.resend_count",
-                    i64::from(try_no - 1),
-                ));
-            }
-            span.set_attributes(attrs);
+        let Some(mut span) = self.child("upstream", SpanKind::Client) else {
+            return;
+        };
+        span.update_name(format!("{method} {upstream}"));
+        let (host, port) = split_host_port(endpoint);
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", method.to_owned()),
+            KeyValue::new("server.address", host.to_owned()),
+            KeyValue::new("gateway.upstream", upstream.to_owned()),
+            KeyValue::new("gateway.upstream.endpoint", endpoint.to_owned()),
+            KeyValue::new("gateway.attempt", i64::from(try_no)),
+        ];
+        if let Some(p) = port {
+            attrs.push(KeyValue::new("server.port", i64::from(p)));
         }
+        if try_no > 1 {
+            // Semantic conventions: the ordinal of a resent request.
+            attrs.push(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(try_no - 1),
+            ));
+        }
+        span.set_attributes(attrs);
         self.attempt = Some(span);
     }
 
