@@ -2,10 +2,10 @@
 //! through `chromedriver` with `fantoccini`) loads `GET /` from the admin listener of
 //! the real gateway running config/local.yaml in front of the sample services, finds
 //! every route id, shows the TLS listener's certificates with their days left (the one
-//! expiring within 14 days in the warning style), sees an endpoint turn unhealthy when
-//! its service stops, logs no
-//! console error, and makes cross-origin `fetch`es through a route with a CORS policy
-//! from a web app's origin (allowed there, refused on a route without CORS; the page's
+//! expiring within 14 days in the warning style, an expired one in the error style),
+//! sees an endpoint turn unhealthy when its service stops, logs no console error, and
+//! makes cross-origin `fetch`es through a route with a CORS policy from a web app's
+//! origin (allowed there, refused on a route without CORS; the page's
 //! own CSP keeps it from fetching elsewhere). It saves a screenshot (with
 //! `UPDATE_SCREENSHOT=1` also to gateway/docs/status-page.png, shown in the README).
 //! One browser start for the whole file.
@@ -304,6 +304,46 @@ async fn status_page_in_headless_chromium() {
     );
     let none = c.find(Locator::Id("tls-none")).await.unwrap();
     assert!(!none.is_displayed().await.unwrap());
+    // The gateway refuses an expired pair at load, so only a gateway that ran past a
+    // notAfter shows one: the page is handed such a document (its own polls, edited
+    // in the browser) and must show the error style; then one without certificates.
+    let edit = |change: &str| {
+        format!(
+            r#"window.origFetch = window.origFetch || window.fetch;
+               window.fetch = async (...args) => {{
+                 const r = await window.origFetch(...args);
+                 if (!String(args[0]).endsWith("/admin/status")) return r;
+                 const s = await r.json();
+                 {change}
+                 return new Response(JSON.stringify(s), {{status: r.status}});
+               }};"#
+        )
+    };
+    c.execute(&edit("s.tls[1].seconds_left = -2 * 86400;"), vec![])
+        .await
+        .unwrap();
+    let expired = format!(
+        "const r = document.querySelector('{}'); return r && r.dataset.state === 'expired' && r.cells[4].className.includes('bad') && r.cells[4].textContent;",
+        cert_row("later.test")
+    );
+    let text = wait_js(&c, "the expired certificate's row", &expired).await;
+    assert_eq!(text, "expired 2.0 d ago");
+    c.execute(&edit("s.tls = [];"), vec![]).await.unwrap();
+    wait_js(
+        &c,
+        "no TLS listeners",
+        "return !document.getElementById('tls-none').hidden && document.getElementById('tls').hidden;",
+    )
+    .await;
+    c.execute("window.fetch = window.origFetch;", vec![])
+        .await
+        .unwrap();
+    wait_js(
+        &c,
+        "the certificates back",
+        "return document.querySelectorAll('#tls tbody tr').length === 2;",
+    )
+    .await;
 
     let endpoint = notifications.addr.to_string();
     let row = format!("#upstreams tr[data-endpoint=\"{endpoint}\"]");
