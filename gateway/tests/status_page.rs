@@ -1,9 +1,11 @@
 //! The status page in a real browser: headless Chromium (Debian's `chromium`, driven
 //! through `chromedriver` with `fantoccini`) loads `GET /` from the admin listener of
 //! the real gateway running config/local.yaml in front of the sample services, finds
-//! every route id, sees an endpoint turn unhealthy when its service stops, logs no
-//! console error, and makes cross-origin `fetch`es through a route with a CORS policy
-//! from a web app's origin (allowed there, refused on a route without CORS; the page's
+//! every route id, shows the TLS listener's certificates with their days left (the one
+//! expiring within 14 days in the warning style, an expired one in the error style),
+//! sees an endpoint turn unhealthy when its service stops, logs no console error, and
+//! makes cross-origin `fetch`es through a route with a CORS policy from a web app's
+//! origin (allowed there, refused on a route without CORS; the page's
 //! own CSP keeps it from fetching elsewhere). It saves a screenshot (with
 //! `UPDATE_SCREENSHOT=1` also to gateway/docs/status-page.png, shown in the README).
 //! One browser start for the whole file.
@@ -100,10 +102,31 @@ fn severe(log: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A self-signed pair for `name` that ends in `days`, written to `dir`: its file paths.
+fn certificate(dir: &std::path::Path, name: &str, days: u64) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.not_after = (std::time::SystemTime::now() + Duration::from_secs(days * 86_400)).into();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
 /// config/local.yaml with the stack's addresses, the notifications service replaced by
-/// a member the test can stop, health checks every 200 ms, and a CORS policy on the
-/// catalog route that allows `web_app` (an origin serving a browser app).
-fn config(stack: &Stack, notifications: &Member, web_app: &str) -> String {
+/// a member the test can stop, health checks every 200 ms, a CORS policy on the
+/// catalog route that allows `web_app` (an origin serving a browser app), and an `https`
+/// listener serving `certs` (cert file, key file).
+fn config(
+    stack: &Stack,
+    notifications: &Member,
+    web_app: &str,
+    certs: &[(String, String)],
+) -> String {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/local.yaml"))
             .unwrap();
@@ -124,6 +147,19 @@ fn config(stack: &Stack, notifications: &Member, web_app: &str) -> String {
             h["unhealthy_threshold"] = 1.into();
         }
     }
+    let certificates: Vec<serde_yaml_ng::Value> = certs
+        .iter()
+        .map(|(c, k)| {
+            serde_yaml_ng::from_str(&format!("{{cert_file: \"{c}\", key_file: \"{k}\"}}")).unwrap()
+        })
+        .collect();
+    let mut https: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+        "{{name: https, address: \"127.0.0.1:{}\", tls: {{}}}}",
+        free_port()
+    ))
+    .unwrap();
+    https["tls"]["certificates"] = certificates.into();
+    doc["listeners"].as_sequence_mut().unwrap().push(https);
     for r in doc["routes"].as_sequence_mut().unwrap() {
         if r["id"] == "catalog" {
             r["cors"] = serde_yaml_ng::from_str(
@@ -179,7 +215,14 @@ async fn status_page_in_headless_chromium() {
     let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let web_app = format!("http://{}", app_listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(app_listener, app).await.unwrap() });
-    let gw = Gateway::start(&config(&stack, &notifications, &web_app)).await;
+    // A TLS listener with a certificate ending in 5 days (a warning on the page) and
+    // one with a year left.
+    let cert_dir = tempfile::tempdir().unwrap();
+    let certs = [
+        certificate(cert_dir.path(), "soon.test", 5),
+        certificate(cert_dir.path(), "later.test", 365),
+    ];
+    let gw = Gateway::start(&config(&stack, &notifications, &web_app, &certs)).await;
     let routes: Vec<String> = gw.admin_json("/admin/routes").await["routes"]
         .as_array()
         .unwrap()
@@ -230,6 +273,78 @@ async fn status_page_in_headless_chromium() {
             .await
             .unwrap_or_else(|e| panic!("route {id} not on the page: {e}"));
     }
+    // The TLS section: a row per certificate, with its days left and state.
+    let cert_row = |name: &str| format!("#tls tr[data-listener=\"https\"][data-cert=\"{name}\"]");
+    let soon = c
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(&cert_row("soon.test")))
+        .await
+        .unwrap();
+    assert_eq!(
+        soon.attr("data-state").await.unwrap().as_deref(),
+        Some("expiring")
+    );
+    let cells = soon.find_all(Locator::Css("td")).await.unwrap();
+    let days: f64 = cells[4].text().await.unwrap().parse().unwrap();
+    assert!((4.0..=5.0).contains(&days), "{days}");
+    assert!(
+        cells[4]
+            .attr("class")
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("warn")
+    );
+    assert_eq!(cells[5].text().await.unwrap(), certs[0].0);
+    let later = c.find(Locator::Css(&cert_row("later.test"))).await.unwrap();
+    assert_eq!(
+        later.attr("data-state").await.unwrap().as_deref(),
+        Some("ok")
+    );
+    let none = c.find(Locator::Id("tls-none")).await.unwrap();
+    assert!(!none.is_displayed().await.unwrap());
+    // The gateway refuses an expired pair at load, so only a gateway that ran past a
+    // notAfter shows one: the page is handed such a document (its own polls, edited
+    // in the browser) and must show the error style; then one without certificates.
+    let edit = |change: &str| {
+        format!(
+            r#"window.origFetch = window.origFetch || window.fetch;
+               window.fetch = async (...args) => {{
+                 const r = await window.origFetch(...args);
+                 if (!String(args[0]).endsWith("/admin/status")) return r;
+                 const s = await r.json();
+                 {change}
+                 return new Response(JSON.stringify(s), {{status: r.status}});
+               }};"#
+        )
+    };
+    c.execute(&edit("s.tls[1].seconds_left = -2 * 86400;"), vec![])
+        .await
+        .unwrap();
+    let expired = format!(
+        "const r = document.querySelector('{}'); return r && r.dataset.state === 'expired' && r.cells[4].className.includes('bad') && r.cells[4].textContent;",
+        cert_row("later.test")
+    );
+    let text = wait_js(&c, "the expired certificate's row", &expired).await;
+    assert_eq!(text, "expired 2.0 d ago");
+    c.execute(&edit("s.tls = [];"), vec![]).await.unwrap();
+    wait_js(
+        &c,
+        "no TLS listeners",
+        "return !document.getElementById('tls-none').hidden && document.getElementById('tls').hidden;",
+    )
+    .await;
+    c.execute("window.fetch = window.origFetch;", vec![])
+        .await
+        .unwrap();
+    wait_js(
+        &c,
+        "the certificates back",
+        "return document.querySelectorAll('#tls tbody tr').length === 2;",
+    )
+    .await;
+
     let endpoint = notifications.addr.to_string();
     let row = format!("#upstreams tr[data-endpoint=\"{endpoint}\"]");
     let healthy = format!(
@@ -369,4 +484,6 @@ routes: [{{id: hello, direct_response: {{status: 200, body: hi}}}}]
     assert_eq!(ok.status(), 200);
     let s: Value = ok.json().await.unwrap();
     assert_eq!(s["routes"][0]["id"], "hello");
+    // No TLS listener: no certificates.
+    assert_eq!(s["tls"], json!([]));
 }

@@ -1,8 +1,9 @@
 //! TLS listeners through the real gateway binary: SNI picks the certificate (exact,
 //! wildcard, default), ALPN h2, 421 for another certificate's host, X-Forwarded-Proto
 //! and redirects on https, mTLS, bad input closed and counted, config errors naming the
-//! file, and certificate rotation (a Kubernetes Secret symlink swap, a bad pair kept
-//! out, SIGHUP) under a running connection.
+//! file, certificate rotation (a Kubernetes Secret symlink swap, a bad pair kept
+//! out, SIGHUP) under a running connection, and the served certificates' expiry in
+//! `/admin/status`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -51,6 +52,17 @@ impl Ca {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A leaf for `names` valid until `not_after`: (cert PEM, key PEM).
+    fn leaf_until(&self, names: &[&str], not_after: std::time::SystemTime) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_after = not_after.into();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -535,4 +547,90 @@ routes:
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(*seen.lock().unwrap(), [["https"], ["http"]]);
+}
+
+/// `/admin/status` lists what the TLS listeners serve: one entry per certificate with
+/// its listener, names, notAfter, the seconds left (computed per request), its file and
+/// when it was loaded; a plaintext listener has none; a rotation shows the new pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_the_served_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("CA");
+    const TEN_DAYS: u64 = 10 * 86_400;
+    let until = std::time::SystemTime::now() + Duration::from_secs(TEN_DAYS);
+    let api = write_pair(
+        certs.path(),
+        "api",
+        &ca.leaf_until(&["api.test", "*.api.test"], until),
+    );
+    let shop = write_pair(certs.path(), "shop", &ca.leaf(&["shop.test"], false));
+    let plain_port = common::free_port();
+    let template = format!(
+        r#"
+server: {{reload_debounce: 20ms}}
+listeners:
+  - name: plain
+    address: "127.0.0.1:{plain_port}"
+  - name: https
+    address: "127.0.0.1:{{PORT}}"
+    tls:
+      certificates:
+        - {{cert_file: "{}", key_file: "{}"}}
+        - {{cert_file: "{}", key_file: "{}"}}
+admin: {{address: "127.0.0.1:{{ADMIN}}"}}
+routes: [{{id: hello, direct_response: {{status: 200, body: hi}}}}]
+"#,
+        api.0, api.1, shop.0, shop.1
+    );
+    let gw = Gateway::start(&template).await;
+    let s = gw.admin_json("/admin/status").await;
+    let tls = s["tls"].as_array().unwrap();
+    assert_eq!(tls.len(), 2, "{s:#}");
+    let first = &tls[0];
+    assert_eq!(first["listener"], "https");
+    assert_eq!(first["name"], "api.test");
+    assert_eq!(
+        first["names"],
+        serde_json::json!(["api.test", "*.api.test"])
+    );
+    assert_eq!(first["default"], true);
+    assert_eq!(first["cert_file"], api.0.as_str());
+    // The certificate ends ten days after it was made (to the second), and the gateway
+    // was started and asked after that: at most ten days are left, and not much less.
+    let left = first["seconds_left"].as_i64().unwrap();
+    assert!(
+        (TEN_DAYS as i64 - 3600..=TEN_DAYS as i64).contains(&left),
+        "{left}"
+    );
+    let not_after = humantime::parse_rfc3339(first["not_after"].as_str().unwrap()).unwrap();
+    let drift = not_after
+        .duration_since(until - Duration::from_secs(1))
+        .unwrap();
+    assert!(drift <= Duration::from_secs(1), "{first}");
+    let loaded_at = first["loaded_at"].as_str().unwrap().to_owned();
+    humantime::parse_rfc3339(&loaded_at).unwrap();
+    assert_eq!(tls[1]["name"], "shop.test");
+    assert_eq!(tls[1]["default"], false);
+    assert!(tls[1]["seconds_left"].as_i64().unwrap() > left);
+    assert!(!s["tls"].to_string().contains("PRIVATE KEY"), "{s}");
+
+    // The first pair is renewed in place: after the reload the status shows the
+    // running runtime's new notAfter (a year out).
+    let renewed = ca.leaf_until(
+        &["api.test"],
+        std::time::SystemTime::now() + Duration::from_secs(365 * 86_400),
+    );
+    std::fs::write(&api.1, &renewed.1).unwrap();
+    std::fs::write(&api.0, &renewed.0).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = gw.admin_json("/admin/status").await;
+        if s["tls"][0]["seconds_left"].as_i64().unwrap() > 300 * 86_400 {
+            assert_eq!(s["tls"][0]["names"], serde_json::json!(["api.test"]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the renewal never showed: {s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -2,15 +2,17 @@
 //! binary, no network at run time) and the one JSON document it polls
 //! (`GET /admin/status`): routes with their live rates and latency series, upstreams
 //! with every endpoint, discovery, config reloads, cache, rate limits and Redis, trace
-//! export. The page holds no data, so it is served without the token (like the
+//! export, and the certificates the TLS listeners serve with their expiry. The page holds no data, so it is served without the token (like the
 //! probes); it asks for the token once, keeps it in `sessionStorage` and sends it as
 //! a bearer token with every call, so everything it shows is behind the admin gate.
+
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
 use super::history::History;
 use crate::reload::RuntimeStore;
-use crate::runtime::{Route, RouteAction};
+use crate::runtime::{Route, RouteAction, Runtime};
 
 /// The page, as served.
 pub const PAGE: &str = include_str!("status.html");
@@ -91,6 +93,28 @@ fn target(r: &Route) -> Value {
     }
 }
 
+/// One entry per certificate the TLS listeners serve (listener by name, then config
+/// order; the first of a listener is its `default`, for handshakes no name matches).
+/// Read from the running runtime's acceptors, the certificates the gauge
+/// `gateway_tls_certificate_expiry_seconds` shows too, so a status request never reads
+/// a file; only the seconds left are computed now.
+fn tls_certificates(rt: &Runtime, now: SystemTime) -> Vec<Value> {
+    let mut listeners: Vec<_> = rt.tls.iter().collect();
+    listeners.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::new();
+    for (name, tls) in listeners {
+        for (i, cert) in tls.compiled.table.certs.iter().enumerate() {
+            let mut entry = cert.describe(now);
+            if let Value::Object(fields) = &mut entry {
+                fields.insert("listener".into(), json!(name));
+                fields.insert("default".into(), json!(i == 0));
+            }
+            out.push(entry);
+        }
+    }
+    out
+}
+
 /// `GET /admin/status`.
 pub fn describe(
     store: &RuntimeStore,
@@ -152,5 +176,6 @@ pub fn describe(
             "spans_exported": totals.trace_spans_exported,
             "spans_dropped": totals.trace_spans_dropped,
         })),
+        "tls": tls_certificates(&rt, SystemTime::now()),
     })
 }

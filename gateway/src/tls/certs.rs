@@ -1,17 +1,20 @@
 //! Reading a certificate/key pair (PEM) into a rustls `CertifiedKey`: the chain must
 //! parse, the key must parse and match the leaf, and the leaf must be valid now. The
 //! names the pair serves come from the leaf's subjectAltName (DNS names, lowercased).
-//! Every error names the file it is about.
+//! Every error names the file it is about. What an operator sees of a loaded pair (the
+//! status page's TLS table) is `LoadedCert::describe`: names, expiry, file, never key
+//! material.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use serde_json::{Value, json};
 
 /// Why a pair or a CA file cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,6 +50,9 @@ pub struct LoadedCert {
     pub not_after: i64,
     /// The metric label of the pair: its first SAN name, else the cert file's name.
     pub label: String,
+    /// When the files were read: at start, or by the reload that compiled this pair
+    /// (a discovery-only recompile keeps the pair, and this time, as it is).
+    pub loaded_at: SystemTime,
 }
 
 impl std::fmt::Debug for LoadedCert {
@@ -56,6 +62,42 @@ impl std::fmt::Debug for LoadedCert {
             .field("names", &self.names)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
+    }
+}
+
+/// The last second RFC 3339 text (and X.509's GeneralizedTime) can say: 9999-12-31.
+const LAST_SECOND: u64 = 253_402_300_799;
+
+/// `t` as Unix seconds (negative before 1970).
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
+}
+
+/// Unix seconds as RFC 3339, clamped to what the format can say (the formatter
+/// fails past year 9999).
+fn rfc3339(unix: i64) -> String {
+    let secs = u64::try_from(unix).unwrap_or(0).min(LAST_SECOND);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+impl LoadedCert {
+    /// What the admin API shows of this pair at `now`: the names it serves, its
+    /// notAfter, the seconds left until then (negative once expired: a pair is only
+    /// checked when loaded, so a long-running gateway can outlive it) and where it
+    /// came from. Never the key.
+    pub fn describe(&self, now: SystemTime) -> Value {
+        json!({
+            "name": self.label,
+            "names": self.names,
+            "not_after": rfc3339(self.not_after),
+            "seconds_left": self.not_after.saturating_sub(unix(now)),
+            "cert_file": self.cert_file.display().to_string(),
+            "key_file": self.key_file.display().to_string(),
+            "loaded_at": rfc3339(unix(self.loaded_at)),
+        })
     }
 }
 
@@ -94,9 +136,8 @@ pub fn load_pair(
     let validity = parsed.validity();
     let not_after = validity.not_after.timestamp();
     let not_before = validity.not_before.timestamp();
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let loaded_at = now;
+    let now = unix(now);
     if now > not_after {
         return Err(CertError::Expired {
             file: cert_name,
@@ -144,6 +185,7 @@ pub fn load_pair(
         names,
         not_after,
         label,
+        loaded_at,
     })
 }
 
@@ -168,4 +210,56 @@ pub fn load_ca(file: &Path) -> Result<RootCertStore, CertError> {
         })?;
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A self-signed pair for `names` valid until `not_after`, written to `dir`.
+    fn pair(dir: &Path, names: &[&str], not_after: SystemTime) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_after = not_after.into();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn describe_counts_down_to_expiry_and_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        let (c, k) = pair(dir.path(), &["API.test", "*.api.test"], now + 10 * day);
+        let loaded = load_pair(&c, &k, &provider(), now).unwrap();
+        assert_eq!(loaded.loaded_at, now);
+        let d = loaded.describe(now);
+        assert_eq!(d["name"], "api.test");
+        assert_eq!(d["names"], json!(["api.test", "*.api.test"]));
+        assert_eq!(d["not_after"], "2027-01-25T08:00:00Z");
+        assert_eq!(d["seconds_left"], 864_000);
+        assert_eq!(d["loaded_at"], "2027-01-15T08:00:00Z");
+        assert_eq!(d["cert_file"], c.display().to_string());
+        assert!(!d.to_string().contains("PRIVATE"), "{d}");
+        // Past notAfter (a gateway that ran on): negative.
+        assert_eq!(loaded.describe(now + 11 * day)["seconds_left"], -86_400);
+    }
+
+    #[test]
+    fn rfc3339_clamps_what_it_cannot_say() {
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(unix(UNIX_EPOCH - Duration::from_secs(3)), -3);
+    }
+
+    fn provider() -> CryptoProvider {
+        rustls::crypto::ring::default_provider()
+    }
 }
