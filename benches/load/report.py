@@ -18,6 +18,8 @@ NAMES = {
     "pingora": "bare Pingora + mimalloc",
     "gateway_plain": "gateway, plain route",
     "gateway_full": "gateway, full pipeline",
+    "full_ratio0": "full + tracing, ratio 0",
+    "full_ratio1": "full + tracing, ratio 1",
 }
 rows = {}
 for line in open(os.path.join(out, "rounds.tsv")):
@@ -71,6 +73,13 @@ if "gateway_plain" in m and "gateway_full" in m:
         f"Full pipeline / plain route: {m['gateway_full']['rps'] / m['gateway_plain']['rps']:.2f}x req/s, "
         f"{m['gateway_full']['cpu'] / m['gateway_plain']['cpu']:.2f}x CPU per request."
     )
+for t in ("full_ratio0", "full_ratio1"):
+    if t in m and "gateway_full" in m:
+        lines.append("")
+        lines.append(
+            f"{NAMES[t]} / full pipeline: {m[t]['rps'] / m['gateway_full']['rps']:.2f}x req/s, "
+            f"{m[t]['cpu'] / m['gateway_full']['cpu']:.2f}x CPU per request."
+        )
 lines.append("")
 lines.append("Every round (req/s, CPU µs/request):")
 lines.append("")

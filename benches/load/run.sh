@@ -2,7 +2,9 @@
 # Side-by-side load benchmark: nginx, haproxy, bare Pingora (+mimalloc), our gateway with
 # one plain route, and our gateway with the full pipeline (1,000 routes, RS256 JWT with
 # its cache, a local rate limit, the access log to a file, metrics), each as a reverse
-# proxy in front of the same nginx upstream on loopback.
+# proxy in front of the same nginx upstream on loopback; and the full pipeline again with
+# tracing exporting OTLP/HTTP to a local receiver (`otlp_sink`, on LOAD_CPU) at
+# `sample_ratio: 0` and `1.0` (the spans that reached the receiver are printed at the end).
 #
 #   bash benches/load/run.sh            # from the repository root
 #
@@ -48,7 +50,7 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 say "building release binaries (fat LTO: minutes from cold)"
 (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p gateway -p benches \
-    --bin gateway --bin bare_pingora --bin load_fixtures >&2)
+    --bin gateway --bin bare_pingora --bin load_fixtures --bin otlp_sink >&2)
 BIN=$TARGET_DIR/release
 
 # --- the upstream: nginx answering 100 bytes -----------------------------------------
@@ -121,15 +123,26 @@ start "$PROXY_CPU" "$WORK/pingora.log" "$BIN/bare_pingora" "127.0.0.1:$BARE_PORT
 PID[pingora]=$STARTED
 
 PLAIN_PORT=$(free_port); PLAIN_ADMIN=$(free_port); FULL_PORT=$(free_port); FULL_ADMIN=$(free_port)
-TOKEN=$("$BIN/load_fixtures" "$WORK/gw" "127.0.0.1:$UP_PORT" "$PLAIN_PORT" "$PLAIN_ADMIN" "$FULL_PORT" "$FULL_ADMIN")
+R0_PORT=$(free_port); R0_ADMIN=$(free_port); R1_PORT=$(free_port); R1_ADMIN=$(free_port)
+SINK_PORT=$(free_port)
+start "$LOAD_CPU" "$WORK/sink.log" "$BIN/otlp_sink" "127.0.0.1:$SINK_PORT"
+wait_port "$SINK_PORT"
+TOKEN=$("$BIN/load_fixtures" "$WORK/gw" "127.0.0.1:$UP_PORT" "$PLAIN_PORT" "$PLAIN_ADMIN" "$FULL_PORT" "$FULL_ADMIN" \
+    "127.0.0.1:$SINK_PORT" "$R0_PORT" "$R0_ADMIN" "$R1_PORT" "$R1_ADMIN")
 PORT[gateway_plain]=$PLAIN_PORT
 RUST_LOG=warn start "$PROXY_CPU" "$WORK/plain.log" "$BIN/gateway" run --config "$WORK/gw/plain.yaml"
 PID[gateway_plain]=$STARTED
 PORT[gateway_full]=$FULL_PORT
 RUST_LOG=warn start "$PROXY_CPU" "$WORK/full.log" "$BIN/gateway" run --config "$WORK/gw/full.yaml"
 PID[gateway_full]=$STARTED
+PORT[full_ratio0]=$R0_PORT
+RUST_LOG=warn start "$PROXY_CPU" "$WORK/ratio0.log" "$BIN/gateway" run --config "$WORK/gw/full_ratio0.yaml"
+PID[full_ratio0]=$STARTED
+PORT[full_ratio1]=$R1_PORT
+RUST_LOG=warn start "$PROXY_CPU" "$WORK/ratio1.log" "$BIN/gateway" run --config "$WORK/gw/full_ratio1.yaml"
+PID[full_ratio1]=$STARTED
 
-TARGETS=(nginx haproxy pingora gateway_plain gateway_full)
+TARGETS=(nginx haproxy pingora gateway_plain gateway_full full_ratio0 full_ratio1)
 for t in "${TARGETS[@]}"; do
     wait_port "${PORT[$t]}"
 done
@@ -144,7 +157,7 @@ wrk.headers["Host"] = "bench.local"
 EOF
 check() {
     local t=$1 path=$2 hdr=()
-    [ "$t" = gateway_full ] && hdr=(-H "Authorization: Bearer $TOKEN")
+    case $t in gateway_full | full_ratio*) hdr=(-H "Authorization: Bearer $TOKEN") ;; esac
     local got
     got=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: bench.local' "${hdr[@]}" "http://127.0.0.1:${PORT[$t]}$path" || true)
     if [ "$got" != 200 ]; then
@@ -167,7 +180,7 @@ say "measuring: ${#TARGETS[@]} targets x $ROUNDS rounds x ${DURATION}s"
 for round in $(seq 1 "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         script=$WORK/plain.lua
-        [ "$t" = gateway_full ] && script=$WORK/full.lua
+        case $t in gateway_full | full_ratio*) script=$WORK/full.lua ;; esac
         url="http://127.0.0.1:${PORT[$t]}/bench"
         timeout 10 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d2s -s "$script" "$url" >/dev/null
         c0=$(cpu_ticks "${PID[$t]}")
@@ -194,4 +207,6 @@ python3 "$ROOT/benches/load/report.py" "$OUT" "$ROUNDS" "$DURATION" "$CONNECTION
 cp "$OUT/ratios.svg" "$ROOT/benches/load/ratios.svg"
 # Keep the full pipeline's access log size as a sign it really logged.
 say "full pipeline access log: $(wc -l <"$WORK/gw/access.log") lines"
+# Tracing at ratio 1 measured nothing if its spans did not arrive (or were dropped).
+say "spans at the OTLP receiver: $(curl -s "http://127.0.0.1:$SINK_PORT/count"), dropped by the gateway at ratio 1: $(curl -s "http://127.0.0.1:$R1_ADMIN/metrics" | awk '/^gateway_trace_spans_dropped_total/ {n += $2} END {print n + 0}')"
 cat "$OUT/results.md"
