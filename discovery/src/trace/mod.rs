@@ -160,10 +160,12 @@ impl Trigger {
             "initial_sync"
         } else if self.repaired > 0 {
             "relist_repair"
-        } else if self.relists > 0 {
-            "relist"
-        } else {
+        } else if self.watch_events > 0 || self.relists == 0 {
             "watch"
+        } else {
+            // A relist that repaired nothing yet led to a build (a stream's first
+            // list after the initial sync).
+            "relist"
         }
     }
 }
