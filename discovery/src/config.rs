@@ -24,8 +24,19 @@
 //!   heartbeat: 10s
 //!   history: 256
 //!   subscriber_buffer: 64
+//! tracing:                        # a span per snapshot build, over OTLP
+//!   service_name: discovery       # the default
+//!   otlp:
+//!     endpoint: http://otel-collector:4318   # else the OTEL_EXPORTER_OTLP_* variables
+//!     protocol: http              # or grpc (port 4317)
+//!     headers: { x-api-key: ... }
 //! ```
+//!
+//! Without a `tracing:` section, tracing is on only when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the standard variables'
+//! settings; otherwise no span is ever built.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +48,7 @@ use crate::engine::{Coalesce, MassDeletionGuard};
 use crate::metrics::DiscoveryMetrics;
 use crate::server::ServerConfig;
 use crate::tls::CertFiles;
+use crate::trace::{Protocol, TraceConfig};
 use crate::watcher::{Relist, Source, WatchConfig};
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -56,6 +68,102 @@ pub struct FileWire {
     pub watch: WatchWire,
     #[serde(default)]
     pub stream: StreamWire,
+    #[serde(default)]
+    pub tracing: Option<TracingWire>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingWire {
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub otlp: OtlpWire,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpWire {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+// Header values may be credentials.
+impl fmt::Debug for OtlpWire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpWire")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl TracingWire {
+    fn parse(&self, errors: &mut Vec<ConfigError>) -> TraceConfig {
+        let mut errs = Errors(errors);
+        let mut config = TraceConfig::default();
+        match self.service_name.as_deref().map(str::trim) {
+            Some("") => errs.push("tracing.service_name".into(), "must not be empty"),
+            Some(name) => config.service_name = name.to_owned(),
+            None => {}
+        }
+        let o = &self.otlp;
+        config.protocol = match o.protocol.as_deref() {
+            None => None,
+            Some("http") => Some(Protocol::Http),
+            Some("grpc") => Some(Protocol::Grpc),
+            Some(other) => {
+                errs.push(
+                    "tracing.otlp.protocol".into(),
+                    format!("{other:?} is not one of http, grpc"),
+                );
+                None
+            }
+        };
+        if let Some(endpoint) = &o.endpoint {
+            match endpoint.parse::<http::Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some() =>
+                {
+                    if u.authority().is_some_and(|a| a.as_str().contains('@')) {
+                        errs.push(
+                            "tracing.otlp.endpoint".into(),
+                            "credentials go in tracing.otlp.headers, not in the URL",
+                        );
+                    } else if config.protocol == Some(Protocol::Grpc)
+                        && u.scheme_str() == Some("https")
+                    {
+                        errs.push(
+                            "tracing.otlp.endpoint".into(),
+                            "gRPC export is plaintext here: use http:// or protocol: http with https://",
+                        );
+                    }
+                    config.endpoint = Some(endpoint.clone());
+                }
+                _ => errs.push(
+                    "tracing.otlp.endpoint".into(),
+                    format!("{endpoint:?} is not an http:// or https:// URL"),
+                ),
+            }
+        }
+        for (k, v) in &o.headers {
+            let path = format!("tracing.otlp.headers.{k}");
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                errs.push(path, "is not a header name");
+            } else if http::HeaderValue::from_str(v).is_err() {
+                errs.push(path, "is not a header value");
+            } else {
+                config.headers.push((k.to_ascii_lowercase(), v.clone()));
+            }
+        }
+        config
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -283,6 +391,8 @@ pub struct FileConfig {
     pub tls: Option<CertFiles>,
     pub watch: WatchConfig,
     pub server: ServerConfig,
+    /// The `tracing:` section; `None` without one (see [`TraceConfig::from_env`]).
+    pub tracing: Option<TraceConfig>,
 }
 
 /// Loopback: serving other hosts is a decision the operator writes down (`listen:
@@ -340,6 +450,7 @@ impl FileWire {
             });
         }
         let watch = self.watch.parse("watch", metrics, &mut errors);
+        let tracing = self.tracing.as_ref().map(|t| t.parse(&mut errors));
         let mut server = ServerConfig::default();
         {
             let mut errs = Errors(&mut errors);
@@ -371,6 +482,7 @@ impl FileWire {
                 tls,
                 watch,
                 server,
+                tracing,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -445,6 +557,43 @@ mod tests {
         assert_eq!(c.tls.unwrap().key, PathBuf::from("/k"));
         let errors = parse("tls: {cert_file: /c}\n").unwrap_err().0;
         assert_eq!(errors[0].path, "tls", "{errors:?}");
+    }
+
+    #[test]
+    fn tracing_parses_with_defaults_and_reports_its_errors() {
+        let parse = |text: &str| FileWire::from_yaml(text).unwrap().parse(metrics());
+        assert!(parse("").unwrap().tracing.is_none());
+        let t = parse("tracing: {}\n").unwrap().tracing.unwrap();
+        assert_eq!(t, TraceConfig::default());
+        assert_eq!(t.service_name, "discovery");
+        let t = parse(
+            "tracing:\n  service_name: cp\n  otlp: { endpoint: 'http://c:4317', protocol: grpc, headers: { X-Key: s3cret } }\n",
+        )
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(t.service_name, "cp");
+        assert_eq!(t.protocol, Some(Protocol::Grpc));
+        assert_eq!(t.endpoint.as_deref(), Some("http://c:4317"));
+        assert_eq!(t.headers, vec![("x-key".to_owned(), "s3cret".to_owned())]);
+        assert!(!format!("{t:?}").contains("s3cret"));
+        let errors = parse(
+            "tracing:\n  service_name: ' '\n  otlp: { endpoint: 'http://u:p@c', protocol: udp, headers: { 'a b': x } }\n",
+        )
+        .unwrap_err()
+        .0;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "tracing.service_name",
+                "tracing.otlp.protocol",
+                "tracing.otlp.endpoint",
+                "tracing.otlp.headers.a b",
+            ]
+        );
+        assert!(parse("tracing: { otlp: { endpoint: collector:4318 } }\n").is_err());
+        assert!(FileWire::from_yaml("tracing: { sample_ratio: 1 }").is_err());
     }
 
     #[test]

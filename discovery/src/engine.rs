@@ -13,6 +13,9 @@
 //!   (when it had at least `min_endpoints`) is held until confirmed, or until a later
 //!   state no longer trips the guard.
 //!
+//! Each build attempt is one `discovery.snapshot` span when a tracer is set
+//! (`crate::trace`): what triggered it, whether the guard held it, what went out.
+//!
 //! Time is `tokio::time`, so tests drive it with a paused clock.
 
 use std::collections::HashMap;
@@ -25,6 +28,7 @@ use tokio::time::Instant;
 use crate::metrics::DiscoveryMetrics;
 use crate::model::{Model, Object, ObjectId};
 use crate::snapshot::{Snapshot, SnapshotSender};
+use crate::trace::{BUILD_STEP_SPAN, BuildSpan, Outcome, SnapshotTracer, Trigger};
 
 /// Burst coalescing.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,6 +135,10 @@ pub struct Engine {
     last_total: usize,
     first_change: Option<Instant>,
     last_change: Instant,
+    /// `None`: no spans are built.
+    tracer: Option<SnapshotTracer>,
+    /// What changed since the last build attempt (for its span).
+    trigger: Trigger,
 }
 
 impl Engine {
@@ -153,7 +161,15 @@ impl Engine {
             last_total: 0,
             first_change: None,
             last_change: Instant::now(),
+            tracer: None,
+            trigger: Trigger::default(),
         }
+    }
+
+    /// Record a span per build attempt with `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<SnapshotTracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     fn synced(&self) -> bool {
@@ -173,7 +189,9 @@ impl Engine {
                     .get_mut(stream)
                     .is_some_and(|s| std::mem::replace(s, true));
                 let differed = self.model.relist(stream, objects);
+                self.trigger.relists += 1;
                 if relisted && differed > 0 {
+                    self.trigger.repaired += differed as u64;
                     // The watch had missed these: a relist after the first one is the
                     // only way drift (an API server restored from an older state, a
                     // lost event) is repaired.
@@ -189,8 +207,14 @@ impl Engine {
                 }
                 differed > 0
             }
-            Update::Apply { stream, object } => self.model.apply(stream, object),
-            Update::Delete { id } => self.model.delete(&id),
+            Update::Apply { stream, object } => {
+                self.trigger.watch_events += 1;
+                self.model.apply(stream, object)
+            }
+            Update::Delete { id } => {
+                self.trigger.watch_events += 1;
+                self.model.delete(&id)
+            }
         }
     }
 
@@ -206,12 +230,25 @@ impl Engine {
         if !self.model.has_dirty() && !first {
             return;
         }
+        let trigger = std::mem::take(&mut self.trigger);
+        let span = BuildSpan::start(self.tracer.as_ref(), &self.epoch, trigger, first, force);
         let started = std::time::Instant::now();
-        let candidate = self.model.candidate(&self.last, self.last_total);
+        let candidate = {
+            let _step = span.step(BUILD_STEP_SPAN);
+            self.model.candidate(&self.last, self.last_total)
+        };
         self.metrics
             .rebuild_seconds
             .observe(started.elapsed().as_secs_f64());
+        let outcome = |version| Outcome {
+            version,
+            services: candidate.services.len(),
+            endpoints: candidate.total_endpoints,
+            changed_services: candidate.changed,
+            removed_endpoints: candidate.removed_endpoints,
+        };
         if candidate.changed == 0 && !first {
+            span.unchanged(outcome(self.last.version));
             self.model.published();
             self.release_hold();
             return;
@@ -233,6 +270,7 @@ impl Engine {
             if newly {
                 self.metrics.mass_deletions_held.inc();
             }
+            span.held(outcome(self.last.version));
             self.metrics.mass_deletion_held.set(1);
             tracing::warn!(
                 removed = candidate.removed_endpoints,
@@ -251,6 +289,7 @@ impl Engine {
         }
         self.release_hold();
         self.model.published();
+        span.published(outcome(self.last.version + 1));
         let snapshot = Arc::new(Snapshot {
             epoch: self.epoch.clone(),
             version: self.last.version + 1,

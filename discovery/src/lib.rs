@@ -4,9 +4,10 @@
 //! ([`watcher`], with the publishing rules in [`engine`] and the stripped object model
 //! in [`model`]), the control-plane server that streams snapshots to gateways
 //! ([`server`]), the gateway's client of that stream ([`client`]), the protocol they
-//! share ([`protocol`]), TLS for it ([`tls`]) and the metrics ([`metrics`]). This file owns the rules every
-//! source of endpoints must follow when deciding which endpoints receive traffic, as
-//! the EndpointSlice API documents them:
+//! share ([`protocol`]), TLS for it ([`tls`]), the tracing of snapshot builds
+//! ([`trace`]) and the metrics ([`metrics`]). This file owns the rules every source of
+//! endpoints must follow when deciding which endpoints receive traffic, as the
+//! EndpointSlice API documents them:
 //! an unset `ready` means ready, an unset `serving` means the value of `ready`, an unset
 //! `terminating` means false. Traffic goes to ready endpoints; only when there are none,
 //! to endpoints that are serving while terminating (so a draining Deployment still
@@ -28,6 +29,7 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod token;
+pub mod trace;
 pub mod watcher;
 
 pub use snapshot::{

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use discovery::config::FileWire;
-use discovery::metrics::DiscoveryMetrics;
+use discovery::metrics::{DiscoveryMetrics, TraceMetrics};
 use discovery::server::ControlPlane;
 
 #[derive(Debug, Parser)]
@@ -177,6 +177,21 @@ async fn main() -> anyhow::Result<()> {
             }
             None
         }
+    };
+    // Kept for the life of the process: it owns the span pipeline.
+    let _tracer = match config
+        .tracing
+        .take()
+        .or_else(discovery::trace::TraceConfig::from_env)
+    {
+        Some(trace) => {
+            let tracer = discovery::trace::start(&trace, TraceMetrics::new(&registry)?)
+                .map_err(|e| anyhow::anyhow!("tracing: {e}"))?;
+            tracing::info!(service = %trace.service_name, endpoint = ?trace.endpoint, "discovery: tracing snapshot builds");
+            config.watch.tracer = Some(tracer.snapshot_tracer());
+            Some(tracer)
+        }
+        None => None,
     };
     let client = kube::Client::try_default()
         .await

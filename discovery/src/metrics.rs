@@ -212,3 +212,46 @@ impl DiscoveryMetrics {
         })
     }
 }
+
+/// The control plane's span export (registered only when tracing is on, so a gateway
+/// or an untraced control plane exposes none of them).
+#[derive(Clone, Debug)]
+pub struct TraceMetrics {
+    pub spans_exported: IntCounter,
+    /// Spans lost, by reason: `queue_full` (the collector is too slow or down),
+    /// `export_failed`, `exporter_stopped`.
+    pub spans_dropped: IntCounterVec,
+    pub export_failures: IntCounter,
+}
+
+impl TraceMetrics {
+    /// Metrics registered into `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, MetricsError> {
+        let m = Self::unregistered()?;
+        registry.register(Box::new(m.spans_exported.clone()))?;
+        registry.register(Box::new(m.spans_dropped.clone()))?;
+        registry.register(Box::new(m.export_failures.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics that nobody scrapes (tests).
+    pub fn unregistered() -> Result<Self, MetricsError> {
+        Ok(Self {
+            spans_exported: IntCounter::new(
+                "discovery_trace_spans_exported_total",
+                "Spans sent to the OTLP collector",
+            )?,
+            spans_dropped: IntCounterVec::new(
+                Opts::new(
+                    "discovery_trace_spans_dropped_total",
+                    "Spans lost before reaching the collector, by reason (queue_full, export_failed, exporter_stopped)",
+                ),
+                &["reason"],
+            )?,
+            export_failures: IntCounter::new(
+                "discovery_trace_export_failures_total",
+                "OTLP export calls that failed",
+            )?,
+        })
+    }
+}

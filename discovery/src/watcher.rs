@@ -93,6 +93,8 @@ pub struct WatchConfig {
     pub mass_deletion: MassDeletionGuard,
     pub relist: Relist,
     pub metrics: DiscoveryMetrics,
+    /// Spans of snapshot builds and relists (`crate::trace`); `None`: none.
+    pub tracer: Option<crate::trace::SnapshotTracer>,
 }
 
 impl WatchConfig {
@@ -107,6 +109,7 @@ impl WatchConfig {
             mass_deletion: MassDeletionGuard::default(),
             relist: Relist::default(),
             metrics,
+            tracer: None,
         }
     }
 }
@@ -271,6 +274,7 @@ pub fn spawn(client: kube::Client, config: WatchConfig) -> (SnapshotReceiver, Wa
             metrics: config.metrics.clone(),
             config: watcher_config.clone(),
             relist: config.relist,
+            tracer: config.tracer.clone(),
         };
         tasks.push(tokio::spawn(run_stream(
             api::<core::Service>(&client, namespace),
@@ -302,7 +306,8 @@ pub fn spawn(client: kube::Client, config: WatchConfig) -> (SnapshotReceiver, Wa
         config.mass_deletion,
         config.metrics.clone(),
         status.clone(),
-    );
+    )
+    .with_tracer(config.tracer.clone());
     tasks.push(tokio::spawn(engine.run(updates, tx, confirm.clone())));
     (
         rx,
@@ -332,6 +337,7 @@ struct StreamCtx {
     metrics: DiscoveryMetrics,
     config: watcher::Config,
     relist: Relist,
+    tracer: Option<crate::trace::SnapshotTracer>,
 }
 
 /// Follow one resource, sending relists whole and other events one by one; relist in
@@ -351,6 +357,10 @@ where
     let mut next_relist = ctx.relist.next();
     // A relist this task forced is under way: do not force another before it is done.
     let mut forced = false;
+    // Why the next complete list happens, and its span (Init to InitDone: every
+    // page the list took) while it is under way.
+    let mut reason = "initial";
+    let mut relist_span = None;
     let count = |kind: &str| {
         ctx.metrics
             .events
@@ -382,6 +392,7 @@ where
                 let still = with_status(&ctx.status, |s| s.failing.contains_key(&url));
                 if still {
                     force("gap");
+                    reason = "gap";
                     events = start();
                     relist = None;
                     forced = true;
@@ -390,6 +401,7 @@ where
             }
             () = tokio::time::sleep_until(next_relist), if !forced => {
                 force("periodic");
+                reason = "periodic";
                 // A new watcher starts with a complete list (then watches from it);
                 // the old watch is dropped.
                 events = start();
@@ -407,6 +419,7 @@ where
             Ok(Event::Init) => {
                 count("init");
                 relist = Some(Vec::new());
+                relist_span = ctx.tracer.as_ref().map(|t| t.relist(resource, reason));
                 continue;
             }
             Ok(Event::InitApply(obj)) => {
@@ -419,10 +432,17 @@ where
                 ctx.metrics.relists.with_label_values(&[resource]).inc();
                 forced = false;
                 next_relist = ctx.relist.next();
+                let objects = relist.take().unwrap_or_default();
+                if let Some(span) = relist_span.take() {
+                    span.objects(objects.len());
+                }
+                // Later lists not forced here are the watch starting over (its
+                // resource version expired).
+                reason = "resync";
                 Update::Relist {
                     stream: ctx.stream,
                     resource,
-                    objects: relist.take().unwrap_or_default(),
+                    objects,
                 }
             }
             Ok(Event::Apply(obj)) => {
