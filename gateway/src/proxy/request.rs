@@ -62,7 +62,7 @@ pub(super) async fn request_filter(
     if let (Some(settings), Some(tracer)) = (&runtime.tracing, &gw.tracer) {
         let started = std::time::SystemTime::now() - ctx.started.elapsed();
         ctx.trace = Some(crate::telemetry::RequestTrace::begin(
-            tracer.tracer(),
+            tracer,
             settings,
             &req.headers,
             req.method.as_str(),

@@ -4,8 +4,8 @@
 //! client span per upstream attempt (so retries show as siblings) and internal spans
 //! for calls made on the request's behalf (forward auth, rate limits).
 //!
-//! An unsampled request still gets span contexts (ids for `traceparent` and the access
-//! log) but records nothing: no attribute is built for it. If it ends in a 5xx and
+//! An unsampled request still gets a span context (ids for `traceparent` and the access
+//! log) but records nothing: no SDK span, child span or attribute is built for it. If it ends in a 5xx and
 //! `sample_errors` is on, its server span is built then, after the fact, with the same
 //! ids, parent and start time (`promote_error`): the failure is exported without
 //! recording, or buffering, anything for the requests that succeed. Its child spans
@@ -16,22 +16,27 @@
 //! [`RequestTrace::scope`] / [`scope_of`], which is only set for sampled requests.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
     SamplingDecision, SamplingResult, Span as _, SpanContext, SpanKind, Status, TraceContextExt,
-    TraceState, Tracer as _,
+    TraceFlags, TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, Span};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Span};
 
-use super::{TraceSettings, propagation};
+use super::{TraceSettings, Tracer, propagation};
 
 /// The spans of one request.
 #[derive(Debug)]
 pub struct RequestTrace {
-    tracer: SdkTracer,
-    server: Span,
+    tracer: Arc<Tracer>,
+    /// The recorded server span; `None` for an unsampled request, which has only
+    /// `context` (no SDK span is built for it at all).
+    server: Option<Span>,
+    /// The server span's ids, flags and trace state.
+    context: SpanContext,
     /// The current upstream attempt, ended when its outcome is known.
     attempt: Option<Span>,
     trace_id: String,
@@ -79,89 +84,77 @@ impl RequestTrace {
     /// Start the server span of a request: continue a valid incoming trace (its
     /// sampled flag decides) or start a new one (the ratio decides).
     pub fn begin(
-        tracer: &SdkTracer,
+        tracer: &Arc<Tracer>,
         settings: &TraceSettings,
         headers: &http::HeaderMap,
         method: &str,
         started: SystemTime,
     ) -> RequestTrace {
         let parent = propagation::extract(headers);
-        let (cx, trace_id, sampled, state) = match parent.clone() {
-            Some(sc) => {
-                let (sampled, state) = (sc.is_sampled(), sc.trace_state().clone());
-                (
-                    Context::new().with_remote_span_context(sc),
-                    None,
-                    sampled,
-                    state,
-                )
-            }
+        let ids = RandomIdGenerator::default();
+        let (trace_id, sampled, state) = match &parent {
+            Some(sc) => (sc.trace_id(), sc.is_sampled(), sc.trace_state().clone()),
             None => {
-                let trace_id = RandomIdGenerator::default().new_trace_id();
+                let trace_id = ids.new_trace_id();
                 let sampled = ratio_says(trace_id, settings.sample_ratio);
-                (
-                    Context::new(),
-                    Some(trace_id),
-                    sampled,
-                    TraceState::default(),
-                )
+                (trace_id, sampled, TraceState::default())
             }
         };
-        // An unsampled span's name is never seen: no allocation for it.
-        let name: Cow<'static, str> = if sampled {
-            Cow::Owned(method.to_owned())
-        } else {
-            Cow::Borrowed("request")
-        };
-        let mut builder = tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_start_time(started);
-        builder.trace_id = trace_id;
-        builder.sampling_result = Some(sampling(sampled, state));
-        let server = tracer.build_with_context(builder, &cx);
-        let trace_id = propagation::trace_id_hex(server.span_context().trace_id());
-        RequestTrace {
-            tracer: tracer.clone(),
-            server,
+        let span_id = ids.new_span_id();
+        let context = SpanContext::new(trace_id, span_id, TraceFlags::default(), false, state);
+        let mut trace = RequestTrace {
+            tracer: Arc::clone(tracer),
+            server: None,
+            context,
             attempt: None,
-            trace_id,
+            trace_id: propagation::trace_id_hex(trace_id),
             parent,
             started,
             sample_errors: settings.sample_errors,
+        };
+        if sampled {
+            trace.record_server(Cow::Owned(method.to_owned()));
         }
+        trace
+    }
+
+    /// Build the recorded server span with the ids already handed out (`context`).
+    fn record_server(&mut self, name: Cow<'static, str>) {
+        let tracer = self.tracer.tracer();
+        let mut builder = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(self.started)
+            .with_trace_id(self.context.trace_id())
+            .with_span_id(self.context.span_id());
+        builder.sampling_result = Some(sampling(true, self.context.trace_state().clone()));
+        let cx = match &self.parent {
+            Some(p) => Context::new().with_remote_span_context(p.clone()),
+            None => Context::new(),
+        };
+        let server = tracer.build_with_context(builder, &cx);
+        self.context = server.span_context().clone();
+        self.server = Some(server);
     }
 
     /// The context to run calls made for this request in (their spans become children
     /// of the server span); `None` when the request is not sampled.
     pub fn scope(&self) -> Option<Context> {
-        scope_of(&self.server)
+        self.server.as_ref().and_then(scope_of)
     }
 
     /// A request about to be answered with `status` that was not sampled: if it is a
     /// 5xx and `sample_errors` is on, record its server span from now on (same trace
     /// and span id, parent and start time), so the attributes set next are exported.
     pub fn promote_error(&mut self, status: u16) {
-        if status < 500 || !self.sample_errors || self.server.is_recording() {
+        if status < 500 || !self.sample_errors || self.server.is_some() {
             return;
         }
-        let sc = self.server.span_context().clone();
-        let mut builder = self
-            .tracer
-            .span_builder(Cow::Borrowed("request"))
-            .with_kind(SpanKind::Server)
-            .with_start_time(self.started)
-            .with_trace_id(sc.trace_id())
-            .with_span_id(sc.span_id());
-        builder.sampling_result = Some(sampling(true, sc.trace_state().clone()));
-        let cx = match &self.parent {
-            Some(p) => Context::new().with_remote_span_context(p.clone()),
-            None => Context::new(),
-        };
-        let mut server = self.tracer.build_with_context(builder, &cx);
-        // Tells a reader why a trace of one span exists (the rest was never recorded).
-        server.set_attribute(KeyValue::new("gateway.trace.sampled_by", "server_error"));
-        self.server = server;
+        self.record_server(Cow::Borrowed("request"));
+        if let Some(server) = self.server.as_mut() {
+            // Tells a reader why a trace of one span exists (the rest was never recorded).
+            server.set_attribute(KeyValue::new("gateway.trace.sampled_by", "server_error"));
+        }
     }
 
     /// The trace id (32 lower-case hex digits), for the access log and error bodies.
@@ -171,36 +164,32 @@ impl RequestTrace {
 
     /// Whether this request's spans are recorded and exported.
     pub fn sampled(&self) -> bool {
-        self.server.is_recording()
+        self.server.is_some()
     }
 
     /// Set attributes of the server span (computed only when it records).
     pub fn annotate(&mut self, attributes: impl FnOnce() -> Vec<KeyValue>) {
-        if self.server.is_recording() {
-            self.server.set_attributes(attributes());
+        if let Some(server) = self.server.as_mut() {
+            server.set_attributes(attributes());
         }
     }
 
     /// Rename the server span (`{method} {route}` once the route is known).
     pub fn rename(&mut self, name: impl FnOnce() -> String) {
-        if self.server.is_recording() {
-            self.server.update_name(name());
+        if let Some(server) = self.server.as_mut() {
+            server.update_name(name());
         }
     }
 
     /// A child span of the server span, started now; `None` when the request is not
     /// sampled (nothing of it would be recorded: not even an unrecorded span is built).
     pub fn child(&self, name: &'static str, kind: SpanKind) -> Option<Span> {
-        let sc = self.server.span_context();
-        if !sc.is_sampled() {
-            return None;
-        }
-        let mut builder = self
-            .tracer
-            .span_builder(Cow::Borrowed(name))
-            .with_kind(kind);
+        self.server.as_ref()?;
+        let sc = &self.context;
+        let tracer = self.tracer.tracer();
+        let mut builder = tracer.span_builder(Cow::Borrowed(name)).with_kind(kind);
         builder.sampling_result = Some(sampling(true, sc.trace_state().clone()));
-        Some(self.tracer.build_with_context(
+        Some(tracer.build_with_context(
             builder,
             &Context::new().with_remote_span_context(sc.clone()),
         ))
@@ -209,7 +198,7 @@ impl RequestTrace {
     /// The context a call made for this request carries (in `traceparent`): `child`'s
     /// when it was recorded, else the server span's.
     pub fn context_of<'a>(&'a self, child: Option<&'a Span>) -> &'a SpanContext {
-        child.map_or(self.server.span_context(), |c| c.span_context())
+        child.map_or(&self.context, |c| c.span_context())
     }
 
     /// Start the span of upstream attempt `try_no` (1-based) to `endpoint`; an attempt
@@ -270,7 +259,7 @@ impl RequestTrace {
     pub fn upstream_context(&self) -> &SpanContext {
         self.attempt
             .as_ref()
-            .map_or(self.server.span_context(), |a| a.span_context())
+            .map_or(&self.context, |a| a.span_context())
     }
 
     /// Write this request's `traceparent`/`tracestate` into the upstream request.
@@ -282,21 +271,20 @@ impl RequestTrace {
     /// conventions say for server spans).
     pub fn finish(mut self, status: u16, error: Option<&str>) {
         self.end_attempt(AttemptOutcome::Failed(error.unwrap_or("abandoned")));
-        if self.server.is_recording() {
-            self.server.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            if status >= 500 {
-                self.server
-                    .set_attribute(KeyValue::new("error.type", status.to_string()));
-                self.server.set_status(Status::error(""));
-            } else if let Some(e) = error {
-                self.server
-                    .set_attribute(KeyValue::new("error.type", e.to_owned()));
-            }
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        server.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            server.set_attribute(KeyValue::new("error.type", status.to_string()));
+            server.set_status(Status::error(""));
+        } else if let Some(e) = error {
+            server.set_attribute(KeyValue::new("error.type", e.to_owned()));
         }
-        self.server.end();
+        server.end();
     }
 }
 
