@@ -6,20 +6,15 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` variable alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use discovery::fake::FakeApiServer;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
+use otlp::{Got, receiver, wait_spans};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(30);
+// The gateway's OTLP test receiver: one decoder of exported spans for both crates.
+#[path = "../../gateway/tests/common/otlp.rs"]
+mod otlp;
 
 /// Kills the process when the test ends, however it ends.
 struct Process(Child);
@@ -31,98 +26,10 @@ impl Drop for Process {
     }
 }
 
-/// One received span and the `service.name` of its resource.
-#[derive(Clone, Debug)]
-struct Got {
-    service: String,
-    span: Span,
-}
-
-impl Got {
-    fn attr(&self, key: &str) -> Option<String> {
-        self.span
-            .attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| v.value.as_ref())
-            .map(|v| match v {
-                AnyValue::StringValue(s) => s.clone(),
-                AnyValue::IntValue(i) => i.to_string(),
-                AnyValue::BoolValue(b) => b.to_string(),
-                other => format!("{other:?}"),
-            })
-    }
-
-    fn is_snapshot(&self, version: u64) -> bool {
-        self.span.name == "discovery.snapshot"
-            && self.attr("discovery.snapshot.version") == Some(version.to_string())
-    }
-}
-
-type Store = Arc<Mutex<Vec<Got>>>;
-
-/// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf) on a loopback port.
-async fn receiver() -> (SocketAddr, Store) {
-    let store: Store = Arc::default();
-    let s = Arc::clone(&store);
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
-            let s = Arc::clone(&s);
-            async move {
-                let req = ExportTraceServiceRequest::decode(body).unwrap();
-                let mut out = s.lock().unwrap();
-                for rs in req.resource_spans {
-                    let service = rs
-                        .resource
-                        .as_ref()
-                        .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                        .and_then(|a| a.value.as_ref())
-                        .and_then(|v| match &v.value {
-                            Some(AnyValue::StringValue(s)) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .unwrap_or_default();
-                    for ss in rs.scope_spans {
-                        for span in ss.spans {
-                            out.push(Got {
-                                service: service.clone(),
-                                span,
-                            });
-                        }
-                    }
-                }
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, store)
-}
-
-/// Wait (bounded) until `pred` holds for the spans received so far.
-async fn wait_spans(store: &Store, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = store.lock().unwrap().clone();
-        if pred(&got) {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; got {:#?}",
-            got.iter()
-                .map(|g| (&g.service, &g.span.name, &g.span.attributes))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Whether `g` is the `discovery.snapshot` span of snapshot `version`.
+fn is_snapshot(g: &Got, version: u64) -> bool {
+    g.span.name == "discovery.snapshot"
+        && g.attr("discovery.snapshot.version") == Some(version.to_string())
 }
 
 fn slice(name: &str, hosts: std::ops::Range<u8>) -> serde_json::Value {
@@ -194,10 +101,10 @@ async fn snapshot_builds_are_traced_with_their_counts_and_trigger() {
     );
 
     let got = wait_spans(&store, "the first snapshot span", |g| {
-        g.iter().any(|g| g.is_snapshot(1))
+        g.iter().any(|g| is_snapshot(g, 1))
     })
     .await;
-    let first = got.iter().find(|g| g.is_snapshot(1)).unwrap();
+    let first = got.iter().find(|g| is_snapshot(g, 1)).unwrap();
     assert_eq!(first.service, "discovery");
     assert_eq!(
         first.attr("discovery.snapshot.services").as_deref(),
@@ -252,10 +159,10 @@ async fn snapshot_builds_are_traced_with_their_counts_and_trigger() {
     // A watch event: the next snapshot's span says so and carries the new counts.
     fake.apply(slice("web-2", 10..13));
     let got = wait_spans(&store, "the second snapshot span", |g| {
-        g.iter().any(|g| g.is_snapshot(2))
+        g.iter().any(|g| is_snapshot(g, 2))
     })
     .await;
-    let second = got.iter().find(|g| g.is_snapshot(2)).unwrap();
+    let second = got.iter().find(|g| is_snapshot(g, 2)).unwrap();
     assert_eq!(
         second.attr("discovery.snapshot.endpoints").as_deref(),
         Some("5")
@@ -293,10 +200,10 @@ async fn the_standard_otlp_variables_alone_turn_tracing_on() {
         ],
     );
     let got = wait_spans(&store, "the first snapshot span", |g| {
-        g.iter().any(|g| g.is_snapshot(1))
+        g.iter().any(|g| is_snapshot(g, 1))
     })
     .await;
-    let first = got.iter().find(|g| g.is_snapshot(1)).unwrap();
+    let first = got.iter().find(|g| is_snapshot(g, 1)).unwrap();
     assert_eq!(first.service, "control-plane");
     assert_eq!(
         first.attr("discovery.snapshot.endpoints").as_deref(),

@@ -1,5 +1,8 @@
 //! An in-process OTLP/HTTP receiver for the tracing tests: `POST /v1/traces` with
 //! protobuf bodies, decoded with `opentelemetry-proto`, kept for the test to look at.
+//! Shared with the discovery crate's tracing test (included there by path).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -96,7 +99,7 @@ pub async fn receiver() -> (SocketAddr, Store) {
 
 /// Wait (bounded) until `pred` holds for the spans received so far.
 pub async fn wait_spans(store: &Store, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = store.lock().unwrap().clone();
         if pred(&got) {
